@@ -1,0 +1,37 @@
+# LinFusion Studio — the three targets a newcomer needs, and a fast inner loop.
+#   make demo       install, then run the example manifests on the embedded default
+#   make test       install, then the whole suite (starts PostgreSQL and SeaweedFS itself)
+#   make test-fast  the suite without real services, for the inner loop
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU wheel that lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/linstudio run manifests/examples
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not services and not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/attention_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,34 @@
+"""LinFusion engine: Stable Diffusion whose self-attention is generalized linear attention.
+
+Knows nothing of Prefect, databases or object stores. Heavy imports (torch, diffusers) are
+deferred so that `linfusion_engine.registry` can be used by manifest validation, which must
+answer in about a second without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "generalized_linear_attention": "linfusion_engine.attention",
+    "GeneralizedLinearAttnProcessor": "linfusion_engine.processor",
+    "LinFusion": "linfusion_engine.linfusion",
+    "Engine": "linfusion_engine.engine",
+    "RenderRequest": "linfusion_engine.engine",
+    "RenderResult": "linfusion_engine.engine",
+    "ModelRegistry": "linfusion_engine.registry",
+    "ModelEntry": "linfusion_engine.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'linfusion_engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = sorted(_LAZY) + ["__version__"]

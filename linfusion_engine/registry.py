@@ -1,0 +1,299 @@
+"""The model registry: named base models and the LinFusion weights mounted on them.
+
+Upstream LinFusion maps a handful of hub ids to weights with a hard-coded table and refuses
+everything else, local folders included. Studios run their own fine-tunes, so here a model is a
+named registry entry instead: built-in entries for the published bases and the tiny models, and a
+YAML file under LINSTUDIO_HOME (`models.yaml`) where a studio adds its own with
+`linstudio models add`. Entries from the file override built-ins of the same name.
+
+This module must not import torch: manifest validation (which checks registry names and folds
+the weights' identity into job keys) answers in about a second.
+
+Where things are
+----------------
+`base` and `linfusion` are locations:
+- `builtin:tiny-sd15` / `builtin:tiny-sdxl`: built deterministically on first use under
+  HOME/models (see `linfusion_engine.tiny`);
+- an absolute or `~` path: a local folder in diffusers layout;
+- an `owner/name` hub id: looked up in the local Hugging Face cache only, never downloaded;
+- `from_unet` (linfusion only): untrained layers built from the UNet's own attn1 weights;
+- `none` (linfusion only): never mount LinFusion (softmax only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+Family = Literal["sd15", "sd21", "sdxl"]
+FAMILIES: tuple[str, ...] = ("sd15", "sd21", "sdxl")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+BUILTIN_PREFIX = "builtin:"
+# Bumped whenever `linfusion_engine.tiny` changes what it builds, so job keys follow.
+TINY_BUILD_VERSION = "1"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A registry entry's files are not on this machine. The message says how to provide them."""
+
+
+class UnknownModelError(KeyError):
+    """No registry entry of that name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this one is a sentence.
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One named model.
+
+    Args:
+        name: the registry name manifests use (`model: sd15`).
+        family: sd15, sd21 or sdxl: decides the pipeline class, native size and strategies.
+        base: where the base pipeline is (see the module docstring).
+        linfusion: which LinFusion weights to mount: a folder, a cached hub id, `from_unet` or `none`.
+        native_size: the side in pixels the base model was trained at; `attention: auto` uses
+            softmax at and below it and linear above it.
+        description: one line for `linstudio models ls`.
+        loras: LoRA name -> local safetensors file, for manifests' `lora:` field.
+        builtin: True for entries shipped with the code (not written to the registry file).
+    """
+
+    name: str
+    family: Family
+    base: str
+    linfusion: str = "from_unet"
+    native_size: int = 512
+    description: str = ""
+    loras: dict[str, str] = field(default_factory=dict)
+    builtin: bool = False
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.base.startswith(BUILTIN_PREFIX)
+
+    def to_yaml_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("name")
+        data.pop("builtin")
+        if not data["loras"]:
+            data.pop("loras")
+        return data
+
+
+BUILTIN_ENTRIES: tuple[ModelEntry, ...] = (
+    ModelEntry("sd15", "sd15", "runwayml/stable-diffusion-v1-5", "Yuanshi/LinFusion-1-5", 512,
+               "Stable Diffusion 1.5 with the published LinFusion-1-5 weights", builtin=True),
+    ModelEntry("sd21", "sd21", "stabilityai/stable-diffusion-2-1", "Yuanshi/LinFusion-2-1", 768,
+               "Stable Diffusion 2.1 with the published LinFusion-2-1 weights (use bf16/fp32, not fp16)",
+               builtin=True),
+    ModelEntry("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "Yuanshi/LinFusion-XL", 1024,
+               "Stable Diffusion XL base 1.0 with the published LinFusion-XL weights", builtin=True),
+    ModelEntry("tiny-sd15", "sd15", "builtin:tiny-sd15", "from_unet", 64,
+               "Tiny random-weight SD-1.5-shaped model for demos and tests: makes noise, not art",
+               builtin=True),
+    ModelEntry("tiny-sdxl", "sdxl", "builtin:tiny-sdxl", "from_unet", 64,
+               "Tiny random-weight SD-XL-shaped model for demos and tests: makes noise, not art",
+               builtin=True),
+)
+
+
+def hf_cache_dir() -> Path:
+    """The local Hugging Face hub cache, honouring HF_HUB_CACHE / HF_HOME like huggingface_hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    hf_home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
+    return hf_home / "hub"
+
+
+def cached_snapshot(hub_id: str) -> Path | None:
+    """The newest local snapshot folder of a hub repo in the HF cache, or None. Never downloads."""
+    repo_dir = hf_cache_dir() / ("models--" + hub_id.replace("/", "--"))
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
+        if snapshot.is_dir():
+            return snapshot
+    snapshots = sorted((repo_dir / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) if (
+        repo_dir / "snapshots").is_dir() else []
+    return snapshots[-1] if snapshots else None
+
+
+def resolve_location(location: str, models_dir: Path) -> Path | None:
+    """Where a `base` or `linfusion` location is on disk now, or None when it is not present."""
+    if location.startswith(BUILTIN_PREFIX):
+        folder = models_dir / location[len(BUILTIN_PREFIX):] / f"v{TINY_BUILD_VERSION}"
+        return folder  # built on first use: always "available"
+    if location.startswith(("/", "~", ".")):
+        path = Path(location).expanduser()
+        return path if path.exists() else None
+    if HUB_ID_RE.match(location):
+        return cached_snapshot(location)
+    return None
+
+
+def how_to_provide(location: str) -> str:
+    """A sentence telling a user how to make a missing location available offline."""
+    if HUB_ID_RE.match(location) and not location.startswith(("/", "~", ".")):
+        return (f"'{location}' is not in the local Hugging Face cache ({hf_cache_dir()}). Copy the cache "
+                f"from a machine that has it, or run `huggingface-cli download {location}` where the network "
+                f"is allowed, or register a local folder with `linstudio models add NAME --base /path ...`.")
+    return f"the folder '{location}' does not exist on this machine."
+
+
+def _file_digest(path: Path, cache: dict) -> str:
+    """sha256 of a weight file, cached by (path, size, mtime) because real weights are GBs."""
+    stat = path.stat()
+    key = f"{path}:{stat.st_size}:{int(stat.st_mtime)}"
+    if key not in cache:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        cache[key] = digest.hexdigest()
+    return cache[key]
+
+
+class ModelRegistry:
+    """Built-in entries merged with the studio's registry file."""
+
+    def __init__(self, registry_file: Path, models_dir: Path) -> None:
+        self.registry_file = Path(registry_file)
+        self.models_dir = Path(models_dir)
+        self._entries: dict[str, ModelEntry] = {e.name: e for e in BUILTIN_ENTRIES}
+        self._entries.update(self._read_file())
+
+    @classmethod
+    def from_settings(cls, settings=None) -> "ModelRegistry":
+        if settings is None:
+            from linstudio.settings import get_settings
+
+            settings = get_settings()
+        return cls(settings.registry_file, settings.models_dir)
+
+    # -- reading and writing the file -------------------------------------------------------
+    def _read_file(self) -> dict[str, ModelEntry]:
+        if not self.registry_file.is_file():
+            return {}
+        try:
+            raw = yaml.safe_load(self.registry_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{self.registry_file}: not valid YAML: {exc}") from exc
+        models = raw.get("models", {}) if isinstance(raw, dict) else None
+        if not isinstance(models, dict):
+            raise ValueError(f"{self.registry_file}: expected a mapping under 'models:'")
+        entries = {}
+        for name, data in models.items():
+            if not isinstance(data, dict):
+                raise ValueError(f"{self.registry_file}: models.{name}: expected a mapping")
+            try:
+                entries[name] = ModelEntry(name=name, **data)
+            except TypeError as exc:
+                raise ValueError(f"{self.registry_file}: models.{name}: {exc}") from exc
+            if entries[name].family not in FAMILIES:
+                raise ValueError(f"{self.registry_file}: models.{name}.family: must be one of {FAMILIES}")
+        return entries
+
+    def add(self, entry: ModelEntry) -> None:
+        """Register (or replace) a studio entry and write the registry file."""
+        if not NAME_RE.match(entry.name):
+            raise ValueError(f"model name {entry.name!r}: letters, digits, '.', '-' and '_' only")
+        if entry.family not in FAMILIES:
+            raise ValueError(f"family {entry.family!r}: must be one of {', '.join(FAMILIES)}")
+        studio = self._read_file()
+        studio[entry.name] = entry
+        self.registry_file.parent.mkdir(parents=True, exist_ok=True)
+        body = {"models": {name: e.to_yaml_dict() for name, e in sorted(studio.items())}}
+        tmp = self.registry_file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(body, sort_keys=False))
+        tmp.replace(self.registry_file)
+        self._entries[entry.name] = entry
+
+    # -- lookups ------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[ModelEntry]:
+        return [self._entries[n] for n in self.names()]
+
+    def get(self, name: str) -> ModelEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownModelError(
+                f"unknown model {name!r}; registered: {', '.join(self.names())}") from None
+
+    def base_path(self, entry: ModelEntry) -> Path | None:
+        return resolve_location(entry.base, self.models_dir)
+
+    def linfusion_path(self, entry: ModelEntry) -> Path | None:
+        if entry.linfusion in ("from_unet", "none"):
+            return None
+        return resolve_location(entry.linfusion, self.models_dir)
+
+    def missing(self, entry: ModelEntry) -> list[str]:
+        """Sentences naming each missing part of an entry (empty when everything is local)."""
+        problems = []
+        if self.base_path(entry) is None:
+            problems.append(f"base model: {how_to_provide(entry.base)}")
+        if entry.linfusion not in ("from_unet", "none") and self.linfusion_path(entry) is None:
+            problems.append(f"LinFusion weights: {how_to_provide(entry.linfusion)}")
+        for lora, path in entry.loras.items():
+            if not Path(path).expanduser().is_file():
+                problems.append(f"LoRA {lora!r}: the file '{path}' does not exist on this machine.")
+        return problems
+
+    def is_available(self, entry: ModelEntry) -> bool:
+        return not self.missing(entry)
+
+    def require_available(self, entry: ModelEntry) -> None:
+        problems = self.missing(entry)
+        if problems:
+            raise ModelNotAvailableError(
+                f"model {entry.name!r} is not available locally (nothing is downloaded at run time):\n  - "
+                + "\n  - ".join(problems))
+
+    def identity(self, entry: ModelEntry) -> str:
+        """A stable hash of what this entry renders with: the entry and the hashes of its weights.
+
+        Part of every job key, so that re-pointing `sd15` at new weights re-renders, while an engine
+        upgrade does not. Tiny models are identified by their deterministic build version; missing
+        files contribute their location only (the job fails later with a clear error).
+        """
+        record: dict = {"entry": entry.to_yaml_dict()}
+        if entry.is_tiny:
+            record["tiny_build"] = TINY_BUILD_VERSION
+        else:
+            cache_file = self.models_dir / "weight-hashes.json"
+            try:
+                cache = json.loads(cache_file.read_text())
+            except (OSError, ValueError):
+                cache = {}
+            before = len(cache)
+            weights = {}
+            for role, folder in (("base", self.base_path(entry)), ("linfusion", self.linfusion_path(entry))):
+                if folder is None:
+                    continue
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+                        weights[f"{role}/{path.relative_to(folder)}"] = _file_digest(path.resolve(), cache)
+            for lora, path in sorted(entry.loras.items()):
+                lora_path = Path(path).expanduser()
+                if lora_path.is_file():
+                    weights[f"lora/{lora}"] = _file_digest(lora_path.resolve(), cache)
+            record["weights"] = weights
+            if len(cache) != before:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                cache_file.write_text(json.dumps(cache, indent=1))
+        blob = json.dumps(record, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

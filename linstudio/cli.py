@@ -1,0 +1,27 @@
+"""The `linstudio` command line.
+
+Each area registers its own commands from `linstudio.commands.<area>` so that modules stay small
+and imports stay lazy: `linstudio validate` must answer without importing torch, so command
+modules import the engine, the catalogue and Prefect inside the command functions only.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from linstudio.commands import catalogue, manifest, models, run
+
+app = typer.Typer(
+    name="linstudio",
+    help="LinFusion Studio: YAML manifests in, catalogued renders out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for area in (models, manifest, run, catalogue):
+    area.register(app)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,88 @@
+"""The one settings object of LinFusion Studio.
+
+Every knob a studio may turn lives here and is read from the environment with the prefix
+`LINSTUDIO_` (or a `.env` file in the working directory). Code asks `get_settings()` once and
+passes values down; nothing else reads the environment. The embedded default — SQLite, a local
+folder as the object store, Prefect's local mode and the tiny built-in model — needs no setting
+at all; production (PostgreSQL, S3, a Prefect server) is chosen here, not by code changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """LinFusion Studio settings (environment prefix `LINSTUDIO_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="LINSTUDIO_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.linstudio"),
+        description="Root folder for model caches, the model registry file and the embedded catalogue.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the catalogue database. Default: SQLite at HOME/catalogue.db.",
+    )
+    store_url: str | None = Field(
+        default=None,
+        description="Object store URL: file:///folder or s3://bucket/prefix. Default: file:// HOME/store.",
+    )
+    device: str | None = Field(
+        default=None,
+        description="Torch device for rendering (cuda, cuda:1, cpu). Default: CUDA when present, else CPU.",
+    )
+    dtype: str | None = Field(
+        default=None,
+        description="Torch dtype for rendering (bfloat16, float16, float32). Default: bf16 on CUDA, fp32 on CPU.",
+    )
+    shared_roots: list[Path] = Field(
+        default_factory=list,
+        description="Allow-listed shared folders (a studio NAS) that manifests may reference by absolute path. "
+        "JSON list in the environment, e.g. LINSTUDIO_SHARED_ROOTS='[\"/mnt/nas/controls\"]'.",
+    )
+    max_jobs_per_manifest: int = Field(
+        default=5000, ge=1, description="A manifest that expands to more render jobs than this is refused."
+    )
+    worker_name: str = Field(
+        default_factory=socket.gethostname,
+        description="Name this process records as the worker that made a render.",
+    )
+    lease_seconds: int = Field(
+        default=900, ge=10, description="How long a running job's lease lasts before another run may take it."
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        """Where built-in tiny models are built and cached."""
+        return self.home / "models"
+
+    @property
+    def registry_file(self) -> Path:
+        """The studio's model registry (YAML), merged over the built-in entries."""
+        return self.home / "models.yaml"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'catalogue.db'}"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"file://{self.home / 'store'}"
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call `get_settings.cache_clear()` after changing env."""
+    return Settings()

@@ -1,0 +1,62 @@
+"""Test-session wiring shared by every test.
+
+Isolation first: each test session gets its own LINSTUDIO_HOME, Prefect home and Hugging Face
+cache under a temp folder, and the hub is forced offline — a test must never download, nor see a
+developer's own catalogue. The tiny models are built once per session into that home.
+Real services (PostgreSQL, SeaweedFS, a Prefect server) are started at most once per session by
+the fixtures in `services.py`, and only when a test asks for them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_ROOT = Path(tempfile.mkdtemp(prefix="linstudio-tests-"))
+os.environ["LINSTUDIO_HOME"] = str(_SESSION_ROOT / "home")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(_SESSION_ROOT / "hf")
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["PREFECT_HOME"] = str(_SESSION_ROOT / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _var in ("LINSTUDIO_DATABASE_URL", "LINSTUDIO_STORE_URL", "PREFECT_API_URL"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture(scope="session")
+def session_root() -> Path:
+    """A temp folder that lives for the whole test session."""
+    return _SESSION_ROOT
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """A fresh LINSTUDIO_HOME for one test (the settings cache is cleared around it)."""
+    from linstudio.settings import get_settings
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("LINSTUDIO_HOME", str(home))
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-only tests are skipped where no CUDA device is present."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch always installed here
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
