@@ -19,6 +19,21 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+
+@app.callback()
+def main() -> None:
+    """LinFusion Studio: YAML manifests in, catalogued renders out."""
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version of LinFusion Studio."""
+    from linstudio import __version__
+
+    typer.echo(__version__)
+
+
 for area in (models, manifest, run, catalogue):
     area.register(app)
 
