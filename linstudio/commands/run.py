@@ -1,9 +1,91 @@
-"""`linstudio` commands for the run area (filled in by the area's work)."""
+"""`linstudio run`: the main job — manifests in, catalogued renders out."""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Attach this area's commands to the top-level app."""
+    """Attach `run` to the top-level app."""
+    app.command("run")(run)
+
+
+def run(
+    paths: Annotated[list[Path], typer.Argument(help="Manifest files or folders (searched for *.yaml, *.yml).")],
+    force: Annotated[bool, typer.Option("--force", help="Render again even jobs already in the catalogue.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's own logs.")] = False,
+) -> None:
+    """Validate manifests, render every job not yet catalogued, and catalogue each result.
+
+    Nothing renders if any manifest is invalid. Running the same manifests again renders nothing
+    new; a run that was killed picks up where it stopped. Exit status 0 only when every job
+    rendered or was already catalogued.
+    """
+    from flows.prefect_env import configure_prefect_defaults
+
+    configure_prefect_defaults(verbose=verbose)
+    from flows.batch import ManifestsInvalid, run_manifests
+    from linstudio.settings import get_settings
+
+    settings = get_settings()
+    progress = _Progress(enabled=not as_json)
+    try:
+        summary = run_manifests(paths, force=force, settings=settings, on_progress=progress.update)
+    except ManifestsInvalid as exc:
+        for error in exc.errors:
+            typer.echo(str(error), err=True)
+        typer.echo(f"nothing rendered: {len(exc.errors)} error(s) in the manifests", err=True)
+        raise typer.Exit(1)
+    finally:
+        progress.close()
+    if as_json:
+        typer.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        typer.echo(summary.to_text())
+        typer.echo(_where_to_look(settings))
+    raise typer.Exit(0 if summary.ok else 1)
+
+
+class _Progress:
+    """A progress bar on a terminal; one line per finished job elsewhere (CI logs, pipes)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.task = None
+
+    def update(self, outcome, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if sys.stderr.isatty():
+            if self.bar is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), TextColumn("{task.description}"), transient=True)
+                self.bar.start()
+                self.task = self.bar.add_task("", total=total)
+            self.bar.update(self.task, completed=done, description=f"{outcome.status} {outcome.label}")
+        else:
+            reason = f": {outcome.reason}" if outcome.reason else ""
+            typer.echo(f"[{done}/{total}] {outcome.status} {outcome.label}{reason}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _where_to_look(settings) -> str:
+    store = settings.resolved_store_url
+    lines = ["", "Where the results are:", f"  catalogue: {settings.resolved_database_url}", f"  images:    {store}"]
+    if store.startswith("file://"):
+        lines.append(f"             (PNG files under {store[len('file://'):]}/renders/<team>/<project>/<asset>/)")
+    lines += ["How to look at them:", "  linstudio catalogue ls            # every render, newest first",
+              "  linstudio catalogue show RENDER_ID # one render's settings and files"]
+    return "\n".join(lines)

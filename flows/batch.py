@@ -1,0 +1,153 @@
+"""The batch flow: validated manifests in, catalogued renders out.
+
+`run_manifests` is what `linstudio run` calls:
+1. validate every manifest (nothing renders if any is invalid or asks for an unsupported feature);
+2. plan the jobs in the catalogue (one submission per manifest) and sweep unfinished ingests left
+   by a crashed run;
+3. skip jobs whose key is already catalogued (unless forced);
+4. render the rest in one Prefect flow run (`render_batch`), one render slot per GPU, each model
+   loaded once, each result catalogued as it lands;
+5. summarise (printed, returned, and kept as a Prefect artifact).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from flows.outcomes import JobOutcome, RunSummary
+
+# Engine features that exist today; manifest fields asking for others are refused before
+# anything renders (see `manifests.unsupported_errors`).
+SUPPORTED_FEATURES: set[str] = set()
+
+
+class ManifestsInvalid(Exception):
+    """Validation failed: `errors` are `file:line key: message` lines. Nothing was rendered."""
+
+    def __init__(self, errors: list) -> None:
+        super().__init__(f"{len(errors)} manifest error(s)")
+        self.errors = errors
+
+
+@dataclass
+class PlannedRun:
+    """Jobs of a run after validation: what to render and what was already there."""
+
+    to_render: list[dict] = field(default_factory=list)
+    skipped: list[JobOutcome] = field(default_factory=list)
+    submissions: list[str] = field(default_factory=list)
+
+
+def worker_id(settings) -> str:
+    """Who holds a lease: host name and process id, so a crashed local run's leases can be told apart."""
+    return f"{settings.worker_name}/{os.getpid()}"
+
+
+def load_and_expand(paths: list[Path]) -> list[tuple[object, list]]:
+    """Validate manifests and expand their jobs; raise ManifestsInvalid listing every error."""
+    from manifests import expand_jobs, load_manifests, unsupported_errors
+
+    result = load_manifests(paths)
+    errors = list(result.errors)
+    expanded = []
+    for loaded in result.manifests:
+        jobs = expand_jobs(loaded)
+        errors.extend(unsupported_errors(loaded, jobs, SUPPORTED_FEATURES))
+        expanded.append((loaded, jobs))
+    if errors:
+        raise ManifestsInvalid(errors)
+    if not expanded:
+        raise ManifestsInvalid([f"{', '.join(map(str, paths))}: no manifests found (*.yaml, *.yml)"])
+    return expanded
+
+
+def plan_run(catalogue, expanded: list[tuple[object, list]], force: bool) -> PlannedRun:
+    """Record submissions and jobs in the catalogue and split already-catalogued jobs off."""
+    from flows.tasks import job_label
+
+    planned = PlannedRun()
+    seen: set[str] = set()
+    for loaded, jobs in expanded:
+        manifest = loaded.manifest
+        records = [job.to_record() for job in jobs]
+        submission = catalogue.create_submission(manifest.team, manifest.project, str(loaded.path),
+                                                 loaded.sha256, len(records))
+        catalogue.plan_jobs(submission, records)
+        planned.submissions.append(submission)
+        done = catalogue.rendered_keys([r["key"] for r in records])
+        for record in records:
+            if record["key"] in seen:  # the same job asked twice across manifests: render once
+                continue
+            seen.add(record["key"])
+            if record["key"] in done and not force:
+                planned.skipped.append(JobOutcome(record["key"], job_label(record), "skipped"))
+            else:
+                planned.to_render.append(record)
+    if force:
+        catalogue.forget_renders([r["key"] for r in planned.to_render])
+    return planned
+
+
+def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
+                  on_progress: Callable[[JobOutcome, int, int], None] | None = None) -> RunSummary:
+    """Validate, plan, render and catalogue; returns the summary. Raises ManifestsInvalid first if any error."""
+    from linstudio.settings import get_settings
+
+    settings = settings or get_settings()
+    expanded = load_and_expand([Path(p) for p in paths])
+
+    from flows.prefect_env import configure_prefect_defaults
+
+    configure_prefect_defaults()
+    from catalogue import Catalogue
+
+    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
+    try:
+        catalogue.migrate()
+        catalogue.sweep_intents()
+        catalogue.release_dead_leases(settings.worker_name)
+        planned = plan_run(catalogue, expanded, force)
+        summary = RunSummary(outcomes=list(planned.skipped), catalogue=_redact(settings.resolved_database_url),
+                             store=settings.resolved_store_url)
+        total = len(planned.skipped) + len(planned.to_render)
+        if on_progress:
+            for index, outcome in enumerate(planned.skipped, 1):
+                on_progress(outcome, index, total)
+        if planned.to_render:
+            from flows.flow import render_batch
+
+            rendered = render_batch(planned.to_render, catalogue=catalogue, settings=settings,
+                                    done_before=len(planned.skipped), total=total, on_progress=on_progress)
+            summary.outcomes.extend(rendered)
+        else:
+            _publish_summary_without_flow(summary)
+        return summary
+    finally:
+        catalogue.close()
+
+
+def _publish_summary_without_flow(summary: RunSummary) -> None:
+    """Nothing to render: no flow run is started (saves Prefect's start-up), the summary is printed only."""
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for printing."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def elapsed(started: float) -> str:
+    return f"{time.perf_counter() - started:.1f} s"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(run_manifests(sys.argv[1:]).to_text())

@@ -1,0 +1,47 @@
+"""One loaded engine per model per process, so a flow run loads each model once.
+
+Loading a pipeline costs seconds on a CPU and far more for real weights on a GPU; a batch renders
+many jobs with the same model. The cache lives for the process (a Prefect flow run, or a
+long-lived worker), and a lock per model keeps two task threads from loading it twice or from
+rendering on one pipeline at the same time (diffusers pipelines are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+_lock = threading.Lock()
+_engines: dict[tuple[str, str | None, str | None], object] = {}
+_model_locks: dict[tuple[str, str | None, str | None], threading.Lock] = {}
+
+
+@contextmanager
+def engine_for(model: str, device: str | None = None, dtype: str | None = None) -> Iterator[object]:
+    """Yield the process's engine for `model`, loading it on first use; holds the model's lock."""
+    key = (model, device, dtype)
+    with _lock:
+        model_lock = _model_locks.setdefault(key, threading.Lock())
+    with model_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            from linfusion_engine import Engine
+
+            engine = Engine(model, device=device, dtype=dtype)
+            engine.load()
+            _engines[key] = engine
+        yield engine
+
+
+def loaded_models() -> list[str]:
+    """Names of the models loaded in this process (for tests and logs)."""
+    return sorted({key[0] for key in _engines})
+
+
+def close_all() -> None:
+    """Free every loaded engine (end of a flow run in a long-lived process)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.close()
+        _engines.clear()

@@ -1,0 +1,121 @@
+"""The render task: claim a job, render it, catalogue it. Retries are declared here.
+
+Retry policy, in one place:
+- The whole task is retried by Prefect (`JOB_RETRIES`, backoff `JOB_RETRY_DELAYS`) only when it
+  failed for a transient reason (`flows.transient.is_transient`): the database or the object
+  store was unreachable. Anything else (bad input, a missing model, an engine error) fails the
+  job at once with its reason, and the other jobs go on.
+- The catalogue ingest inside a task is retried on its own (`INGEST_ATTEMPTS`) before giving up,
+  so a blink of S3 after a long render does not throw the render away.
+- Concurrency: one render per render slot (one per GPU, one on a CPU), held only around the
+  engine call; the model is loaded once per process per device (`flows.engines`).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.devices import SlotPool
+from flows.engines import engine_for
+from flows.outcomes import JobOutcome
+from flows.transient import is_transient, one_line
+
+JOB_RETRIES = 2
+JOB_RETRY_DELAYS = [2, 10]
+INGEST_ATTEMPTS = 4
+INGEST_BACKOFF_SECONDS = (1.0, 3.0, 8.0)
+
+
+@dataclass
+class RunContext:
+    """What every task of one run shares: the catalogue, the render slots and who we are."""
+
+    catalogue: object
+    slots: SlotPool
+    worker: str
+    lease_seconds: int
+    dtype: str | None = None
+
+
+def job_label(record: dict) -> str:
+    """`team/project/asset WxH seed N`: how a job is named to people."""
+    return (f"{record['team']}/{record['project']}/{record['asset_id']} "
+            f"{record['width']}x{record['height']} seed {record['seed']}")
+
+
+def _retry_if_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # the task's own exception
+        return is_transient(exc)
+    return False
+
+
+def render_png(record: dict, device: str | None, dtype: str | None) -> tuple[bytes, dict]:
+    """Render one job with the process's engine for its model; returns plain PNG bytes and metadata."""
+    from linfusion_engine import RenderRequest
+
+    request = RenderRequest(
+        prompt=record["prompt"],
+        negative_prompt=record["negative_prompt"],
+        seed=record["seed"],
+        width=record["width"],
+        height=record["height"],
+        steps=record["steps"],
+        guidance=record["guidance"],
+        scheduler=record["scheduler"],
+        attention=record["attention"],
+    )
+    with engine_for(record["model"], device=device, dtype=dtype) as engine:
+        result = engine.render(request)
+    buffer = io.BytesIO()
+    result.image.save(buffer, format="PNG")
+    return buffer.getvalue(), result.metadata
+
+
+def ingest_with_retries(ctx: RunContext, record: dict, png: bytes, engine_meta: dict, timings: dict) -> str:
+    """Catalogue a finished render, retrying transient store/database failures with backoff."""
+    full_record = {**record, "engine": engine_meta, "timings": timings}
+    for attempt in range(INGEST_ATTEMPTS):
+        try:
+            return ctx.catalogue.ingest(record["key"], png, full_record, worker=ctx.worker)
+        except Exception as exc:
+            if not is_transient(exc) or attempt == INGEST_ATTEMPTS - 1:
+                raise
+            time.sleep(INGEST_BACKOFF_SECONDS[min(attempt, len(INGEST_BACKOFF_SECONDS) - 1)])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@task(name="render-job", cache_policy=NO_CACHE, retries=JOB_RETRIES, retry_delay_seconds=JOB_RETRY_DELAYS,
+      retry_condition_fn=_retry_if_transient, task_run_name="render {record[asset_id]} seed {record[seed]}")
+def render_job(ctx: RunContext, record: dict) -> JobOutcome:
+    """Claim, render and catalogue one job. Non-transient failures end the job `failed` with a reason."""
+    label = job_label(record)
+    started = time.perf_counter()
+    key = record["key"]
+    # 1. Claim the job (a lease), or leave it to whoever holds it.
+    if not ctx.catalogue.claim(key, ctx.worker, ctx.lease_seconds):
+        existing = ctx.catalogue.rendered_keys([key])
+        reason = None if existing else "running elsewhere (leased by another worker)"
+        return JobOutcome(key, label, "skipped", reason=reason)
+    try:
+        # 2. Render on a free slot.
+        with ctx.slots.slot() as device:
+            render_started = time.perf_counter()
+            png, engine_meta = render_png(record, device, ctx.dtype)
+            render_s = time.perf_counter() - render_started
+        # 3. Catalogue: object and row together or not at all.
+        timings = {"render_s": round(render_s, 3), "queued_to_done_s": None}
+        timings["job_s"] = round(time.perf_counter() - started, 3)
+        render_id = ingest_with_retries(ctx, record, png, engine_meta, timings)
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # Prefect retries the task; the lease is ours and is re-claimed on retry
+        ctx.catalogue.fail(key, one_line(exc))
+        return JobOutcome(key, label, "failed", reason=one_line(exc), seconds=time.perf_counter() - started)
+    return JobOutcome(key, label, "rendered", render_id=render_id, seconds=time.perf_counter() - started)
