@@ -148,13 +148,18 @@ def how_to_provide(location: str) -> str:
         return (f"'{location}' is not in the local Hugging Face cache ({hf_cache_dir()}). Copy the cache "
                 f"from a machine that has it, or run `huggingface-cli download {location}` where the network "
                 f"is allowed, or register a local folder with `linstudio models add NAME --base /path ...`.")
-    return f"the folder '{location}' does not exist on this machine."
+    return (f"the folder '{location}' does not exist on this machine. Copy the model there (diffusers "
+            f"folder layout), or re-register the entry with `linstudio models add NAME --base /path ...`.")
 
 
 def _file_digest(path: Path, cache: dict) -> str:
-    """sha256 of a weight file, cached by (path, size, mtime) because real weights are GBs."""
+    """sha256 of a weight file, cached by (path, size, mtime) because real weights are GBs.
+
+    The mtime is taken in nanoseconds: at whole seconds, a same-size file rewritten within the
+    second kept its old digest (and so its old identity).
+    """
     stat = path.stat()
-    key = f"{path}:{stat.st_size}:{int(stat.st_mtime)}"
+    key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
     if key not in cache:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
@@ -263,6 +268,38 @@ class ModelRegistry:
                 f"model {entry.name!r} is not available locally (nothing is downloaded at run time):\n  - "
                 + "\n  - ".join(problems))
 
+    def weight_digests(self, entry: ModelEntry) -> dict[str, str]:
+        """sha256 of each weight file present for an entry: `base/unet/...`, `linfusion/...`, `lora/NAME`.
+
+        Empty for tiny models (identified by their build version instead). Digests are cached in
+        HOME/models/weight-hashes.json by path, size and mtime, so only new or changed files are read.
+        """
+        if entry.is_tiny:
+            return {}
+        cache_file = self.models_dir / "weight-hashes.json"
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        before = dict(cache)
+        weights = {}
+        for role, folder in (("base", self.base_path(entry)), ("linfusion", self.linfusion_path(entry))):
+            if folder is None:
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+                    weights[f"{role}/{path.relative_to(folder)}"] = _file_digest(path.resolve(), cache)
+        for lora, path in sorted(entry.loras.items()):
+            lora_path = Path(path).expanduser()
+            if lora_path.is_file():
+                weights[f"lora/{lora}"] = _file_digest(lora_path.resolve(), cache)
+        if cache != before:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(cache_file)  # atomic: a concurrent reader never sees half a file
+        return weights
+
     def identity(self, entry: ModelEntry) -> str:
         """A stable hash of what this entry renders with: the entry and the hashes of its weights.
 
@@ -274,26 +311,6 @@ class ModelRegistry:
         if entry.is_tiny:
             record["tiny_build"] = TINY_BUILD_VERSION
         else:
-            cache_file = self.models_dir / "weight-hashes.json"
-            try:
-                cache = json.loads(cache_file.read_text())
-            except (OSError, ValueError):
-                cache = {}
-            before = len(cache)
-            weights = {}
-            for role, folder in (("base", self.base_path(entry)), ("linfusion", self.linfusion_path(entry))):
-                if folder is None:
-                    continue
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
-                        weights[f"{role}/{path.relative_to(folder)}"] = _file_digest(path.resolve(), cache)
-            for lora, path in sorted(entry.loras.items()):
-                lora_path = Path(path).expanduser()
-                if lora_path.is_file():
-                    weights[f"lora/{lora}"] = _file_digest(lora_path.resolve(), cache)
-            record["weights"] = weights
-            if len(cache) != before:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                cache_file.write_text(json.dumps(cache, indent=1))
+            record["weights"] = self.weight_digests(entry)
         blob = json.dumps(record, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,99 @@
+"""Engines and sessions for the two supported databases: SQLite (embedded default) and PostgreSQL.
+
+SQLite needs three things PostgreSQL gives for free, set on every new connection:
+- WAL journal, so readers (the gallery, `catalogue ls`) never block the writer;
+- a busy timeout, so concurrent workers wait for the write lock instead of failing at once;
+- foreign keys, which SQLite ignores unless asked.
+It also needs write transactions to take the write lock when they *begin* (`BEGIN IMMEDIATE`):
+a deferred transaction that reads and then writes can fail with "database is locked" even with a
+busy timeout, because its snapshot went stale. Taking the lock up front makes every transaction
+wait its turn instead. Transactions are kept short for that reason (hashing objects, uploads and
+rendering all happen outside them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from catalogue.errors import CatalogueError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# SQLite caps bound parameters per statement (32766 in current builds, 999 in old ones).
+IN_CHUNK = 500
+
+
+def normalise_url(database_url: str) -> str:
+    """Accept plain `postgresql://` / `postgres://` URLs and point them at psycopg 3 (the driver installed)."""
+    url = make_url(database_url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise CatalogueError(
+            f"catalogue database {url.render_as_string(hide_password=True)!r}: only sqlite:/// and "
+            "postgresql+psycopg:// URLs are supported"
+        )
+    return url.render_as_string(hide_password=False)
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine for `database_url`, with the SQLite connection settings above where they apply."""
+    url = make_url(normalise_url(database_url))
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see the BEGIN below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (results are returned after the transaction)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_ignoring_conflicts(session: Session, table: Table, rows: Sequence[dict], unique: Iterable[str]) -> None:
+    """INSERT rows, skipping those that collide on the unique columns `unique`.
+
+    `ON CONFLICT DO NOTHING` on both backends: two processes planning the same manifest at once both
+    succeed instead of one failing on a unique violation half-way.
+    """
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    columns = list(unique)
+    for start in range(0, len(rows), IN_CHUNK):
+        statement = insert(table).values(list(rows[start : start + IN_CHUNK]))
+        session.execute(statement.on_conflict_do_nothing(index_elements=columns))
+
+
+def chunked(values: Sequence, size: int = IN_CHUNK) -> Iterable[Sequence]:
+    """`values` in slices small enough for one `IN (...)` on SQLite."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

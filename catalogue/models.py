@@ -1,0 +1,216 @@
+"""The catalogue's tables, as SQLAlchemy 2 declarative models.
+
+What exists and how it came to be: a *submission* is one manifest run; it plans *jobs* (one per
+render the manifest asks for, unique by job key) for *assets* (team, project, asset id); a job
+that succeeds gets exactly one *render* (the PNG, its thumbnail and every setting that made it).
+An *upload intent* is written before objects are uploaded (or deleted) and removed in the same
+transaction that makes them official, so a crash at any point leaves a trail a sweep can follow.
+
+The schema is changed only through Alembic migrations in `catalogue/migrations`; a test checks
+these models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Job states. A job moves planned -> running (leased) -> done | failed; failed and expired-running
+# jobs may be claimed again.
+PLANNED, RUNNING, DONE, FAILED = "planned", "running", "done", "failed"
+JOB_STATES = (PLANNED, RUNNING, DONE, FAILED)
+
+# Upload-intent purposes and states.
+INGEST, FORGET = "ingest", "forget"
+OPEN, SWEEPING = "open", "sweeping"
+
+ID_LEN = 26  # a ULID (catalogue.ids)
+KEY_LEN = 128  # job keys are content hashes; room to spare
+NAME_LEN = 200  # team, project, asset id, model names, worker names
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones and would hand back naive values,
+    which compare wrongly against aware ones. Values are normalised to UTC on the way in and come
+    back aware in UTC on the way out, so lease arithmetic is the same everywhere.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the catalogue stores aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# JSON everywhere; JSONB on PostgreSQL so later gallery queries (tags, engine metadata) can index it.
+JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with deterministic constraint names (Alembic needs them to alter later)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class Submission(Base):
+    """One manifest run: which file (and which version of it) asked for how many jobs."""
+
+    __tablename__ = "submissions"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    team: Mapped[str] = mapped_column(String(NAME_LEN))
+    project: Mapped[str] = mapped_column(String(NAME_LEN))
+    manifest_path: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    job_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+    __table_args__ = (Index("ix_submissions_team_project_created_at", "team", "project", "created_at"),)
+
+
+class Asset(Base):
+    """A thing a team produces renders of, named by (team, project, asset id) in its manifests."""
+
+    __tablename__ = "assets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    team: Mapped[str] = mapped_column(String(NAME_LEN))
+    project: Mapped[str] = mapped_column(String(NAME_LEN))
+    asset_id: Mapped[str] = mapped_column(String(NAME_LEN))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("team", "project", "asset_id"),)
+
+
+class Job(Base):
+    """One render a manifest asks for, unique by its content-derived key, with its lease."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(KEY_LEN), unique=True)
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), index=True)
+    asset_pk: Mapped[int] = mapped_column(ForeignKey("assets.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    lease_owner: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    record: Mapped[dict[str, Any]]
+    manifest_path: Mapped[str | None] = mapped_column(Text)
+    manifest_line: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {JOB_STATES!r}", name="state"),
+        Index("ix_jobs_state_lease_expires_at", "state", "lease_expires_at"),
+    )
+
+
+class Render(Base):
+    """A finished render: where its objects are, their checksums, and every setting that made it."""
+
+    __tablename__ = "renders"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    job_key: Mapped[str] = mapped_column(ForeignKey("jobs.key"), unique=True)
+    submission_id: Mapped[str | None] = mapped_column(ForeignKey("submissions.id"), index=True)
+    asset_pk: Mapped[int] = mapped_column(ForeignKey("assets.id"), index=True)
+    team: Mapped[str] = mapped_column(String(NAME_LEN))
+    project: Mapped[str] = mapped_column(String(NAME_LEN))
+    asset_id: Mapped[str] = mapped_column(String(NAME_LEN))
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int | None] = mapped_column(Integer)
+    guidance: Mapped[float | None] = mapped_column(Float)
+    scheduler: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    model: Mapped[str] = mapped_column(String(NAME_LEN), index=True)
+    model_identity: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    engine: Mapped[dict[str, Any]]
+    timings: Mapped[dict[str, Any]]
+    tags: Mapped[list[Any]]
+    record: Mapped[dict[str, Any]]
+    worker: Mapped[str] = mapped_column(String(NAME_LEN))
+    object_key: Mapped[str] = mapped_column(Text)
+    object_uri: Mapped[str] = mapped_column(Text)
+    thumb_key: Mapped[str] = mapped_column(Text)
+    thumb_uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    thumb_sha256: Mapped[str] = mapped_column(String(64))
+    parent_render_id: Mapped[str | None] = mapped_column(ForeignKey("renders.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+    __table_args__ = (Index("ix_renders_team_project_id", "team", "project", "id"),)
+
+
+class UploadIntent(Base):
+    """Objects about to be uploaded (ingest) or deleted (forget), written before the store is touched.
+
+    An ingest removes its intent in the transaction that inserts the render row; a forget removes it
+    once the objects are gone. Any intent still here after a grace period belongs to a process that
+    died or failed half-way, and `sweep_intents` finishes the job: objects no render row references
+    are deleted. `state` turns to `sweeping` before a sweep deletes anything, and an ingest only
+    commits if it can still remove its intent while `open` — so a slow ingest and a sweep can never
+    both win.
+    """
+
+    __tablename__ = "upload_intents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_key: Mapped[str] = mapped_column(String(KEY_LEN), index=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    object_keys: Mapped[list[Any]]
+    worker: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint(f"purpose IN {(INGEST, FORGET)!r}", name="purpose"),
+        CheckConstraint(f"state IN {(OPEN, SWEEPING)!r}", name="state"),
+        Index("ix_upload_intents_state_created_at", "state", "created_at"),
+    )

@@ -1,0 +1,167 @@
+"""The main job end to end: manifests in, catalogued renders out, on both kinds of backend.
+
+Every test here runs the real Prefect flow against the session's Prefect server, the tiny
+SD-1.5 model, and either the embedded catalogue (SQLite + folder) or the production parts
+(PostgreSQL + SeaweedFS S3).
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from flow_support import write_manifest
+from PIL import Image
+
+from flows.batch import ManifestsInvalid, run_manifests
+
+pytestmark = pytest.mark.services
+
+
+def open_catalogue():
+    from catalogue import Catalogue
+    from linstudio.settings import get_settings
+
+    settings = get_settings()
+    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
+    catalogue.migrate()
+    return catalogue
+
+
+def test_run_catalogues_every_job_and_a_rerun_renders_nothing(prefect_api, backend, small_manifest):
+    summary = run_manifests([small_manifest])
+    assert summary.ok, summary.to_text()
+    assert summary.counts["rendered"] == 3 and summary.counts["skipped"] == 0
+
+    catalogue = open_catalogue()
+    try:
+        renders = catalogue.renders(limit=100)
+        assert sorted((r["asset_id"], r["seed"], r["width"], r["height"]) for r in renders) == [
+            ("barrel", 7, 64, 128), ("crate", 1, 64, 64), ("crate", 2, 64, 64)]
+        assert {r["worker"] for r in renders} and all(r["worker"] for r in renders)
+        # The stored PNG carries its settings where artists' tools look for them.
+        render = catalogue.render(renders[0]["render_id"])
+        png = catalogue.store.get(catalogue.store.key_of(render["object_uri"]))
+        image = Image.open(io.BytesIO(png))
+        assert render["prompt"] in image.text["parameters"]
+        assert image.size == (render["width"], render["height"])
+        assert catalogue.check().ok
+    finally:
+        catalogue.close()
+
+    again = run_manifests([small_manifest])
+    assert again.ok
+    assert again.counts["rendered"] == 0 and again.counts["skipped"] == 3
+
+
+def test_force_renders_again_without_duplicates(prefect_api, backend, small_manifest):
+    assert run_manifests([small_manifest]).counts["rendered"] == 3
+    forced = run_manifests([small_manifest], force=True)
+    assert forced.counts["rendered"] == 3
+    catalogue = open_catalogue()
+    try:
+        renders = catalogue.renders(limit=100)
+        assert len(renders) == 3  # one render per job key, replaced, not duplicated
+        assert catalogue.check().ok
+    finally:
+        catalogue.close()
+
+
+def test_an_invalid_manifest_stops_everything_before_rendering(prefect_api, tmp_path, backend, small_manifest):
+    bad = write_manifest(small_manifest.parent, "broken.yaml", """
+        version: 1
+        team: film
+        project: x
+        assets:
+          - id: shot
+            prompt: "a shot"
+            sizes: [100x100]
+    """)
+    with pytest.raises(ManifestsInvalid) as caught:
+        run_manifests([small_manifest, bad])
+    messages = [str(e) for e in caught.value.errors]
+    assert any("broken.yaml:7" in m and "sizes[0]" in m and "multiple of 8" in m for m in messages), messages
+    catalogue = open_catalogue()
+    try:
+        assert catalogue.renders(limit=10) == []
+    finally:
+        catalogue.close()
+
+
+def test_fields_without_an_engine_feature_are_refused_not_ignored(prefect_api, tmp_path, backend):
+    manifest = write_manifest(tmp_path, "tiles.yaml", """
+        version: 1
+        team: game
+        project: tiles
+        defaults: {model: tiny-sd15, steps: 2, sizes: [64x64]}
+        assets:
+          - id: stone
+            prompt: "stone floor"
+            tileable: true
+    """)
+    with pytest.raises(ManifestsInvalid) as caught:
+        run_manifests([manifest])
+    message = " ".join(str(e) for e in caught.value.errors)
+    assert "tileable" in message and "not supported yet" in message and "tiles.yaml:6" in message
+
+
+def test_one_failing_job_does_not_stop_the_others(prefect_api, backend, small_manifest, monkeypatch):
+    import flows.tasks as tasks
+
+    real = tasks.render_png
+
+    def flaky(record, device, dtype):
+        if record["asset_id"] == "barrel":
+            raise ValueError("the engine refused this job")
+        return real(record, device, dtype)
+
+    monkeypatch.setattr(tasks, "render_png", flaky)
+    summary = run_manifests([small_manifest])
+    assert summary.counts["rendered"] == 2 and summary.counts["failed"] == 1
+    failed = summary.failed[0]
+    assert "barrel" in failed.label and "the engine refused this job" in failed.reason
+    catalogue = open_catalogue()
+    try:
+        assert catalogue.job_states([failed.key]) == {failed.key: "failed"}
+    finally:
+        catalogue.close()
+    monkeypatch.setattr(tasks, "render_png", real)
+    retry = run_manifests([small_manifest])  # a failed job is taken again by the next run
+    assert retry.ok and retry.counts["rendered"] == 1 and retry.counts["skipped"] == 2
+
+
+def test_a_store_that_blinks_mid_ingest_is_retried(prefect_api, backend, small_manifest, monkeypatch):
+    import flows.tasks as tasks
+    from catalogue import Catalogue
+
+    monkeypatch.setattr(tasks, "INGEST_BACKOFF_SECONDS", (0.01,))
+    real_ingest = Catalogue.ingest
+    calls = {"n": 0}
+
+    def blinking(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("object store unreachable")
+        return real_ingest(self, *args, **kwargs)
+
+    monkeypatch.setattr(Catalogue, "ingest", blinking)
+    summary = run_manifests([small_manifest])
+    assert summary.ok and summary.counts["rendered"] == 3
+    assert calls["n"] == 5
+
+
+def test_a_model_loads_once_per_flow_run(prefect_api, backend, small_manifest, monkeypatch):
+    from flows import engines
+    from linfusion_engine.engine import Engine
+
+    engines.close_all()
+    loads = []
+    real_load = Engine.load
+
+    def counting_load(self, *args, **kwargs):
+        loads.append(self)
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "load", counting_load)
+    assert run_manifests([small_manifest]).counts["rendered"] == 3
+    assert len(loads) == 1
