@@ -11,7 +11,7 @@ mean_j phi(k_j) -- are built once per head, then applied to every query: O(N d^2
 O(d^2) state instead of O(N^2 d).
 
 Two numerical choices matter at 16K (millions of tokens per image):
-- Sums are accumulated in fp32 whatever the input dtype. An fp16 sum over millions of positive
+- Sums are accumulated in fp32 whatever the input dtype (float64 inputs stay float64). An fp16 sum over millions of positive
   terms overflows (fp16 tops out at 65504) or stalls once the running sum dwarfs each term; that
   is where 16K renders break. Only the (d x d) state and one chunk of tokens are ever fp32.
 - Means, not sums. Dividing by N keeps the output's scale independent of the token count, which
@@ -31,9 +31,28 @@ import torch.nn.functional as F
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp16/bf16/fp32 inputs; float64 inputs keep float64 (so gradcheck works)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def feature_map(x: torch.Tensor) -> torch.Tensor:
-    """phi(x) = ELU(x) + 1, elementwise and strictly positive (so every attention weight is > 0)."""
-    return F.elu(x).add_(1.0)
+    """phi(x) = ELU(x) + 1, in the accumulation dtype, elementwise and strictly positive.
+
+    At inference it returns a fresh contiguous tensor (never aliasing x): that single copy is the
+    one the matmuls would make anyway, and ELU then runs in place on contiguous memory. When
+    autograd is recording, the out-of-place ops are used (ELU's in-place backward needs its result
+    untouched).
+    """
+    dtype = accumulation_dtype(x.dtype)
+    if _needs_grad(x):
+        return F.elu(x.to(dtype)) + 1.0
+    out = x.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+    return F.elu(out, inplace=True).add_(1.0)
 
 
 def _chunk_tokens(batch: int, heads: int, head_dim: int, chunk_size: int | None) -> int:
@@ -67,8 +86,12 @@ def _check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 
 def linear_attention_state(key: torch.Tensor, value: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                           chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global statistics of the keys: (mean_j phi(k_j) v_j^T, mean_j phi(k_j)), both fp32.
+                           chunk_size: int | None = None) -> torch.Tensor:
+    """The keys' global statistics [mean_j phi(k_j) v_j^T | mean_j phi(k_j)] as one fp32 tensor.
+
+    Both statistics come out of one matmul per chunk: phi(k)^T [v | 1]. Kept together they are
+    also what data-parallel or patch-parallel workers would exchange (an average of states is the
+    state of the union, for equal token counts), and the size does not depend on N.
 
     Args:
         key, value: (B, H, N, d) projected keys (before phi) and values, any float dtype.
@@ -77,62 +100,61 @@ def linear_attention_state(key: torch.Tensor, value: torch.Tensor, key_padding_m
         chunk_size: tokens per chunk; None picks one that bounds the fp32 working set.
 
     Returns:
-        kv: (B, H, d, d) fp32 and k_mean: (B, H, d) fp32.
+        (B, H, d, d + 1) fp32: columns :d are mean phi(k) v^T, column d is mean phi(k).
     """
     batch, heads, tokens, head_dim = key.shape
     step = _chunk_tokens(batch, heads, head_dim, chunk_size)
-    kv = key.new_zeros((batch, heads, head_dim, head_dim), dtype=torch.float32)  # (B, H, d, d)
-    k_sum = key.new_zeros((batch, heads, head_dim), dtype=torch.float32)  # (B, H, d)
+    dtype = accumulation_dtype(key.dtype)
+    state = key.new_zeros((batch, heads, head_dim, head_dim + 1), dtype=dtype)  # (B, H, d, d+1)
     for start in range(0, tokens, step):
         stop = min(start + step, tokens)
-        k = feature_map(key[:, :, start:stop].float())  # (B, H, n, d) fp32
-        v = value[:, :, start:stop].float()  # (B, H, n, d) fp32
+        k = feature_map(key[:, :, start:stop])  # (B, H, n, d) fp32
+        ones = k.new_ones(k.shape[:-1] + (1,))  # (B, H, n, 1)
+        v = torch.cat([value[:, :, start:stop].to(dtype), ones], dim=-1)  # (B, H, n, d+1) fp32, contiguous
         if key_padding_mask is not None:
             keep = key_padding_mask[:, None, start:stop, None]  # (B, 1, n, 1)
             # where(), not a multiply: masked tokens may hold inf/NaN garbage and 0 * inf = NaN.
             k = torch.where(keep, k, 0.0)  # (B, H, n, d)
-            v = torch.where(keep, v, 0.0)  # (B, H, n, d)
-        kv.add_(torch.matmul(k.transpose(-1, -2), v))  # (B, H, d, n) @ (B, H, n, d) -> (B, H, d, d)
-        k_sum.add_(k.sum(dim=2))  # (B, H, d)
+            v = torch.where(keep, v, 0.0)  # (B, H, n, d+1)
+        state.add_(torch.matmul(k.transpose(-1, -2), v))  # (B, H, d, n) @ (B, H, n, d+1) -> (B, H, d, d+1)
     if key_padding_mask is None:
-        count = torch.full((batch, 1), float(max(tokens, 1)), device=key.device)  # (B, 1)
+        count = torch.full((batch, 1), float(max(tokens, 1)), dtype=dtype, device=key.device)  # (B, 1)
     else:
         # A row with every key masked has nothing to attend to: its state stays zero, so its
         # output is 0 / (0 + eps) = 0 rather than NaN.
-        count = key_padding_mask.sum(dim=1, dtype=torch.float32).clamp_(min=1.0)[:, None]  # (B, 1)
-    kv.div_(count[:, :, None, None])  # (B, H, d, d) / (B, 1, 1, 1)
-    k_sum.div_(count[:, :, None])  # (B, H, d) / (B, 1, 1)
-    return kv, k_sum
+        count = key_padding_mask.sum(dim=1, dtype=dtype).clamp_(min=1.0)[:, None]  # (B, 1)
+    return state / count[:, :, None, None]  # (B, H, d, d+1) / (B, 1, 1, 1)
 
 
-def apply_linear_attention_state(query: torch.Tensor, kv: torch.Tensor, k_mean: torch.Tensor, eps: float = 1e-4,
+def apply_linear_attention_state(query: torch.Tensor, state: torch.Tensor, eps: float = 1e-4,
                                  chunk_size: int | None = None) -> torch.Tensor:
     """out_i = phi(q_i)^T kv / (phi(q_i)^T k_mean + eps) for every query, in fp32, cast back.
 
     Args:
         query: (B, H, M, d) projected queries (before phi), any float dtype.
-        kv: (B, H, d, d) fp32 and k_mean: (B, H, d) fp32, from `linear_attention_state`.
+        state: (B, H, d, d + 1) from `linear_attention_state`.
 
     Returns:
-        (B, H, M, d) in query's dtype (and, for a dense query, query's memory layout).
+        (B, H, M, d) in query's dtype and, for a dense query, query's memory layout: a query that
+        is a transposed view of (B, M, H, d) projections gets an output that reshapes back to
+        (B, M, H * d) without a copy.
     """
     batch, heads, tokens, head_dim = query.shape
     step = _chunk_tokens(batch, heads, head_dim, chunk_size)
-    k_mean = k_mean[..., None]  # (B, H, d, 1)
-    if tokens <= step:
-        return _apply_chunk(query, kv, k_mean, eps).to(query.dtype)  # (B, H, M, d)
-    out = torch.empty_like(query)  # (B, H, M, d), keeps a transposed query's layout
+    grad = _needs_grad(query, state)
+    out = torch.empty_like(query)  # (B, H, M, d), same dtype and strides as query
     for start in range(0, tokens, step):
         stop = min(start + step, tokens)
-        out[:, :, start:stop] = _apply_chunk(query[:, :, start:stop], kv, k_mean, eps)  # (B, H, m, d)
+        q = feature_map(query[:, :, start:stop])  # (B, H, m, d) fp32
+        numerator_denominator = torch.matmul(q, state)  # (B, H, m, d) @ (B, H, d, d+1) -> (B, H, m, d+1)
+        numerator = numerator_denominator[..., :head_dim]  # (B, H, m, d)
+        denominator = numerator_denominator[..., head_dim:] + eps  # (B, H, m, 1)
+        if grad:
+            out[:, :, start:stop] = numerator / denominator  # (B, H, m, d), differentiable copy into the slice
+        else:
+            # Straight into the output chunk: the division and the cast to query's dtype in one pass.
+            torch.div(numerator, denominator, out=out[:, :, start:stop])  # (B, H, m, d)
     return out
-
-
-def _apply_chunk(query: torch.Tensor, kv: torch.Tensor, k_mean: torch.Tensor, eps: float) -> torch.Tensor:
-    q = feature_map(query.float())  # (B, H, m, d) fp32
-    numerator = torch.matmul(q, kv)  # (B, H, m, d) @ (B, H, d, d) -> (B, H, m, d)
-    denominator = torch.matmul(q, k_mean).add_(eps)  # (B, H, m, d) @ (B, H, d, 1) -> (B, H, m, 1)
-    return numerator.div_(denominator)  # (B, H, m, d)
 
 
 def generalized_linear_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, eps: float = 1e-4,
@@ -153,8 +175,10 @@ def generalized_linear_attention(query: torch.Tensor, key: torch.Tensor, value: 
             fp32 rounding.
 
     Returns:
-        (B, H, M, d), same dtype as query. Accumulation is fp32 whatever the input dtype.
+        (B, H, M, d), same dtype as query. Accumulation is fp32 for fp16/bf16/fp32 inputs.
+
+    Differentiable (autograd takes out-of-place paths when it is recording), for distillation.
     """
     _check_inputs(query, key, value, key_padding_mask)
-    kv, k_mean = linear_attention_state(key, value, key_padding_mask, chunk_size)  # (B, H, d, d), (B, H, d)
-    return apply_linear_attention_state(query, kv, k_mean, eps, chunk_size)  # (B, H, M, d)
+    state = linear_attention_state(key, value, key_padding_mask, chunk_size)  # (B, H, d, d+1)
+    return apply_linear_attention_state(query, state, eps, chunk_size)  # (B, H, M, d)

@@ -209,7 +209,8 @@ class LinFusion(ModelMixin, ConfigMixin):
                 for mlp in (processor.to_q_, processor.to_k_):
                     mlp[3].weight.zero_()
                     mlp[3].bias.zero_()
-        return model.to(device=unet.device, dtype=unet.dtype)
+        # nn.Module.to, not ModelMixin.to: diffusers 0.42 warns on every dtype cast there.
+        return nn.Module.to(model, device=unet.device, dtype=unet.dtype)
 
     # -- mounting ---------------------------------------------------------------------------------
     def mount(self, unet: nn.Module) -> None:
@@ -222,7 +223,7 @@ class LinFusion(ModelMixin, ConfigMixin):
         if is_mounted(unet):
             raise LinFusionMountError("LinFusion is already mounted on this UNet; call LinFusion.unmount(unet) first")
         layers = self.check_layout(unet)
-        self.to(device=unet.device, dtype=unet.dtype)
+        nn.Module.to(self, device=unet.device, dtype=unet.dtype)  # ModelMixin.to warns on any dtype
         originals = {name: attn.processor for name, attn in layers}
         for (name, attn), processor in zip(layers, self.processors):
             attn.set_processor(processor)

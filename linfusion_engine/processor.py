@@ -32,7 +32,10 @@ _DROP_BIAS_THRESHOLD = -1000.0
 
 def projection_mlp(dim: int, mid_dim: int) -> nn.Sequential:
     """LinFusion's token-wise MLP, Linear(C, m) -> LayerNorm(m) -> LeakyReLU -> Linear(m, C)."""
-    return nn.Sequential(nn.Linear(dim, mid_dim), nn.LayerNorm(mid_dim), nn.LeakyReLU(), nn.Linear(mid_dim, dim))
+    # In-place LeakyReLU: its input is the LayerNorm output, needed by nothing else (and autograd
+    # differentiates leaky_relu_ through its result).
+    return nn.Sequential(nn.Linear(dim, mid_dim), nn.LayerNorm(mid_dim), nn.LeakyReLU(inplace=True),
+                         nn.Linear(mid_dim, dim))
 
 
 def key_padding_mask_from_attention_mask(attention_mask: torch.Tensor, batch: int, tokens: int) -> torch.Tensor:

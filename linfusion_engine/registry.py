@@ -142,14 +142,17 @@ def resolve_location(location: str, models_dir: Path) -> Path | None:
     return None
 
 
-def how_to_provide(location: str) -> str:
-    """A sentence telling a user how to make a missing location available offline."""
+def how_to_provide(location: str, option: str = "--base") -> str:
+    """A sentence telling a user how to make a missing location available offline.
+
+    `option` is the `linstudio models add` option that sets this location (--base, --linfusion).
+    """
     if HUB_ID_RE.match(location) and not location.startswith(("/", "~", ".")):
         return (f"'{location}' is not in the local Hugging Face cache ({hf_cache_dir()}). Copy the cache "
                 f"from a machine that has it, or run `huggingface-cli download {location}` where the network "
-                f"is allowed, or register a local folder with `linstudio models add NAME --base /path ...`.")
-    return (f"the folder '{location}' does not exist on this machine. Copy the model there (diffusers "
-            f"folder layout), or re-register the entry with `linstudio models add NAME --base /path ...`.")
+                f"is allowed, or register a local folder with `linstudio models add NAME {option} /path ...`.")
+    return (f"the folder '{location}' does not exist on this machine. Copy it there (diffusers folder "
+            f"layout), or re-register the entry with `linstudio models add NAME {option} /path ...`.")
 
 
 def _file_digest(path: Path, cache: dict) -> str:
@@ -252,7 +255,7 @@ class ModelRegistry:
         if self.base_path(entry) is None:
             problems.append(f"base model: {how_to_provide(entry.base)}")
         if entry.linfusion not in ("from_unet", "none") and self.linfusion_path(entry) is None:
-            problems.append(f"LinFusion weights: {how_to_provide(entry.linfusion)}")
+            problems.append(f"LinFusion weights: {how_to_provide(entry.linfusion, '--linfusion')}")
         for lora, path in entry.loras.items():
             if not Path(path).expanduser().is_file():
                 problems.append(f"LoRA {lora!r}: the file '{path}' does not exist on this machine.")

@@ -5,7 +5,8 @@ document of a few hundred bytes expands to gigabytes). Manifests are written by 
 validated by a command that must answer in about a second, so here the document is composed
 into nodes (which carry their line), and the Python data is built from the nodes by hand with
 budgets: a size limit on the file, a single document, a limit on nesting and on the number of
-values that aliases add, text-only keys, no duplicate keys, no custom tags. libyaml (when
+values that aliases add, text-only keys, no duplicate keys, no custom tags, and integers only in
+decimal (`0x64` stays the text "0x64" rather than becoming 100). libyaml (when
 PyYAML was built with it) does the parsing: pure-Python parsing of a 1 MiB file takes seconds.
 
 Alongside the data comes a map `key path -> line` (`assets[2].sizes[0] -> 14`) that turns a
@@ -14,6 +15,7 @@ validation error's location into a line number.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ MAX_DEPTH = 32  # the format nests 5 deep; anything near this is not a manifest
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _MERGE_TAG = _TAG + "merge"
+_DECIMAL = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
 # libyaml also caps nesting at 1000 levels itself, where the pure-Python composer would recurse.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -45,16 +48,18 @@ class YamlProblem:
 
 @dataclass
 class YamlDocument:
-    """The parsed document (None when reading failed) and where each key path was written.
+    """The parsed document and where each key path was written.
 
-    `problems` lists everything wrong at the YAML level; when it holds a fatal problem (bad syntax,
-    a budget exceeded) `data` is None, otherwise `data` is usable and the problems (duplicate or
-    non-text keys) are still errors to report.
+    `problems` lists everything wrong at the YAML level. `read` is False after a fatal problem (bad
+    syntax, a budget exceeded): then there is no data. Otherwise `data` is the document (None for
+    an explicit empty document such as `---`), and any problems (duplicate or non-text keys) are
+    still errors to report.
     """
 
     data: Any = None
     lines: dict[str, int] = field(default_factory=dict)
     problems: list[YamlProblem] = field(default_factory=list)
+    read: bool = False
 
 
 class _Fatal(Exception):
@@ -96,7 +101,7 @@ def parse_yaml(text: str) -> YamlDocument:
         if root is not None and loader.check_node():
             second = _second_document_line(text, root.end_mark.line)
             return YamlDocument(problems=[YamlProblem(
-                second, "", "a second YAML document starts here; a manifest is one document")])
+                second, "", "a second YAML document starts here (after `---` or `...`); a manifest is one document")])
     except yaml.MarkedYAMLError as exc:
         return YamlDocument(problems=[_syntax_problem(exc)])
     except yaml.reader.ReaderError as exc:  # control characters and the like
@@ -108,15 +113,15 @@ def parse_yaml(text: str) -> YamlDocument:
         return YamlDocument(problems=[YamlProblem(None, "", f"not valid YAML: {_one_line(str(exc))}")])
     except RecursionError:
         return YamlDocument(problems=[YamlProblem(None, "", f"nested more than {MAX_DEPTH} levels deep")])
-    if root is None:
-        return YamlDocument(problems=[YamlProblem(
+    if root is None or (isinstance(root, ScalarNode) and root.tag == _TAG + "null" and not root.value):
+        return YamlDocument(problems=[YamlProblem(  # nothing, or a bare `---`
             None, "", "the file holds no YAML document; a manifest starts with `version: 1`")])
     builder = _Builder(loader)
     try:
         data = builder.build(root, "", 0, frozenset())
     except _Fatal as fatal:
         return YamlDocument(problems=builder.problems + [fatal.problem])
-    return YamlDocument(data=data, lines=builder.lines, problems=builder.problems)
+    return YamlDocument(data=data, lines=builder.lines, problems=builder.problems, read=True)
 
 
 def _second_document_line(text: str, after_line: int) -> int:
@@ -188,6 +193,10 @@ class _Builder:
         if node.tag not in _SCALAR_TAGS:
             raise _Fatal(node.start_mark.line + 1, f"YAML tag {_short(node.tag)} is not allowed in manifests",
                          key_path)
+        if node.tag == _TAG + "int" and not _DECIMAL.match(node.value):
+            # YAML 1.1 reads 0x64 as 100, 0755 as 493 and 1:20 as 80: surprises in a manifest (a size
+            # `0x64` would be reported as `100`). Such values stay text, and the schema says so.
+            return node.value
         try:
             return self.loader.construct_object(node, deep=False)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:  # e.g. a timestamp out of range

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from services import *  # noqa: F401,F403  (real-service fixtures)
+
 _SESSION_ROOT = Path(tempfile.mkdtemp(prefix="linstudio-tests-"))
 os.environ["LINSTUDIO_HOME"] = str(_SESSION_ROOT / "home")
 os.environ["HF_HUB_OFFLINE"] = "1"

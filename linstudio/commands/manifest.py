@@ -1,9 +1,135 @@
-"""`linstudio` commands for the manifest area (filled in by the area's work)."""
+"""`linstudio validate`, `linstudio plan` and `linstudio manifest schema`.
+
+Validation must answer in about a second: the `manifests` package is imported inside the
+commands, and nothing on this path imports torch or diffusers.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+PathsArg = Annotated[list[Path], typer.Argument(
+    help="Manifest files, or folders searched recursively for *.yaml and *.yml.", metavar="PATH...")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, for machines.")]
 
 
 def register(app: typer.Typer) -> None:
     """Attach this area's commands to the top-level app."""
+    app.command("validate")(validate)
+    app.command("plan")(plan)
+    group = typer.Typer(name="manifest", help="The manifest format.", no_args_is_help=True)
+    group.command("schema")(schema)
+    app.add_typer(group, name="manifest")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _summary(result) -> dict:
+    files = set(result.files)
+    invalid = {e.path for e in result.errors if e.path in files}
+    return {"manifests": len(result.files), "invalid": len(invalid), "errors": len(result.errors)}
+
+
+def _summary_line(summary: dict) -> str:
+    if not summary["errors"]:
+        return f"{_plural(summary['manifests'], 'manifest')}, all valid"
+    return (f"{_plural(summary['manifests'], 'manifest')}, {summary['invalid']} invalid, "
+            f"{_plural(summary['errors'], 'error')}")
+
+
+def _report_errors(result) -> None:
+    for error in result.errors:
+        typer.echo(str(error), err=True)
+    typer.echo(_summary_line(_summary(result)), err=True)
+
+
+def validate(paths: PathsArg, json_output: JsonOpt = False) -> None:
+    """Check manifests: every error in every file, with file, line and key; exit 0 only when all are valid."""
+    from manifests import load_manifests
+    from manifests.errors import display_path
+
+    result = load_manifests(paths)
+    summary = _summary(result)
+    if json_output:
+        by_file = {path: [] for path in result.files}
+        for error in result.errors:
+            by_file.setdefault(error.path, []).append(error.to_dict())
+        typer.echo(json.dumps({
+            "valid": not result.errors,
+            "manifests": [{"path": display_path(p), "valid": not errors, "errors": errors}
+                          for p, errors in by_file.items()],
+            "summary": summary,
+        }, indent=2))
+    elif result.errors:
+        _report_errors(result)
+    else:
+        typer.echo(_summary_line(summary))
+    if result.errors:
+        raise typer.Exit(1)
+
+
+def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
+    """List the render jobs manifests expand to (asset x size x seed), with their keys."""
+    from manifests import expand_jobs, load_manifests
+    from manifests.errors import display_path
+
+    result = load_manifests(paths)
+    if result.errors:
+        if json_output:
+            typer.echo(json.dumps({"valid": False, "errors": [e.to_dict() for e in result.errors],
+                                   "summary": _summary(result)}, indent=2))
+        else:
+            _report_errors(result)
+        raise typer.Exit(1)
+    from linfusion_engine.registry import ModelRegistry
+
+    registry = ModelRegistry.from_settings()  # readable: load_manifests just read it
+    planned = [(loaded, expand_jobs(loaded, registry)) for loaded in result.manifests]
+    jobs = [job for _, manifest_jobs in planned for job in manifest_jobs]
+    totals = {"manifests": len(planned), "jobs": len(jobs),
+              "megapixels": round(sum(j.width * j.height for j in jobs) / 1e6, 3),
+              "jobs_with_features": sum(1 for j in jobs if j.features())}
+    if json_output:
+        typer.echo(json.dumps({
+            "valid": True,
+            "manifests": [{"path": display_path(loaded.path), "sha256": loaded.sha256,
+                           "team": loaded.manifest.team, "project": loaded.manifest.project,
+                           "jobs": [{**job.to_record(), "features": job.features()} for job in manifest_jobs]}
+                          for loaded, manifest_jobs in planned],
+            "totals": totals,
+        }, indent=2))
+        return
+    for loaded, manifest_jobs in planned:
+        manifest = loaded.manifest
+        typer.echo(f"{display_path(loaded.path)}  {manifest.team}/{manifest.project}  "
+                   f"{_plural(len(manifest_jobs), 'job')}")
+        _print_table([[j.key[:12], j.asset_id, f"{j.width}x{j.height}", str(j.seed), j.model, j.strategy,
+                       ",".join(j.features()) or "-"] for j in manifest_jobs])
+        typer.echo("")
+    line = (f"{_plural(totals['jobs'], 'job')} from {_plural(totals['manifests'], 'manifest')}, "
+            f"{totals['megapixels']:g} megapixels in total")
+    if totals["jobs_with_features"]:
+        line += f"; {totals['jobs_with_features']} use features the engine may not support yet"
+    typer.echo(line)
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    header = ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "FEATURES"]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    for row in [header] + rows:
+        typer.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def schema() -> None:
+    """Print the manifest JSON Schema (format version 1), for editors to validate YAML as it is typed."""
+    from manifests import manifest_json_schema
+
+    json.dump(manifest_json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")

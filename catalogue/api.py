@@ -1,0 +1,290 @@
+"""The `Catalogue`: the one object the flow, the CLI and (later) the gallery talk to.
+
+It owns the engine, the object store and the clock, and it is the only place transactions begin
+and end: every helper module (`jobs`, `intents`, `ingest`, `queries`, `check`) takes the session it
+is handed. Each public method is one short unit of work, so SQLite's single writer is never held
+while rendering, hashing or uploading.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from catalogue import check as checks
+from catalogue import ingest as ingesting
+from catalogue import intents, jobs, migrate, queries
+from catalogue.db import chunked, make_engine, make_sessionmaker
+from catalogue.errors import IntentSweptError
+from catalogue.ids import new_ulid, utcnow
+from catalogue.models import FORGET, INGEST, Job, Render
+from catalogue.store import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+
+# An intent younger than this may belong to an ingest still uploading on another worker; a sweep at
+# run start leaves it alone. (Sweeping it anyway would be safe — that ingest then fails cleanly with
+# IntentSweptError — but would waste its render.)
+DEFAULT_SWEEP_GRACE_SECONDS = 900.0
+
+
+class Catalogue:
+    """Submissions, jobs and renders in a database; their images in an object store; kept in step.
+
+    Args:
+        engine: SQLAlchemy engine of the catalogue database (see `catalogue.db.make_engine`).
+        store: where PNGs and thumbnails go (see `catalogue.store.open_store`).
+        clock: returns the current aware UTC time; tests pass a fake one to age leases and intents.
+    """
+
+    def __init__(self, engine: Engine, store: ObjectStore, clock: Callable[[], datetime] = utcnow) -> None:
+        self.engine = engine
+        self.store = store
+        self.clock = clock
+        self._sessions = make_sessionmaker(engine)
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, database_url: str, store_url: str, *, clock: Callable[[], datetime] = utcnow) -> Catalogue:
+        """The catalogue at `database_url` (sqlite:/// or postgresql+psycopg://) with objects at `store_url`."""
+        return cls(make_engine(database_url), open_store(store_url), clock=clock)
+
+    @classmethod
+    def from_settings(cls, settings=None) -> Catalogue:
+        """The catalogue the settings name (LINSTUDIO_DATABASE_URL / LINSTUDIO_STORE_URL, or the embedded default)."""
+        if settings is None:
+            from linstudio.settings import get_settings
+
+            settings = get_settings()
+        return cls.open(settings.resolved_database_url, settings.resolved_store_url)
+
+    def migrate(self) -> None:
+        """Bring the database to the newest schema (idempotent; safe when processes race on first use)."""
+        migrate.upgrade(self.engine)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalogue:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """One unit of work: commits when the block ends, rolls back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- planning and leasing ----------------------------------------------------------------------
+
+    def create_submission(self, team: str, project: str, manifest_path: str, manifest_sha256: str,
+                          job_count: int) -> str:
+        """Record one manifest run; returns the submission id."""
+        with self._transaction() as session:
+            return jobs.create_submission(session, team, project, manifest_path, manifest_sha256, job_count,
+                                          self.clock())
+
+    def plan_jobs(self, submission_id: str, records: Sequence[Mapping]) -> None:
+        """Upsert assets and jobs for RenderJob records; done jobs stay done, failed ones are planned again."""
+        with self._transaction() as session:
+            jobs.plan_jobs(session, submission_id, records, self.clock())
+
+    def rendered_keys(self, keys: Iterable[str]) -> set[str]:
+        """The job keys among `keys` that already have a render."""
+        with self._transaction() as session:
+            return jobs.rendered_keys(session, keys)
+
+    def job_states(self, keys: Iterable[str]) -> dict[str, str]:
+        """{job key: planned | running | done | failed} for the keys known here."""
+        with self._transaction() as session:
+            return jobs.job_states(session, keys)
+
+    def job(self, job_key: str) -> dict[str, Any] | None:
+        """One job's state, lease, attempts and failure reason, or None."""
+        with self._transaction() as session:
+            job = session.scalar(select(Job).where(Job.key == job_key))
+            if job is None:
+                return None
+            return {"key": job.key, "state": job.state, "lease_owner": job.lease_owner,
+                    "lease_expires_at": job.lease_expires_at.isoformat() if job.lease_expires_at else None,
+                    "attempts": job.attempts, "error": job.error, "submission_id": job.submission_id}
+
+    def claim(self, job_key: str, worker: str, lease_seconds: int) -> bool:
+        """Lease a planned, failed or expired job to `worker`; False if done or leased by someone else."""
+        with self._transaction() as session:
+            return jobs.claim(session, job_key, worker, lease_seconds, self.clock())
+
+    def fail(self, job_key: str, reason: str) -> None:
+        """Mark a job failed with `reason` (a done job stays done)."""
+        with self._transaction() as session:
+            jobs.fail(session, job_key, reason, self.clock())
+
+    def release_dead_leases(self, worker: str) -> list[str]:
+        """Send the jobs leased by `worker` back to planned; returns their keys.
+
+        For a run starting under a worker name whose previous process died: its leases are dead even
+        though they have not expired. Only correct when no other live process uses the same name.
+        """
+        with self._transaction() as session:
+            return jobs.release_leases_of(session, worker, self.clock())
+
+    # -- ingest --------------------------------------------------------------------------------------
+
+    def ingest(self, job_key: str, png_bytes: bytes, record: Mapping, worker: str) -> str:
+        """Catalogue a finished render of `job_key`; returns its render id.
+
+        The PNG gets the A1111 `parameters` text and the JSON record embedded, and a WebP thumbnail.
+        Object and row land together or not at all:
+        an intent is committed before anything is uploaded, and one transaction inserts the row,
+        marks the job done and removes the intent. On any failure the uploaded objects are deleted
+        (or, if that fails too, left to `sweep_intents` through the intent). Idempotent: a job that
+        already has a render returns that render's id and uploads nothing.
+        """
+        now = self.clock()
+        # 1. Already catalogued? Then there is nothing to do.
+        with self._transaction() as session:
+            existing = session.scalar(select(Render.id).where(Render.job_key == job_key))
+            if existing is not None:
+                return existing
+            job = jobs.require_job(session, job_key)
+        # 2. Prepare the objects (CPU work, outside any transaction).
+        artifacts = ingesting.prepare(job, png_bytes, record, worker, new_ulid(now), now)
+        # 3. Record the intent before touching the store.
+        with self._transaction() as session:
+            intent_id = intents.open_intent(session, job_key, INGEST, artifacts.keys, worker, self.clock())
+        # 4. Upload.
+        try:
+            ingesting.upload(self.store, artifacts)
+        except Exception:
+            self._compensate(intent_id, artifacts.keys)
+            raise
+        # 5. Row, job and intent in one transaction.
+        try:
+            with self._transaction() as session:
+                intents.close_intent(session, intent_id)
+                ingesting.insert_render(session, job, artifacts, self.store, worker, now)
+                jobs.mark_done(session, job_key, now)
+        except IntentSweptError:
+            # The sweep deleted what was uploaded when it ran, but an upload still in progress then may
+            # have landed after it: clean up under a new intent of our own, then report the loss.
+            self._compensate_without_intent(job_key, artifacts.keys, worker)
+            raise
+        except IntegrityError:
+            winner = self._render_id_of(job_key)
+            self._compensate(intent_id, artifacts.keys)
+            if winner is not None:  # another worker catalogued this job first: theirs stands
+                log.info("job %s was catalogued meanwhile as render %s; discarding this copy", job_key, winner)
+                return winner
+            raise
+        except Exception:
+            self._compensate(intent_id, artifacts.keys)
+            raise
+        return artifacts.render_id
+
+    def _render_id_of(self, job_key: str) -> str | None:
+        with self._transaction() as session:
+            return session.scalar(select(Render.id).where(Render.job_key == job_key))
+
+    def _compensate_without_intent(self, job_key: str, object_keys: Sequence[str], worker: str) -> None:
+        """`_compensate` for objects whose intent is gone: record a fresh one first, so a crash here is swept too."""
+        try:
+            with self._transaction() as session:
+                intent_id = intents.open_intent(session, job_key, INGEST, object_keys, worker, self.clock())
+        except Exception:
+            log.warning("could not record a clean-up intent for %s", ", ".join(object_keys), exc_info=True)
+            return
+        self._compensate(intent_id, object_keys)
+
+    def _compensate(self, intent_id: int, object_keys: Sequence[str]) -> None:
+        """Undo a failed ingest: delete its objects, then its intent. If either step fails, the intent
+        stays and `sweep_intents` finishes the job later; the original error is what the caller sees."""
+        try:
+            with self._transaction() as session:
+                keep = intents.referenced_keys(session, object_keys)
+            intents.delete_objects(self.store, object_keys, keep)
+            with self._transaction() as session:
+                intents.drop_intent(session, intent_id)
+        except Exception:
+            log.warning("could not undo upload intent %s (%s); sweep_intents will", intent_id,
+                        ", ".join(object_keys), exc_info=True)
+
+    # -- repair and removal ------------------------------------------------------------------------
+
+    def sweep_intents(self, grace_seconds: float | None = None) -> list[str]:
+        """Finish what failed or killed ingests left: delete objects no row references, drop the intents.
+
+        Called when a run starts. Only intents older than `grace_seconds` (default
+        DEFAULT_SWEEP_GRACE_SECONDS) are touched, so ingests in flight elsewhere can finish;
+        `grace_seconds=0` sweeps them all. Returns one line per intent saying what was done.
+        """
+        grace = DEFAULT_SWEEP_GRACE_SECONDS if grace_seconds is None else grace_seconds
+        now = self.clock()
+        with self._transaction() as session:
+            due = intents.due_for_sweep(session, now, grace)
+        actions = []
+        for intent in due:
+            with self._transaction() as session:
+                if not intents.start_sweeping(session, intent, now, grace):
+                    continue  # its ingest committed, or another sweep finished it
+                keep = intents.referenced_keys(session, intent.object_keys)
+            deleted = intents.delete_objects(self.store, intent.object_keys, keep)
+            with self._transaction() as session:
+                intents.drop_intent(session, intent.id)
+            what = f"deleted {', '.join(deleted)}" if deleted else "no objects to delete"
+            actions.append(f"{intent.purpose} intent {intent.id} (job {intent.job_key}, {intent.worker}): {what}")
+            log.info("swept %s", actions[-1])
+        return actions
+
+    def forget_renders(self, job_keys: Iterable[str]) -> list[str]:
+        """Delete the renders of `job_keys` (rows, then objects) and plan their jobs again, for a forced
+        re-run; returns the forgotten render ids. Re-renders that named them as parent keep a NULL parent.
+
+        The rows go in one transaction that also records delete intents, so objects whose deletion fails
+        or is interrupted are removed by the next `sweep_intents`.
+        """
+        keys = sorted(set(job_keys))
+        now = self.clock()
+        forgotten: list[tuple[str, str, int, list[str]]] = []  # (render id, job key, intent id, object keys)
+        with self._transaction() as session:
+            for chunk in chunked(keys):
+                for render in session.scalars(select(Render).where(Render.job_key.in_(chunk))):
+                    object_keys = [render.object_key, render.thumb_key]
+                    intent_id = intents.open_intent(session, render.job_key, FORGET, object_keys, None, now)
+                    forgotten.append((render.id, render.job_key, intent_id, object_keys))
+            for chunk in chunked([render_id for render_id, _, _, _ in forgotten]):
+                session.execute(delete(Render).where(Render.id.in_(chunk)))
+            jobs.replan(session, [job_key for _, job_key, _, _ in forgotten], now)
+        for _, _, intent_id, object_keys in forgotten:
+            self._compensate(intent_id, object_keys)
+        return [render_id for render_id, _, _, _ in forgotten]
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def renders(self, team: str | None = None, project: str | None = None, limit: int = 100,
+                after: str | None = None) -> list[dict[str, Any]]:
+        """Renders newest first (keyset-paged: pass the last render_id as `after` for the next page)."""
+        with self._transaction() as session:
+            return queries.list_renders(session, team, project, limit, after)
+
+    def render(self, render_id: str) -> dict[str, Any] | None:
+        """One render with its full record, or None."""
+        with self._transaction() as session:
+            return queries.get_render(session, render_id)
+
+    def check(self, verify_hashes: bool = True) -> checks.CheckReport:
+        """Compare rows and objects (see `catalogue.check`); `.ok` when consistent. Changes nothing."""
+        listed = checks.list_objects(self.store)
+        with self._transaction() as session:
+            rows = checks.snapshot(session, self.clock())
+        return checks.inspect(self.store, listed, rows, verify_hashes)

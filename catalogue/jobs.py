@@ -1,0 +1,265 @@
+"""Submissions, assets and jobs: planning work and leasing it to workers.
+
+Every function takes the caller's session and never commits: `catalogue.api.Catalogue` decides
+where transactions begin and end. Lease changes are single conditional UPDATEs (`... WHERE state
+IN (...)`), so two workers racing for one job cannot both win on SQLite or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from catalogue.db import chunked, insert_ignoring_conflicts
+from catalogue.errors import CatalogueError, InvalidRecordError, UnknownJobError
+from catalogue.ids import new_ulid
+from catalogue.models import DONE, FAILED, PLANNED, RUNNING, Asset, Job, Render, Submission
+
+log = logging.getLogger(__name__)
+
+# What a job record (manifests' RenderJob.to_record()) must carry, with the types the catalogue relies on.
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "key": str,
+    "team": str,
+    "project": str,
+    "asset_id": str,
+    "prompt": str,
+    "seed": int,
+    "width": int,
+    "height": int,
+    "model": str,
+}
+REASON_LIMIT = 2000
+
+
+def as_json(value: Mapping) -> dict:
+    """A JSON-safe copy of a record (paths and other objects become strings), as the JSON columns store it."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def record_place(record: Mapping, index: int) -> str:
+    """Where a record came from, for error messages: `manifest.yaml:14 job abc123` or `record 3`."""
+    where = record.get("manifest_path")
+    if where and record.get("manifest_line"):
+        where = f"{where}:{record['manifest_line']}"
+    job = f"job {record['key']}" if isinstance(record.get("key"), str) else f"record {index}"
+    return f"{where} {job}" if where else job
+
+
+def validate_record(record: Mapping, index: int = 0) -> None:
+    """Raise InvalidRecordError naming the record and field when a required field is missing or mistyped."""
+    for field, kind in REQUIRED_FIELDS.items():
+        if field not in record or record[field] is None:
+            raise InvalidRecordError(f"{record_place(record, index)}: missing {field!r}")
+        value = record[field]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InvalidRecordError(
+                f"{record_place(record, index)}: {field!r} must be {getattr(kind, '__name__', kind)}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+
+
+def create_submission(
+    session: Session, team: str, project: str, manifest_path: str, manifest_sha256: str, job_count: int, now: datetime
+) -> str:
+    """Record one manifest run; returns its id."""
+    submission = Submission(
+        id=new_ulid(now),
+        team=team,
+        project=project,
+        manifest_path=manifest_path,
+        manifest_sha256=manifest_sha256,
+        job_count=job_count,
+        created_at=now,
+    )
+    session.add(submission)
+    session.flush()
+    return submission.id
+
+
+def plan_jobs(session: Session, submission_id: str, records: Sequence[Mapping], now: datetime) -> None:
+    """Upsert the assets and jobs of `records` for `submission_id`.
+
+    New job keys are inserted `planned`; a `failed` job goes back to `planned` (a re-run retries it);
+    `done`, `planned` and `running` jobs are left as they are, so re-running a manifest never redoes work.
+    """
+    # 1. Check inputs before writing anything.
+    if session.get(Submission, submission_id) is None:
+        raise CatalogueError(f"submission {submission_id!r} does not exist (create_submission first)")
+    unique: dict[str, Mapping] = {}
+    for index, record in enumerate(records):
+        validate_record(record, index)
+        unique.setdefault(record["key"], record)
+    _check_parents(session, list(unique.values()))
+    if not unique:
+        return
+    # 2. Assets, then their primary keys.
+    asset_ids = {(r["team"], r["project"], r["asset_id"]) for r in unique.values()}
+    insert_ignoring_conflicts(
+        session,
+        Asset.__table__,
+        [{"team": t, "project": p, "asset_id": a, "created_at": now} for t, p, a in sorted(asset_ids)],
+        ("team", "project", "asset_id"),
+    )
+    asset_pks = _asset_pks(session, asset_ids)
+    # 3. Jobs: insert new keys, send failed ones back to planned.
+    rows = [
+        {
+            "key": key,
+            "submission_id": submission_id,
+            "asset_pk": asset_pks[(r["team"], r["project"], r["asset_id"])],
+            "state": PLANNED,
+            "attempts": 0,
+            "record": as_json(r),
+            "manifest_path": r.get("manifest_path"),
+            "manifest_line": r.get("manifest_line"),
+            "created_at": now,
+            "updated_at": now,
+        }
+        for key, r in unique.items()
+    ]
+    insert_ignoring_conflicts(session, Job.__table__, rows, ("key",))
+    for keys in chunked(list(unique)):
+        session.execute(
+            update(Job)
+            .where(Job.key.in_(keys), Job.state == FAILED)
+            .values(state=PLANNED, error=None, lease_owner=None, lease_expires_at=None,
+                    submission_id=submission_id, updated_at=now)
+        )
+
+
+def _asset_pks(session: Session, asset_ids: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
+    found: dict[tuple[str, str, str], int] = {}
+    by_project: dict[tuple[str, str], list[str]] = {}
+    for team, project, asset_id in asset_ids:
+        by_project.setdefault((team, project), []).append(asset_id)
+    for (team, project), ids in by_project.items():
+        for chunk in chunked(sorted(ids)):
+            rows = session.execute(
+                select(Asset.id, Asset.asset_id).where(
+                    Asset.team == team, Asset.project == project, Asset.asset_id.in_(chunk)
+                )
+            )
+            for pk, asset_id in rows:
+                found[(team, project, asset_id)] = pk
+    return found
+
+
+def _check_parents(session: Session, records: Sequence[Mapping]) -> None:
+    """A re-render must name a render that exists here; say which record names one that does not."""
+    wanted = {r["parent_render_id"] for r in records if r.get("parent_render_id")}
+    if not wanted:
+        return
+    known: set[str] = set()
+    for chunk in chunked(sorted(wanted)):
+        known.update(session.scalars(select(Render.id).where(Render.id.in_(chunk))))
+    for index, record in enumerate(records):
+        parent = record.get("parent_render_id")
+        if parent and parent not in known:
+            raise InvalidRecordError(f"{record_place(record, index)}: parent_render_id {parent!r} is not in the catalogue")
+
+
+def require_job(session: Session, key: str) -> Job:
+    """The job row for `key`; UnknownJobError when no plan recorded it."""
+    job = session.scalar(select(Job).where(Job.key == key))
+    if job is None:
+        raise UnknownJobError(f"job {key!r} is not planned in this catalogue (plan_jobs first)")
+    return job
+
+
+def claim(session: Session, key: str, worker: str, lease_seconds: int, now: datetime) -> bool:
+    """Lease job `key` to `worker` for `lease_seconds`; True when the lease is now `worker`'s.
+
+    Claimable: planned, failed, running with an expired lease, or running under `worker`'s own lease
+    (a renewal). Not claimable: done, or running under someone else's unexpired lease.
+    """
+    if lease_seconds <= 0:
+        raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+    claimable = or_(
+        Job.state.in_((PLANNED, FAILED)),
+        and_(Job.state == RUNNING, or_(Job.lease_expires_at < now, Job.lease_owner == worker)),
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.key == key, claimable)
+        .values(state=RUNNING, lease_owner=worker, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1, error=None, updated_at=now)
+    )
+    if result.rowcount == 1:
+        return True
+    require_job(session, key)
+    return False
+
+
+def fail(session: Session, key: str, reason: str, now: datetime) -> None:
+    """Mark job `key` failed with `reason` and drop its lease; a job already done stays done."""
+    result = session.execute(
+        update(Job)
+        .where(Job.key == key, Job.state != DONE)
+        .values(state=FAILED, error=reason[:REASON_LIMIT], lease_owner=None, lease_expires_at=None,
+                finished_at=now, updated_at=now)
+    )
+    if result.rowcount == 0:
+        require_job(session, key)
+        log.warning("job %s is done; not marking it failed (%s)", key, reason)
+
+
+def mark_done(session: Session, key: str, now: datetime) -> None:
+    """The job's render row is being written in this transaction: the job is done, its lease gone."""
+    session.execute(
+        update(Job)
+        .where(Job.key == key)
+        .values(state=DONE, error=None, lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now)
+    )
+
+
+def replan(session: Session, keys: Sequence[str], now: datetime) -> None:
+    """Send jobs back to planned whatever their state (their renders were forgotten for a forced re-run)."""
+    for chunk in chunked(list(keys)):
+        session.execute(
+            update(Job)
+            .where(Job.key.in_(chunk))
+            .values(state=PLANNED, error=None, lease_owner=None, lease_expires_at=None, finished_at=None,
+                    updated_at=now)
+        )
+
+
+def release_leases_of(session: Session, worker: str, now: datetime) -> list[str]:
+    """Send every job leased by `worker` back to planned; returns their keys."""
+    keys = list(session.scalars(select(Job.key).where(Job.state == RUNNING, Job.lease_owner == worker)))
+    for chunk in chunked(keys):
+        session.execute(
+            update(Job)
+            .where(Job.key.in_(chunk), Job.state == RUNNING, Job.lease_owner == worker)
+            .values(state=PLANNED, lease_owner=None, lease_expires_at=None, updated_at=now)
+        )
+    return keys
+
+
+def job_states(session: Session, keys: Iterable[str]) -> dict[str, str]:
+    """{key: state} for the keys that are planned here (unknown keys are left out)."""
+    states: dict[str, str] = {}
+    for chunk in chunked(sorted(set(keys))):
+        for key, state in session.execute(select(Job.key, Job.state).where(Job.key.in_(chunk))):
+            states[key] = state
+    return states
+
+
+def rendered_keys(session: Session, keys: Iterable[str]) -> set[str]:
+    """The keys among `keys` that already have a render row."""
+    found: set[str] = set()
+    for chunk in chunked(sorted(set(keys))):
+        found.update(session.scalars(select(Render.job_key).where(Render.job_key.in_(chunk))))
+    return found
+
+
+def expired_leases(session: Session, now: datetime) -> list[Job]:
+    """Running jobs whose lease ran out: their worker died or stalled, and a run will take them again."""
+    return list(session.scalars(
+        select(Job).where(Job.state == RUNNING, Job.lease_expires_at < now).order_by(Job.lease_expires_at)
+    ))

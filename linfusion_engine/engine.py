@@ -1,0 +1,386 @@
+"""The Engine: one loaded base pipeline with LinFusion mounted, rendering one request at a time.
+
+Loading a real model costs seconds to minutes, so an Engine loads its pipeline once (lazily on the
+first render, or with `load()`) and keeps it; everything a request may vary — size, seed, steps,
+guidance, scheduler and the attention backend — is switched per render without reloading.
+
+Attention backends. LinFusion's linear attention wins above the base model's native size, where
+softmax attention's cost grows with the square of the token count; at and below it linear
+attention is reported slower and no better (A100 at 512 px; SD-XL at 1-2K), so
+`attention="auto"` picks softmax there. The LinFusion layers stay loaded; switching swaps the
+self-attention processors only (`LinFusion.unmount` / `lf.mount`), which touches no weights.
+
+Nothing is downloaded here: a model whose files are not on this machine fails with
+`ModelNotAvailableError` before any load is attempted, with a message saying how to provide it,
+and the loads themselves run with the Hugging Face hub switched offline.
+
+This module imports torch only inside methods, so `RenderRequest` and `check_inputs` can be used
+by manifest validation without paying for torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from linfusion_engine.registry import (
+    BUILTIN_PREFIX,
+    ModelEntry,
+    ModelNotAvailableError,
+    ModelRegistry,
+)
+from linfusion_engine.schedulers import SCHEDULER_NAMES, check_scheduler_name
+
+ATTENTION_MODES: tuple[str, ...] = ("auto", "linear", "softmax")
+MAX_SIDE = 16384  # the largest side LinFusion is published at (16K); beyond it nothing is tested
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to an unsigned 64-bit value
+
+
+@dataclass
+class RenderRequest:
+    """One text-to-image render.
+
+    Args:
+        prompt: what to draw.
+        negative_prompt: what to steer away from; "" means none (SD-XL then uses zero embeddings,
+            as it was trained to).
+        seed: seeds a torch.Generator on the render device: same seed, same device, same image.
+        width, height: output size in pixels, multiples of 8; None means the model's native size.
+        steps: denoising steps.
+        guidance: classifier-free guidance scale; <= 1 turns guidance off.
+        scheduler: a name from `linfusion_engine.schedulers.SCHEDULER_NAMES`.
+        attention: `linear` (LinFusion), `softmax` (the base model's own), or `auto`: softmax when
+            both sides are at most the model's native size, linear above it.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    width: int | None = None
+    height: int | None = None
+    steps: int = 30
+    guidance: float = 7.5
+    scheduler: str = "euler"
+    attention: str = "auto"
+
+    def check_inputs(self) -> None:
+        """Raise a short ValueError naming the first invalid field. Needs no model and no torch."""
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
+        for side in ("width", "height"):
+            value = getattr(self, side)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{side} must be an integer number of pixels, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"{side} must be positive, got {value}")
+            if value % 8:
+                raise ValueError(f"{side} must be a multiple of 8, got {value}")
+            if value > MAX_SIDE:
+                raise ValueError(f"{side} must be at most {MAX_SIDE}, got {value}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to 2**64-1, got {self.seed!r}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if not isinstance(self.guidance, (int, float)) or isinstance(self.guidance, bool) or self.guidance < 0:
+            raise ValueError(f"guidance must be a number >= 0, got {self.guidance!r}")
+        check_scheduler_name(self.scheduler)
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention mode {self.attention!r}; use one of {', '.join(ATTENTION_MODES)}")
+
+
+@dataclass
+class RenderResult:
+    """A rendered image (PIL, RGB) and its JSON-serialisable metadata (see `Engine.render`)."""
+
+    image: Any
+    metadata: dict[str, Any]
+
+
+def choose_attention(request: RenderRequest, width: int, height: int, entry: ModelEntry) -> str:
+    """The backend a request renders with: `linear` or `softmax` (see RenderRequest.attention)."""
+    has_linfusion = entry.linfusion != "none"
+    if request.attention == "linear":
+        if not has_linfusion:
+            raise ValueError(f"attention 'linear': model {entry.name!r} has no LinFusion weights (linfusion: none)")
+        return "linear"
+    if request.attention == "softmax" or not has_linfusion:
+        return "softmax"
+    native = entry.native_size
+    return "softmax" if width <= native and height <= native else "linear"
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """Switch the Hugging Face hub client offline while loading.
+
+    The engine only ever passes local folders with `local_files_only=True`, so nothing should try
+    the network; this makes sure a component that would (a remote config, a missing file looked
+    up by id) fails at once instead of waiting on a network that a render worker may not have.
+    huggingface_hub reads HF_HUB_OFFLINE once at import, hence the constant as well as the variable.
+    """
+    from huggingface_hub import constants
+
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    saved_const = constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved_const
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _dtype_kwarg() -> str:
+    """diffusers 0.42 renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)."""
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
+
+
+class Engine:
+    """A base model with LinFusion, loaded once, rendering `RenderRequest`s.
+
+    Args:
+        model: a registry name (`tiny-sd15`, `sd15`, a studio's own entry).
+        registry: where names are looked up; default: the studio's (`ModelRegistry.from_settings()`).
+        device: torch device name; None picks CUDA when present, else the CPU.
+        dtype: float32, bfloat16 or float16; None picks bf16 on CUDA, fp32 on the CPU.
+
+    Raises UnknownModelError at once for a name the registry does not know. Renders on one engine
+    run one at a time (a lock): the scheduler and the attention processors are per-render state
+    of the one shared pipeline. Use one engine per device for parallelism.
+    """
+
+    def __init__(self, model: str = "tiny-sd15", *, registry: ModelRegistry | None = None,
+                 device=None, dtype=None) -> None:
+        from linfusion_engine.devices import resolve_device, resolve_dtype
+
+        self.registry = registry if registry is not None else ModelRegistry.from_settings()
+        self.entry = self.registry.get(model)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.pipeline = None
+        self.linfusion = None
+        self.load_count = 0  # how many times a pipeline was loaded: tests check switching never reloads
+        self.load_seconds: float | None = None
+        self._identity: str | None = None
+        self._weights: dict[str, str] = {}
+        self._scheduler_config: dict[str, Any] = {}
+        self._lock = threading.RLock()
+
+    # -- loading ------------------------------------------------------------------------------
+    @property
+    def is_loaded(self) -> bool:
+        return self.pipeline is not None
+
+    def load(self) -> None:
+        """Load the base pipeline and LinFusion once; later calls return at once."""
+        with self._lock:
+            if self.pipeline is not None:
+                return
+            started = time.perf_counter()
+            entry = self.entry
+            # Before touching any file: every part local, or a message saying how to provide it.
+            self.registry.require_available(entry)
+            base = self.registry.base_path(entry)
+            if entry.is_tiny:
+                from linfusion_engine.tiny import ensure_tiny_model
+
+                ensure_tiny_model(entry.base[len(BUILTIN_PREFIX):], base)
+            self._identity = self.registry.identity(entry)
+            self._weights = self.registry.weight_digests(entry)
+
+            pipe = self._load_pipeline(Path(base))
+            pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=True)
+            self.linfusion = self._load_linfusion(pipe.unet)
+            self._scheduler_config = dict(pipe.scheduler.config)
+            self.pipeline = pipe
+            self.load_count += 1
+            self.load_seconds = time.perf_counter() - started
+
+    def _load_pipeline(self, folder: Path):
+        from linfusion_engine.tiny import quiet_progress_bars
+
+        if self.entry.family == "sdxl":
+            from diffusers import StableDiffusionXLPipeline as pipeline_class
+
+            # The tiny model has no watermark to add; real SD-XL keeps diffusers' default.
+            extra = {"add_watermarker": False} if self.entry.is_tiny else {}
+        else:
+            from diffusers import StableDiffusionPipeline as pipeline_class
+
+            extra = {}
+        with hub_offline(), quiet_progress_bars():
+            return pipeline_class.from_pretrained(
+                folder, local_files_only=True, **{_dtype_kwarg(): self.dtype}, **extra)
+
+    def _load_linfusion(self, unet):
+        """The entry's LinFusion layers, mounted on `unet` (already on the render device); None for `none`.
+
+        `from_unet` builds them on the UNet's device and dtype; published weights load straight
+        into the render dtype and device (they are stored in fp16).
+        """
+        from linfusion_engine.linfusion import LinFusion
+
+        source = self.entry.linfusion
+        if source == "none":
+            return None
+        if source == "from_unet":
+            linfusion = LinFusion.from_unet(unet)
+        else:
+            with hub_offline():
+                linfusion = LinFusion.from_pretrained(
+                    self.registry.linfusion_path(self.entry), torch_dtype=self.dtype, device=self.device)
+        linfusion.mount(unet)
+        return linfusion
+
+    def close(self) -> None:
+        """Drop the pipeline and LinFusion and return their memory (the CUDA cache included).
+
+        The engine stays usable: the next render loads again.
+        """
+        with self._lock:
+            self.pipeline = None
+            self.linfusion = None
+            gc.collect()
+            if self.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- attention switching ----------------------------------------------------------------
+    @property
+    def attention_backend(self) -> str | None:
+        """What the UNet's self-attention runs now: `linear`, `softmax`, or None before loading."""
+        if self.pipeline is None:
+            return None
+        from linfusion_engine.linfusion import is_mounted
+
+        return "linear" if is_mounted(self.pipeline.unet) else "softmax"
+
+    def _use_attention(self, backend: str) -> None:
+        """Swap the self-attention processors; no weights move and nothing reloads."""
+        if self.attention_backend == backend:
+            return
+        from linfusion_engine.linfusion import LinFusion
+
+        if backend == "linear":
+            self.linfusion.mount(self.pipeline.unet)
+        else:
+            LinFusion.unmount(self.pipeline.unet)
+
+    # -- rendering ---------------------------------------------------------------------------
+    def render(self, request: RenderRequest) -> RenderResult:
+        """Render one request; see RenderResult. Metadata keys:
+
+        engine_version, versions {python, torch, diffusers, transformers, accelerate, safetensors},
+        device, device_name, dtype, attention (backend used), attention_requested, model, family,
+        model_identity, base, linfusion, weights {file: sha256} (empty for tiny models), prompt,
+        negative_prompt, seed, width, height, steps, guidance, scheduler,
+        timings {load_s (loading done by this call, 0.0 once loaded), render_s, total_s},
+        peak_memory_bytes (CUDA: torch.cuda.max_memory_allocated during the render; None on the
+        CPU), peak_memory_source, process_peak_rss_bytes (lifetime ru_maxrss of the process).
+        """
+        import torch
+
+        from linfusion_engine import __version__
+        from linfusion_engine.devices import dtype_name
+        from linfusion_engine.metadata import PeakMemory, device_description, library_versions, process_peak_rss_bytes
+        from linfusion_engine.schedulers import make_scheduler
+
+        started = time.perf_counter()
+        # 1. Check inputs (before any load: a bad request costs nothing)
+        request.check_inputs()
+        width = request.width or self.entry.native_size
+        height = request.height or self.entry.native_size
+        backend = choose_attention(request, width, height, self.entry)
+
+        with self._lock:
+            # 2. Load the model (first render only)
+            loads_before = self.load_count
+            self.load()
+            load_s = self.load_seconds if self.load_count != loads_before else 0.0
+
+            # 3. Set the self-attention backend for this request
+            self._use_attention(backend)
+
+            # 4. Scheduler and seeded generator: fresh per render, so no state leaks between them
+            pipe = self.pipeline
+            pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
+            generator = torch.Generator(device=self.device).manual_seed(request.seed)
+
+            # 5. Denoise and decode
+            render_started = time.perf_counter()
+            with PeakMemory(self.device) as peak:
+                output = pipe(
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt or None,
+                    width=width,
+                    height=height,
+                    num_inference_steps=request.steps,
+                    guidance_scale=float(request.guidance),
+                    generator=generator,
+                    output_type="pil",
+                )
+            render_s = time.perf_counter() - render_started
+            image = output.images[0].convert("RGB")
+            used = self.attention_backend
+
+        # 6. Metadata
+        metadata = {
+            "engine_version": __version__,
+            "versions": dict(library_versions()),
+            "device": str(self.device),
+            "device_name": device_description(self.device),
+            "dtype": dtype_name(self.dtype),
+            "attention": used,
+            "attention_requested": request.attention,
+            "model": self.entry.name,
+            "family": self.entry.family,
+            "model_identity": self._identity,
+            "base": self.entry.base,
+            "linfusion": self.entry.linfusion,
+            "weights": dict(self._weights),
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "seed": request.seed,
+            "width": width,
+            "height": height,
+            "steps": request.steps,
+            "guidance": float(request.guidance),
+            "scheduler": request.scheduler,
+            "timings": {"load_s": round(load_s, 4), "render_s": round(render_s, 4),
+                        "total_s": round(time.perf_counter() - started, 4)},
+            "peak_memory_bytes": peak.bytes,
+            "peak_memory_source": peak.source,
+            "process_peak_rss_bytes": process_peak_rss_bytes(),
+        }
+        return RenderResult(image=image, metadata=metadata)
+
+
+# ModelNotAvailableError and SCHEDULER_NAMES are re-exported: callers of the engine find them here.
+__all__ = ["ATTENTION_MODES", "Engine", "ModelNotAvailableError", "RenderRequest", "RenderResult", "SCHEDULER_NAMES",
+           "choose_attention", "hub_offline"]

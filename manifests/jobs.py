@@ -1,0 +1,229 @@
+"""A manifest expands into render jobs, one per asset x size x seed, each with a stable key.
+
+The job key decides whether a render already exists in the catalogue. It hashes exactly what
+decides the pixels and whom they are for — team, project, asset id, prompts, seed, size, the model
+registry entry with the hashes of its weights, steps, guidance, scheduler, attention mode,
+strategy, every conditioning input's settings and file hash, tileable, and for a re-render the
+render it derives from — and nothing else: not the engine version, the device, the timings, the
+tags or where the manifest lies, so an upgrade or a moved folder does not re-render the catalogue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from manifests.errors import ManifestError
+from manifests.load import LoadedManifest
+from manifests.paths import file_sha256, resolve_reference
+from manifests.schema import ResolvedAsset, resolve_asset
+
+JOB_KEY_VERSION = "linstudio-job-v1"  # bump only when the meaning of a key field changes
+KEY_FIELDS: tuple[str, ...] = (
+    "team", "project", "asset_id", "prompt", "negative_prompt", "seed", "width", "height",
+    "model_identity", "steps", "guidance", "scheduler", "attention", "strategy", "conditioning", "tileable",
+)
+OPTIONAL_KEY_FIELDS: tuple[str, ...] = ("parent_render_id",)  # re-renders only
+CONDITIONING_FEATURES: tuple[str, ...] = ("controlnet", "ip_adapter", "init_image", "lora")
+
+
+def job_key(fields: dict) -> str:
+    """The canonical job key: sha256 of `linstudio-job-v1` and the sorted-keys JSON of the key fields.
+
+    `fields` must hold exactly KEY_FIELDS (plus `parent_render_id` for a re-render; None counts as
+    absent, so first renders keep their keys). File references in `conditioning` may carry their
+    `path`: it is dropped here, only the file's hash counts. Raises ValueError on missing or extra
+    fields, so that a field cannot slip into (or out of) keys unnoticed.
+    """
+    missing = [name for name in KEY_FIELDS if name not in fields]
+    extra = [name for name in fields if name not in KEY_FIELDS and name not in OPTIONAL_KEY_FIELDS]
+    if missing or extra:
+        raise ValueError(f"job_key: missing fields {missing}, unexpected fields {extra}")
+    body = {name: value for name, value in fields.items() if not (name == "parent_render_id" and value is None)}
+    body["conditioning"] = _without_paths(body["conditioning"])
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(f"{JOB_KEY_VERSION}\n{text}".encode()).hexdigest()
+
+
+def _without_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """One render: an asset at one size with one seed, with everything decided.
+
+    Args:
+        key: full hex sha256 from `job_key` over the key fields.
+        model: the registry name (for people and for loading); `model_identity` is what the key holds.
+        conditioning: JSON-able `{controlnet: [...], ip_adapter: {...}, init_image: {...}, lora: [...]}`,
+            present entries only; every file is `{path, sha256, hashed}` where `hashed` is `bytes`,
+            or `uri` for s3:// inputs (not fetched at planning time, so their URI is hashed).
+            LoRA entries carry name and scale: their weights are hashed in `model_identity`.
+        tags, manifest_path, manifest_line: for the catalogue and for errors; not in the key.
+    """
+
+    key: str
+    team: str
+    project: str
+    asset_id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    model: str
+    model_identity: str
+    steps: int
+    guidance: float
+    scheduler: str
+    attention: str
+    strategy: str
+    tileable: bool | str
+    tags: tuple[str, ...]
+    conditioning: dict
+    parent_render_id: str | None
+    manifest_path: str
+    manifest_line: int | None
+
+    def __hash__(self) -> int:  # `conditioning` is a dict: hash by the key, which covers it
+        return hash(self.key)
+
+    def key_fields(self) -> dict:
+        """Exactly the fields the key hashes (with `parent_render_id` for a re-render)."""
+        fields = {name: getattr(self, name) for name in KEY_FIELDS}
+        if self.parent_render_id is not None:
+            fields["parent_render_id"] = self.parent_render_id
+        return fields
+
+    def to_record(self) -> dict:
+        """All fields as JSON-serialisable data (what the catalogue stores with the job)."""
+        record = dataclasses.asdict(self)
+        record["tags"] = list(self.tags)
+        return record
+
+    def features(self) -> list[str]:
+        """Manifest fields this job uses whose engine features may not exist yet.
+
+        `controlnet`, `ip_adapter`, `init_image`, `lora` when present, `tileable` unless false, and
+        `strategy:sdedit` / `strategy:highres` (auto and direct always run).
+        """
+        used = [name for name in CONDITIONING_FEATURES if name in self.conditioning]
+        if self.tileable is not False:
+            used.append("tileable")
+        if self.strategy not in ("auto", "direct"):
+            used.append(f"strategy:{self.strategy}")
+        return used
+
+    def derived(self, parent_render_id: str, **changes: Any) -> "RenderJob":
+        """A re-render of this job (e.g. the same asset at 8K from this 2K render): new key, parent recorded."""
+        job = dataclasses.replace(self, parent_render_id=parent_render_id, **changes)
+        return dataclasses.replace(job, key=job_key(job.key_fields()))
+
+
+def expand_jobs(loaded: LoadedManifest, registry=None) -> list[RenderJob]:
+    """The render jobs of a validated manifest: for each asset, each size, each seed (in that order)."""
+    if registry is None:
+        from linfusion_engine.registry import ModelRegistry
+
+        registry = ModelRegistry.from_settings()
+    manifest = loaded.manifest
+    identities: dict[str, str] = {}
+    jobs: list[RenderJob] = []
+    for index, asset in enumerate(manifest.assets):
+        resolved = resolve_asset(manifest.defaults, asset, index)
+        if resolved.model not in identities:
+            identities[resolved.model] = registry.identity(registry.get(resolved.model))
+        conditioning = _conditioning(resolved, loaded)
+        for width, height in resolved.sizes:
+            for seed in resolved.seeds:
+                fields = {
+                    "team": manifest.team, "project": manifest.project, "asset_id": resolved.id,
+                    "prompt": resolved.prompt, "negative_prompt": resolved.negative_prompt, "seed": seed,
+                    "width": width, "height": height, "model_identity": identities[resolved.model],
+                    "steps": resolved.steps, "guidance": resolved.guidance, "scheduler": resolved.scheduler,
+                    "attention": resolved.attention, "strategy": resolved.strategy,
+                    "conditioning": conditioning, "tileable": resolved.tileable,
+                }
+                jobs.append(RenderJob(
+                    key=job_key(fields), model=resolved.model, tags=resolved.tags, parent_render_id=None,
+                    manifest_path=str(loaded.path), manifest_line=loaded.line_of(f"assets[{index}]"), **fields))
+    return jobs
+
+
+def _conditioning(resolved: ResolvedAsset, loaded: LoadedManifest) -> dict:
+    """Settings and file hashes of every conditioning input of an asset (absent ones left out)."""
+    def file(reference: str) -> dict:
+        location = loaded.locations.get(reference)
+        if location is None:  # a LoadedManifest built by hand: apply the same policy now
+            from linstudio.settings import get_settings
+
+            location = resolve_reference(reference, loaded.folder, get_settings().shared_roots)
+        digest, hashed = file_sha256(location)
+        return {"path": location, "sha256": digest, "hashed": hashed}
+
+    conditioning: dict[str, Any] = {}
+    if resolved.controlnet:
+        conditioning["controlnet"] = [{"type": c.type, "scale": c.scale, "image": file(c.image)}
+                                      for c in resolved.controlnet]
+    if resolved.ip_adapter is not None:
+        conditioning["ip_adapter"] = {"scale": resolved.ip_adapter.scale,
+                                      "images": [file(image) for image in resolved.ip_adapter.images]}
+    if resolved.init_image is not None:
+        init = resolved.init_image
+        conditioning["init_image"] = {"strength": init.strength, "image": file(init.image),
+                                      "mask": file(init.mask) if init.mask is not None else None}
+    if resolved.lora:
+        conditioning["lora"] = [{"name": lora.name, "scale": lora.scale} for lora in resolved.lora]
+    return conditioning
+
+
+_FEATURE_WORDS = {
+    "controlnet": "controlnet (control maps)",
+    "ip_adapter": "ip_adapter (reference images)",
+    "init_image": "init_image (image-to-image and inpainting)",
+    "lora": "lora",
+    "tileable": "tileable",
+}
+
+
+def unsupported_errors(loaded: LoadedManifest, jobs: list[RenderJob], supported: set[str]) -> list[ManifestError]:
+    """A "not supported yet" error for each manifest field that asks for a feature not in `supported`.
+
+    One error per place the field is written (a `defaults.controlnet` is one error, not one per
+    asset), with that place's line, so nothing is silently ignored and nothing is reported twice.
+    """
+    manifest = loaded.manifest
+    index_of = {asset.id: i for i, asset in enumerate(manifest.assets)}
+    errors: dict[str, ManifestError] = {}
+    for job in jobs:
+        missing = [f for f in job.features() if f not in supported]
+        if not missing:
+            continue
+        index = index_of[job.asset_id]
+        origin = resolve_asset(manifest.defaults, manifest.assets[index], index).origin
+        for feature in missing:
+            name, _, value = feature.partition(":")
+            key_path = origin.get(name, f"assets[{index}].{name}")
+            if key_path in errors:
+                continue
+            if name == "strategy":
+                message = f"strategy {value!r} is not supported yet by the engine (auto and direct are)"
+            elif name == "tileable":
+                message = f"tileable: {_yaml(job.tileable)} is not supported yet by the engine"
+            else:
+                message = f"{_FEATURE_WORDS[name]} is not supported yet by the engine"
+            errors[key_path] = loaded.error(key_path, message)
+    return sorted(errors.values(), key=lambda e: e.line or 0)
+
+
+def _yaml(value: bool | str) -> str:
+    return str(value).lower() if isinstance(value, bool) else value
+

@@ -1,0 +1,126 @@
+"""The model registry: file round trip, identity, availability messages, torch-free imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from linfusion_engine.registry import (
+    ModelEntry,
+    ModelNotAvailableError,
+    ModelRegistry,
+    UnknownModelError,
+)
+
+
+@pytest.fixture
+def registry(tmp_path) -> ModelRegistry:
+    return ModelRegistry(tmp_path / "models.yaml", tmp_path / "models")
+
+
+def _fine_tune(tmp_path: Path) -> Path:
+    """A fake local base folder with one weight file."""
+    folder = tmp_path / "my-finetune"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"A" * 64)
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+def test_registry_file_round_trip(tmp_path, registry):
+    entry = ModelEntry("studio-v2", "sdxl", str(tmp_path / "base"), "none", 1024, "our fine-tune",
+                       {"ink": "/loras/ink.safetensors"})
+    registry.add(entry)
+    reread = ModelRegistry(registry.registry_file, registry.models_dir)
+    assert reread.get("studio-v2") == entry
+    assert "studio-v2" in reread.names() and "tiny-sd15" in reread.names()
+
+
+def test_file_entry_overrides_a_builtin(tmp_path, registry):
+    registry.add(ModelEntry("sd15", "sd15", str(tmp_path / "local-sd15"), "from_unet"))
+    assert ModelRegistry(registry.registry_file, registry.models_dir).get("sd15").base == str(tmp_path / "local-sd15")
+
+
+def test_identity_follows_weight_bytes_even_within_the_same_second(tmp_path, registry):
+    folder = _fine_tune(tmp_path)
+    entry = ModelEntry("ft", "sd15", str(folder), "none")
+    first = registry.identity(entry)
+    assert registry.identity(entry) == first  # stable while nothing changes
+    assert list(registry.weight_digests(entry)) == ["base/unet/diffusion_pytorch_model.safetensors"]
+
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    stat = weights.stat()
+    weights.write_bytes(b"B" * 64)  # same size, same second
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # and a filesystem with coarse clocks
+    assert registry.identity(entry) != first
+
+
+def test_identity_changes_with_the_entry_but_not_for_tiny_files(registry):
+    tiny = registry.get("tiny-sd15")
+    assert registry.weight_digests(tiny) == {}
+    assert registry.identity(tiny) == registry.identity(tiny)
+    assert registry.identity(tiny) != registry.identity(registry.get("tiny-sdxl"))
+
+
+def test_unknown_model_lists_the_registered_names(registry):
+    with pytest.raises(UnknownModelError, match="unknown model 'nope'.*tiny-sd15"):
+        registry.get("nope")
+
+
+def test_missing_folder_message_says_how_to_provide_it(tmp_path, registry):
+    entry = ModelEntry("gone", "sd15", str(tmp_path / "no-such-folder"), "none")
+    with pytest.raises(ModelNotAvailableError) as info:
+        registry.require_available(entry)
+    message = str(info.value)
+    assert "no-such-folder" in message and "does not exist" in message
+    assert "linstudio models add NAME --base" in message
+    assert "nothing is downloaded" in message
+
+
+def test_uncached_hub_ids_name_the_cache_and_the_right_option(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    entry = ModelEntry("hubbed", "sd15", "someorg/some-model", "someorg/some-linfusion")
+    problems = registry.missing(entry)
+    assert len(problems) == 2
+    assert "huggingface-cli download someorg/some-model" in problems[0] and str(tmp_path / "hub") in problems[0]
+    assert "--linfusion /path" in problems[1]
+
+
+def test_a_cached_hub_snapshot_counts_as_available(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someorg--some-model"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    entry = ModelEntry("hubbed", "sd15", "someorg/some-model", "none")
+    assert registry.base_path(entry) == repo / "snapshots" / "abc123"
+    assert registry.is_available(entry)
+
+
+def test_broken_registry_files_name_the_file(tmp_path, registry):
+    registry.registry_file.write_text("models: [unclosed")
+    with pytest.raises(ValueError, match="models.yaml: not valid YAML"):
+        ModelRegistry(registry.registry_file, registry.models_dir)
+    registry.registry_file.write_text("models:\n  x: {family: sd3, base: /x}\n")
+    with pytest.raises(ValueError, match=r"models\.x\.family"):
+        ModelRegistry(registry.registry_file, registry.models_dir)
+
+
+def test_add_refuses_bad_names_and_families(registry):
+    with pytest.raises(ValueError, match="letters, digits"):
+        registry.add(ModelEntry("bad name", "sd15", "/x"))
+    with pytest.raises(ValueError, match="must be one of"):
+        registry.add(ModelEntry("ok", "sd3", "/x"))  # type: ignore[arg-type]
+
+
+def test_registry_and_scheduler_names_import_without_torch():
+    code = ("import sys; import linfusion_engine.registry, linfusion_engine.schedulers, linfusion_engine.engine; "
+            "from linfusion_engine.engine import RenderRequest; RenderRequest('x', width=64).check_inputs(); "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
