@@ -119,6 +119,11 @@ class LinFusion(ModelMixin, ConfigMixin):
             self.add_module(str(index), GeneralizedLinearAttnProcessor(
                 entry["dim_n"], entry["heads"], entry.get("projection_mid_dim")))
 
+    def to(self, *args, **kwargs) -> "LinFusion":
+        """nn.Module.to. diffusers 0.42's ModelMixin.to warns "modules that should be kept in float32: []"
+        on every dtype cast of any model; LinFusion has no such modules, nor offloading or quantization."""
+        return nn.Module.to(self, *args, **kwargs)
+
     @property
     def processors(self) -> list[GeneralizedLinearAttnProcessor]:
         """The processors, in modules_list order."""
@@ -209,8 +214,7 @@ class LinFusion(ModelMixin, ConfigMixin):
                 for mlp in (processor.to_q_, processor.to_k_):
                     mlp[3].weight.zero_()
                     mlp[3].bias.zero_()
-        # nn.Module.to, not ModelMixin.to: diffusers 0.42 warns on every dtype cast there.
-        return nn.Module.to(model, device=unet.device, dtype=unet.dtype)
+        return model.to(device=unet.device, dtype=unet.dtype)
 
     # -- mounting ---------------------------------------------------------------------------------
     def mount(self, unet: nn.Module) -> None:
@@ -223,7 +227,7 @@ class LinFusion(ModelMixin, ConfigMixin):
         if is_mounted(unet):
             raise LinFusionMountError("LinFusion is already mounted on this UNet; call LinFusion.unmount(unet) first")
         layers = self.check_layout(unet)
-        nn.Module.to(self, device=unet.device, dtype=unet.dtype)  # ModelMixin.to warns on any dtype
+        self.to(device=unet.device, dtype=unet.dtype)
         originals = {name: attn.processor for name, attn in layers}
         for (name, attn), processor in zip(layers, self.processors):
             attn.set_processor(processor)

@@ -7,9 +7,13 @@ print the same `film/night-city.yaml:14 assets[2].sizes[0]: ...` lines (style it
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,8 @@ class ManifestError:
         place = display_path(self.path)
         if self.line is not None:
             place += f":{self.line}"
-        if self.key_path:
-            return f"{place} {self.key_path}: {self.message}"
-        return f"{place}: {self.message}"
+        text = f"{place} {self.key_path}: {self.message}" if self.key_path else f"{place}: {self.message}"
+        return _one_line(text)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form for `--json` output."""
@@ -55,17 +58,31 @@ def display_path(path: Path | str) -> str:
         return str(path)
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a quoted YAML key or a file name) escaped: one error, one line."""
+    return "".join(ch if ch >= " " and ch != "\x7f" else repr(ch)[1:-1] for ch in text)
+
+
 def join_key(parent: str, part: str | int) -> str:
-    """Extend a key path: `assets` + 2 -> `assets[2]`, `assets[2]` + `sizes` -> `assets[2].sizes`."""
+    """Extend a key path: `assets` + 2 -> `assets[2]`, `assets[2]` + `sizes` -> `assets[2].sizes`.
+
+    Keys other than letters, digits, `-` and `_` (possible in YAML: `"a.b"`, `"x y"`) are written
+    as JSON strings in brackets, `assets[0]["a.b"]`, so that a path always splits back unambiguously.
+    """
     if isinstance(part, int):
         return f"{parent}[{part}]"
-    return f"{parent}.{part}" if parent else str(part)
+    if not _PLAIN_KEY.match(part):
+        return f"{parent}[{json.dumps(part, ensure_ascii=False)}]"
+    return f"{parent}.{part}" if parent else part
 
 
 def parent_key(key_path: str) -> str | None:
     """The enclosing key path (`assets[2].sizes[0]` -> `assets[2].sizes` -> `assets[2]` -> `assets` -> ``)."""
     if not key_path:
         return None
+    if key_path.endswith('"]'):
+        # Inside a JSON string every `"` is escaped, so the last unescaped `["` opens the last key.
+        return key_path[: key_path.rindex('["')]
     if key_path.endswith("]"):
         return key_path[: key_path.rindex("[")]
     dot = key_path.rfind(".")

@@ -33,6 +33,7 @@ _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _MERGE_TAG = _TAG + "merge"
 _DECIMAL = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what YAML counts as a new line
 # libyaml also caps nesting at 1000 levels itself, where the pure-Python composer would recurse.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -103,7 +104,7 @@ def parse_yaml(text: str) -> YamlDocument:
             return YamlDocument(problems=[YamlProblem(
                 second, "", "a second YAML document starts here (after `---` or `...`); a manifest is one document")])
     except yaml.MarkedYAMLError as exc:
-        return YamlDocument(problems=[_syntax_problem(exc)])
+        return YamlDocument(problems=[_syntax_problem(exc, text)])
     except yaml.reader.ReaderError as exc:  # control characters and the like
         line = text[: exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
         char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "?")
@@ -133,9 +134,11 @@ def _second_document_line(text: str, after_line: int) -> int:
     return after_line + 1
 
 
-def _syntax_problem(exc: yaml.MarkedYAMLError) -> YamlProblem:
+def _syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> YamlProblem:
     mark = exc.problem_mark or exc.context_mark
-    line = mark.line + 1 if mark is not None else None
+    # At the end of a file without a final newline, libyaml's mark is one line past the last line.
+    last_line = len(_LINE_BREAK.findall(text)) + 1
+    line = min(mark.line + 1, last_line) if mark is not None else None
     what = exc.problem or exc.context or "syntax error"
     if exc.context and exc.problem:
         what = f"{exc.problem} ({exc.context})"

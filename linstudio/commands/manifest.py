@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 PathsArg = Annotated[list[Path], typer.Argument(
-    help="Manifest files, or folders searched recursively for *.yaml and *.yml.", metavar="PATH...")]
+    help="Manifest files, or folders searched recursively for *.yaml and *.yml.", metavar="PATH")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, for machines.")]
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file, save_file
 
 from linfusion_engine.attention import generalized_linear_attention
@@ -239,7 +241,16 @@ def test_mount_casts_to_the_unet_dtype_and_follows_it():
     linfusion = LinFusion.from_unet(unet)
     assert linfusion.dtype == torch.bfloat16
     linfusion = perturbed(LinFusion.from_unet(tiny_unet()))  # fp32
-    linfusion.mount(unet)
+    warnings: list[str] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    diffusers_logging.get_logger("diffusers").addHandler(handler)
+    try:
+        linfusion.mount(unet)
+        linfusion.to(torch.float16).to(torch.bfloat16)
+    finally:
+        diffusers_logging.get_logger("diffusers").removeHandler(handler)
+    assert warnings == []  # ModelMixin.to would warn about "modules kept in float32: []" each time
     assert linfusion.dtype == torch.bfloat16
     x, t, text = unet_inputs()
     assert run(unet, (x.bfloat16(), t, text.bfloat16())).dtype == torch.bfloat16
