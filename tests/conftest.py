@@ -50,6 +50,9 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
 
 def pytest_collection_modifyitems(config, items):
     """GPU-only tests are skipped where no CUDA device is present."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return  # do not pay torch's import for a run without GPU tests
     try:
         import torch
 
@@ -59,6 +62,5 @@ def pytest_collection_modifyitems(config, items):
     if has_gpu:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    for item in gpu_items:
+        item.add_marker(skip)
