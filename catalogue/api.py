@@ -29,9 +29,9 @@ from catalogue.store import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
-# An intent younger than this may belong to an ingest still uploading on another worker; a sweep at
-# run start leaves it alone. (Sweeping it anyway would be safe — that ingest then fails cleanly with
-# IntentSweptError — but would waste its render.)
+# An intent younger than this whose worker still holds the job's lease may belong to an ingest still
+# uploading; a sweep at run start leaves it alone. (Sweeping it anyway would be safe — that ingest then
+# fails cleanly with IntentSweptError — but would waste its render.)
 DEFAULT_SWEEP_GRACE_SECONDS = 900.0
 
 
@@ -55,7 +55,8 @@ class Catalogue:
     @classmethod
     def open(cls, database_url: str, store_url: str, *, clock: Callable[[], datetime] = utcnow) -> Catalogue:
         """The catalogue at `database_url` (sqlite:/// or postgresql+psycopg://) with objects at `store_url`."""
-        return cls(make_engine(database_url), open_store(store_url), clock=clock)
+        store = open_store(store_url)  # first: a bad store URL then leaves no engine behind
+        return cls(make_engine(database_url), store, clock=clock)
 
     @classmethod
     def from_settings(cls, settings=None) -> Catalogue:
@@ -81,8 +82,12 @@ class Catalogue:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        """One unit of work: commits when the block ends, rolls back if it raises."""
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commits when the block ends, rolls back if it raises.
+
+        Public for callers that compose their own queries over the models (the gallery, tests); the
+        session is handed to helpers, which never commit on their own.
+        """
         with self._sessions.begin() as session:
             yield session
 
@@ -91,28 +96,28 @@ class Catalogue:
     def create_submission(self, team: str, project: str, manifest_path: str, manifest_sha256: str,
                           job_count: int) -> str:
         """Record one manifest run; returns the submission id."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             return jobs.create_submission(session, team, project, manifest_path, manifest_sha256, job_count,
                                           self.clock())
 
     def plan_jobs(self, submission_id: str, records: Sequence[Mapping]) -> None:
         """Upsert assets and jobs for RenderJob records; done jobs stay done, failed ones are planned again."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             jobs.plan_jobs(session, submission_id, records, self.clock())
 
     def rendered_keys(self, keys: Iterable[str]) -> set[str]:
         """The job keys among `keys` that already have a render."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             return jobs.rendered_keys(session, keys)
 
     def job_states(self, keys: Iterable[str]) -> dict[str, str]:
         """{job key: planned | running | done | failed} for the keys known here."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             return jobs.job_states(session, keys)
 
     def job(self, job_key: str) -> dict[str, Any] | None:
         """One job's state, lease, attempts and failure reason, or None."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             job = session.scalar(select(Job).where(Job.key == job_key))
             if job is None:
                 return None
@@ -122,22 +127,26 @@ class Catalogue:
 
     def claim(self, job_key: str, worker: str, lease_seconds: int) -> bool:
         """Lease a planned, failed or expired job to `worker`; False if done or leased by someone else."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             return jobs.claim(session, job_key, worker, lease_seconds, self.clock())
 
     def fail(self, job_key: str, reason: str) -> None:
         """Mark a job failed with `reason` (a done job stays done)."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             jobs.fail(session, job_key, reason, self.clock())
 
     def release_dead_leases(self, worker: str) -> list[str]:
-        """Send the jobs leased by `worker` back to planned; returns their keys.
+        """Send the jobs leased by `worker` back to planned, and sweep its unfinished ingests; returns the keys.
 
         For a run starting under a worker name whose previous process died: its leases are dead even
-        though they have not expired. Only correct when no other live process uses the same name.
+        though they have not expired, and so are the upload intents it left (they no longer match a
+        live lease, so `sweep_intents` takes them). Only correct when no other live process uses the
+        same worker name.
         """
-        with self._transaction() as session:
-            return jobs.release_leases_of(session, worker, self.clock())
+        with self.transaction() as session:
+            keys = jobs.release_leases_of(session, worker, self.clock())
+        self.sweep_intents()
+        return keys
 
     # -- ingest --------------------------------------------------------------------------------------
 
@@ -153,7 +162,7 @@ class Catalogue:
         """
         now = self.clock()
         # 1. Already catalogued? Then there is nothing to do.
-        with self._transaction() as session:
+        with self.transaction() as session:
             existing = session.scalar(select(Render.id).where(Render.job_key == job_key))
             if existing is not None:
                 return existing
@@ -161,7 +170,7 @@ class Catalogue:
         # 2. Prepare the objects (CPU work, outside any transaction).
         artifacts = ingesting.prepare(job, png_bytes, record, worker, new_ulid(now), now)
         # 3. Record the intent before touching the store.
-        with self._transaction() as session:
+        with self.transaction() as session:
             intent_id = intents.open_intent(session, job_key, INGEST, artifacts.keys, worker, self.clock())
         # 4. Upload.
         try:
@@ -171,7 +180,7 @@ class Catalogue:
             raise
         # 5. Row, job and intent in one transaction.
         try:
-            with self._transaction() as session:
+            with self.transaction() as session:
                 intents.close_intent(session, intent_id)
                 ingesting.insert_render(session, job, artifacts, self.store, worker, now)
                 jobs.mark_done(session, job_key, now)
@@ -193,13 +202,13 @@ class Catalogue:
         return artifacts.render_id
 
     def _render_id_of(self, job_key: str) -> str | None:
-        with self._transaction() as session:
+        with self.transaction() as session:
             return session.scalar(select(Render.id).where(Render.job_key == job_key))
 
     def _compensate_without_intent(self, job_key: str, object_keys: Sequence[str], worker: str) -> None:
         """`_compensate` for objects whose intent is gone: record a fresh one first, so a crash here is swept too."""
         try:
-            with self._transaction() as session:
+            with self.transaction() as session:
                 intent_id = intents.open_intent(session, job_key, INGEST, object_keys, worker, self.clock())
         except Exception:
             log.warning("could not record a clean-up intent for %s", ", ".join(object_keys), exc_info=True)
@@ -210,10 +219,10 @@ class Catalogue:
         """Undo a failed ingest: delete its objects, then its intent. If either step fails, the intent
         stays and `sweep_intents` finishes the job later; the original error is what the caller sees."""
         try:
-            with self._transaction() as session:
+            with self.transaction() as session:
                 keep = intents.referenced_keys(session, object_keys)
             intents.delete_objects(self.store, object_keys, keep)
-            with self._transaction() as session:
+            with self.transaction() as session:
                 intents.drop_intent(session, intent_id)
         except Exception:
             log.warning("could not undo upload intent %s (%s); sweep_intents will", intent_id,
@@ -224,22 +233,24 @@ class Catalogue:
     def sweep_intents(self, grace_seconds: float | None = None) -> list[str]:
         """Finish what failed or killed ingests left: delete objects no row references, drop the intents.
 
-        Called when a run starts. Only intents older than `grace_seconds` (default
-        DEFAULT_SWEEP_GRACE_SECONDS) are touched, so ingests in flight elsewhere can finish;
-        `grace_seconds=0` sweeps them all. Returns one line per intent saying what was done.
+        Called when a run starts. An intent is swept when its worker no longer holds the job's lease
+        (the job failed, was released, expired or went to another worker), or once it is older than
+        `grace_seconds` (default DEFAULT_SWEEP_GRACE_SECONDS) whatever the lease says; an ingest in
+        flight under a live lease is left to finish. `grace_seconds=0` sweeps every intent. Returns
+        one line per intent saying what was done.
         """
         grace = DEFAULT_SWEEP_GRACE_SECONDS if grace_seconds is None else grace_seconds
         now = self.clock()
-        with self._transaction() as session:
+        with self.transaction() as session:
             due = intents.due_for_sweep(session, now, grace)
         actions = []
         for intent in due:
-            with self._transaction() as session:
-                if not intents.start_sweeping(session, intent, now, grace):
+            with self.transaction() as session:
+                if not intents.start_sweeping(session, intent.id):
                     continue  # its ingest committed, or another sweep finished it
                 keep = intents.referenced_keys(session, intent.object_keys)
             deleted = intents.delete_objects(self.store, intent.object_keys, keep)
-            with self._transaction() as session:
+            with self.transaction() as session:
                 intents.drop_intent(session, intent.id)
             what = f"deleted {', '.join(deleted)}" if deleted else "no objects to delete"
             actions.append(f"{intent.purpose} intent {intent.id} (job {intent.job_key}, {intent.worker}): {what}")
@@ -256,7 +267,7 @@ class Catalogue:
         keys = sorted(set(job_keys))
         now = self.clock()
         forgotten: list[tuple[str, str, int, list[str]]] = []  # (render id, job key, intent id, object keys)
-        with self._transaction() as session:
+        with self.transaction() as session:
             for chunk in chunked(keys):
                 for render in session.scalars(select(Render).where(Render.job_key.in_(chunk))):
                     object_keys = [render.object_key, render.thumb_key]
@@ -274,17 +285,17 @@ class Catalogue:
     def renders(self, team: str | None = None, project: str | None = None, limit: int = 100,
                 after: str | None = None) -> list[dict[str, Any]]:
         """Renders newest first (keyset-paged: pass the last render_id as `after` for the next page)."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             return queries.list_renders(session, team, project, limit, after)
 
     def render(self, render_id: str) -> dict[str, Any] | None:
         """One render with its full record, or None."""
-        with self._transaction() as session:
+        with self.transaction() as session:
             return queries.get_render(session, render_id)
 
     def check(self, verify_hashes: bool = True) -> checks.CheckReport:
         """Compare rows and objects (see `catalogue.check`); `.ok` when consistent. Changes nothing."""
         listed = checks.list_objects(self.store)
-        with self._transaction() as session:
+        with self.transaction() as session:
             rows = checks.snapshot(session, self.clock())
         return checks.inspect(self.store, listed, rows, verify_hashes)

@@ -94,7 +94,8 @@ class CheckReport:
                              for p in problems)
         if self.expired_leases:
             lines.append(f"{len(self.expired_leases)} expired leases:")
-            lines.extend(f"  job {p.job_key}: leased by {p.worker}, expired {p.expired_at}" for p in self.expired_leases)
+            lines.extend(f"  job {p.job_key}: leased by {p.worker}, expired {p.expired_at}"
+                         for p in self.expired_leases)
         if self.unfinished_intents:
             lines.append(f"{len(self.unfinished_intents)} unfinished upload intents (sweep_intents clears them):")
             lines.extend(f"  intent {i['id']} ({i['purpose']}, {i['state']}) job {i['job_key']} by {i['worker']} "
@@ -133,7 +134,10 @@ def inspect(store: ObjectStore, listed: set[str], rows: RowSnapshot, verify_hash
                 report.missing_objects.append(ObjectProblem(key, store.uri(key), render_id, "no such object"))
                 continue
             if verify_hashes:
-                actual = hashlib.sha256(store.get(key)).hexdigest()
+                digest = hashlib.sha256()
+                for chunk in store.stream(key):
+                    digest.update(chunk)
+                actual = digest.hexdigest()
                 if actual != expected:
                     report.corrupt_objects.append(ObjectProblem(
                         key, store.uri(key), render_id, f"sha256 {actual[:16]}... != recorded {expected[:16]}..."))

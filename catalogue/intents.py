@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from catalogue.db import chunked
 from catalogue.errors import IntentSweptError
-from catalogue.models import OPEN, SWEEPING, Render, UploadIntent
+from catalogue.models import OPEN, RUNNING, SWEEPING, Job, Render, UploadIntent
 from catalogue.store import ObjectStore
 
 
@@ -50,23 +50,37 @@ def drop_intent(session: Session, intent_id: int) -> None:
     session.execute(delete(UploadIntent).where(UploadIntent.id == intent_id))
 
 
+def _owner_still_working(now: datetime):
+    """SQL: the intent's job is running under a live lease held by the intent's worker.
+
+    An ingest runs while its worker holds the job's lease, so an intent whose job is planned, failed,
+    done, leased to someone else or past its lease cannot belong to an ingest still in progress.
+    """
+    return and_(Job.state == RUNNING, Job.lease_owner == UploadIntent.worker, Job.lease_expires_at > now)
+
+
 def due_for_sweep(session: Session, now: datetime, grace_seconds: float) -> list[UploadIntent]:
-    """Intents to sweep: open ones older than the grace period, and any left `sweeping` by a dead sweeper."""
+    """Intents to sweep: open ones whose worker no longer holds the job's lease, open ones older than
+    the grace period whatever the lease says, and any left `sweeping` by a sweeper that died."""
     cutoff = now - timedelta(seconds=grace_seconds)
+    abandoned = or_(UploadIntent.created_at <= cutoff, Job.id.is_(None), not_(_owner_still_working(now)))
     return list(session.scalars(
         select(UploadIntent)
-        .where(or_(UploadIntent.state == SWEEPING, and_(UploadIntent.state == OPEN, UploadIntent.created_at <= cutoff)))
+        .outerjoin(Job, Job.key == UploadIntent.job_key)
+        .where(or_(UploadIntent.state == SWEEPING, and_(UploadIntent.state == OPEN, abandoned)))
         .order_by(UploadIntent.id)
     ))
 
 
-def start_sweeping(session: Session, intent: UploadIntent, now: datetime, grace_seconds: float) -> bool:
-    """Take `intent` for sweeping; False when its ingest committed (or another sweep finished it) meanwhile."""
-    cutoff = now - timedelta(seconds=grace_seconds)
+def start_sweeping(session: Session, intent_id: int) -> bool:
+    """Take the intent for sweeping; False when its ingest committed (or another sweep finished it) meanwhile.
+
+    This compare-and-set against the ingest's own `close_intent` is what makes sweeping safe: exactly
+    one of the two succeeds.
+    """
     result = session.execute(
         update(UploadIntent)
-        .where(UploadIntent.id == intent.id,
-               or_(UploadIntent.state == SWEEPING, and_(UploadIntent.state == OPEN, UploadIntent.created_at <= cutoff)))
+        .where(UploadIntent.id == intent_id, UploadIntent.state.in_((OPEN, SWEEPING)))
         .values(state=SWEEPING)
     )
     return result.rowcount == 1

@@ -161,7 +161,9 @@ def _check_parents(session: Session, records: Sequence[Mapping]) -> None:
     for index, record in enumerate(records):
         parent = record.get("parent_render_id")
         if parent and parent not in known:
-            raise InvalidRecordError(f"{record_place(record, index)}: parent_render_id {parent!r} is not in the catalogue")
+            raise InvalidRecordError(
+                f"{record_place(record, index)}: parent_render_id {parent!r} is not in the catalogue"
+            )
 
 
 def require_job(session: Session, key: str) -> Job:

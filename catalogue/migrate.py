@@ -12,6 +12,7 @@ fighting over one `alembic_version` row.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -24,6 +25,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "linstudio_alembic_version"
 # An arbitrary constant naming "the catalogue's migration lock" among PostgreSQL advisory locks.
 _PG_MIGRATION_LOCK = 0x4C494E5354554449  # "LINSTUDI"
+# Alembic keeps its running context in module globals: two threads of one process must not run it at once.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config() -> Config:
@@ -52,7 +55,7 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database behind `engine` to `revision`, serialised against concurrent callers."""
     config = alembic_config()
-    with engine.begin() as connection:
+    with _ALEMBIC_LOCK, engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         config.attributes["connection"] = connection

@@ -169,8 +169,8 @@ def a1111_parameters(record: Mapping, width: int, height: int) -> str:
     fields.append(("Model", record["model"]))
     if record.get("model_identity"):
         fields.append(("Model identity", record["model_identity"]))
-    if record.get("tileable"):
-        fields.append(("Tiling", "True"))
+    if record.get("tileable"):  # True, or the axis ("x", "y") a manifest asked for
+        fields.append(("Tiling", "True" if record["tileable"] is True else record["tileable"]))
     for label, field in (("Attention", "attention"), ("Strategy", "strategy")):
         if record.get(field):
             fields.append((label, record[field]))

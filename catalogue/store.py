@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from catalogue.errors import ObjectNotFoundError, StoreError
 
 _TEMP_PREFIX = ".tmp-"
+CHUNK_SIZE = 1 << 20
 
 
 @runtime_checkable
@@ -34,6 +35,9 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes:
         """The bytes at `key`; ObjectNotFoundError when there are none."""
+
+    def stream(self, key: str) -> Iterator[bytes]:
+        """The bytes at `key` in chunks, so a 16K render can be hashed without holding it in memory."""
 
     def exists(self, key: str) -> bool:
         """Whether `key` holds an object."""
@@ -55,8 +59,8 @@ def check_key(key: str) -> str:
     """Refuse keys that are absolute, empty, or climb out of the store (`..`), whatever the backend."""
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
         raise StoreError(f"object key {key!r}: must be a non-empty relative path using '/'")
-    parts = PurePosixPath(key).parts
-    if any(part in ("", ".", "..") for part in parts) or key.endswith("/"):
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
         raise StoreError(f"object key {key!r}: '.', '..' and empty path segments are not allowed")
     if parts[-1].startswith(_TEMP_PREFIX):
         raise StoreError(f"object key {key!r}: names starting with {_TEMP_PREFIX!r} are reserved for partial writes")
@@ -97,6 +101,15 @@ class FileStore:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+
+    def stream(self, key: str) -> Iterator[bytes]:
+        try:
+            handle = self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+        with handle:
+            while chunk := handle.read(CHUNK_SIZE):
+                yield chunk
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -182,6 +195,14 @@ class S3Store:
             return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+
+    def stream(self, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+        except self.client.exceptions.NoSuchKey:
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+        with body:
+            yield from body.iter_chunks(CHUNK_SIZE)
 
     def _head(self, key: str) -> dict | None:
         from botocore.exceptions import ClientError

@@ -39,6 +39,11 @@ def loaded_models() -> list[str]:
     return sorted({key[0] for key in _engines})
 
 
+def loaded_engines() -> list[object]:
+    """The engines loaded in this process."""
+    return list(_engines.values())
+
+
 def close_all() -> None:
     """Free every loaded engine (end of a flow run in a long-lived process)."""
     with _lock:

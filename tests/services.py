@@ -16,15 +16,18 @@ including the terminal-summary hook that prints how long each service took to st
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -69,7 +72,7 @@ def _free_port() -> int:
 
 
 def _free_port_pairs(count: int) -> list[int]:
-    """`count` distinct ports p with p and p + 10000 both free: every SeaweedFS component also opens p + 10000 (gRPC)."""
+    """`count` distinct ports p with p and p + 10000 free: each SeaweedFS component also opens p + 10000 (gRPC)."""
     chosen: list[int] = []
     rng = random.Random()
     for _ in range(2000):
@@ -82,6 +85,18 @@ def _free_port_pairs(count: int) -> list[int]:
             if len(chosen) == count:
                 return chosen
     raise RuntimeError(f"could not find {count} free port pairs (p, p+10000) on 127.0.0.1")
+
+
+def _teardown_on_sigterm() -> None:
+    """Turn SIGTERM (a CI timeout, `timeout 600 pytest`) into KeyboardInterrupt, which pytest answers by
+    running fixture teardown: otherwise the server processes outlive the session, orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def _interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -146,6 +161,7 @@ def postgres_url() -> Iterator[str]:
     127.0.0.1 on a free port only, stopped with `-m fast` and deleted at the end.
     """
     started = time.perf_counter()
+    _teardown_on_sigterm()
     bindir = _postgres_bindir()
     as_pg = _as_postgres_user()
     run = Path(tempfile.mkdtemp(prefix="linstudio-pg-"))
@@ -235,15 +251,15 @@ def _weed_binary() -> Path:
 def s3_endpoint() -> Iterator[S3Endpoint]:
     """A SeaweedFS S3 server (`weed mini`) for the session, with one identity; stopped and wiped at the end."""
     started = time.perf_counter()
+    _teardown_on_sigterm()
     weed = _weed_binary()
     run = Path(tempfile.mkdtemp(prefix="linstudio-s3-"))
     (run / "s3data").mkdir()
     (run / "s3logs").mkdir()
     access_key, secret_key = f"ci{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
-    (run / "s3.json").write_text(
-        '{"identities":[{"name":"ci","credentials":[{"accessKey":"%s","secretKey":"%s"}],'
-        '"actions":["Admin","Read","List","Tagging","Write"]}]}' % (access_key, secret_key)
-    )
+    identity = {"name": "ci", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"]}
+    (run / "s3.json").write_text(json.dumps({"identities": [identity]}))
     s3_port, master_port, volume_port, filer_port, admin_port = _free_port_pairs(5)
     cmd = [
         str(weed), f"-logdir={run / 's3logs'}", "mini", f"-dir={run / 's3data'}", "-ip=127.0.0.1",

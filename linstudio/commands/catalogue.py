@@ -1,9 +1,112 @@
-"""`linstudio` commands for the catalogue area (filled in by the area's work)."""
+"""`linstudio catalogue ...`: list, show and check what the catalogue holds.
+
+The catalogue is opened from the settings (LINSTUDIO_DATABASE_URL / LINSTUDIO_STORE_URL, or the
+embedded default under LINSTUDIO_HOME). The `catalogue` package is imported inside the commands
+only, so that `linstudio validate` and friends start without it.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 import typer
+
+catalogue_app = typer.Typer(
+    name="catalogue",
+    help="What has been rendered: list, show and check the catalogue.",
+    no_args_is_help=True,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _open():
+    """The settings' catalogue, migrated; a configuration error exits 2 with its message."""
+    from sqlalchemy.exc import OperationalError
+
+    from catalogue import Catalogue, CatalogueError
+
+    try:
+        catalogue = Catalogue.from_settings()
+    except CatalogueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        catalogue.migrate()
+    except OperationalError as exc:
+        catalogue.close()
+        where = catalogue.engine.url.render_as_string(hide_password=True)
+        typer.echo(f"error: cannot open the catalogue database {where}: {str(exc.orig).strip()}", err=True)
+        raise typer.Exit(2) from None
+    return catalogue
+
+
+@catalogue_app.command("ls")
+def ls(
+    team: Annotated[str | None, typer.Option(help="Only this team's renders.")] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project's renders.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many, newest first.")] = 50,
+    after: Annotated[str | None, typer.Option(help="Continue after this render id (the last one shown).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Catalogued renders, newest first."""
+    catalogue = _open()
+    try:
+        renders = catalogue.renders(team=team, project=project, limit=limit, after=after)
+    finally:
+        catalogue.close()
+    if as_json:
+        typer.echo(json.dumps(renders, indent=2))
+        return
+    if not renders:
+        typer.echo("no renders")
+        return
+    for r in renders:
+        typer.echo(f"{r['render_id']}  {r['team']}/{r['project']}/{r['asset_id']}  seed {r['seed']}  "
+                   f"{r['width']}x{r['height']}  {r['model']}  {r['created_at'][:19]}  {r['prompt'][:60]}")
+
+
+@catalogue_app.command("show")
+def show(
+    render_id: Annotated[str, typer.Argument(help="A render id, as `catalogue ls` prints it.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """One render: its settings, engine metadata, worker, timings and objects."""
+    catalogue = _open()
+    try:
+        render = catalogue.render(render_id)
+    finally:
+        catalogue.close()
+    if render is None:
+        typer.echo(f"error: no render {render_id!r} in the catalogue", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(render, indent=2))
+        return
+    for field, value in render.items():
+        if field == "record":
+            continue
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+        typer.echo(f"{field:17} {shown}")
+
+
+@catalogue_app.command("check")
+def check(
+    no_hashes: Annotated[bool, typer.Option("--no-hashes", help="Skip re-hashing every object (faster).")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Orphan objects, missing or corrupt objects, expired leases; exit 0 only when consistent."""
+    catalogue = _open()
+    try:
+        report = catalogue.check(verify_hashes=not no_hashes)
+    finally:
+        catalogue.close()
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
     """Attach this area's commands to the top-level app."""
+    app.add_typer(catalogue_app, name="catalogue")

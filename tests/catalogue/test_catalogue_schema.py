@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import threading
+import subprocess
+import sys
+import time
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from catalogue import Catalogue
 from catalogue.db import make_engine
 from catalogue.migrate import VERSION_TABLE, current_revision, head_revision, upgrade
 from catalogue.models import Base
@@ -57,27 +58,33 @@ def test_expected_indexes_exist(catalogue_urls):
         engine.dispose()
 
 
-def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(catalogue_urls):
-    """Two workers started together both call migrate() on first use: neither may fail."""
-    catalogues = [Catalogue.open(catalogue_urls.database_url, catalogue_urls.store_url) for _ in range(2)]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
+_RACER = """
+import sys, time
+from pathlib import Path
+from catalogue.db import make_engine
+from catalogue.migrate import upgrade
+engine = make_engine(sys.argv[1])
+gate = Path(sys.argv[2])
+(gate.parent / f"ready-{sys.argv[3]}").touch()
+while not gate.exists():
+    time.sleep(0.005)
+upgrade(engine)
+"""
 
-    def migrate(catalogue: Catalogue) -> None:
-        barrier.wait()
-        try:
-            catalogue.migrate()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
 
-    threads = [threading.Thread(target=migrate, args=(c,)) for c in catalogues]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(catalogue_urls, tmp_path):
+    """Two workers started together both migrate on first use: neither may fail (database-level lock)."""
+    gate = tmp_path / "go"
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, catalogue_urls.database_url, str(gate), str(n)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{n}").exists() for n in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.touch()
+    results = [racer.communicate(timeout=120) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], results
+    engine = make_engine(catalogue_urls.database_url)
     try:
-        assert errors == []
-        assert current_revision(catalogues[0].engine) == head_revision()
+        assert current_revision(engine) == head_revision()
     finally:
-        for catalogue in catalogues:
-            catalogue.close()
+        engine.dispose()

@@ -150,18 +150,11 @@ def test_a_store_that_blinks_mid_ingest_is_retried(prefect_api, backend, small_m
     assert calls["n"] == 5
 
 
-def test_a_model_loads_once_per_flow_run(prefect_api, backend, small_manifest, monkeypatch):
+def test_a_model_loads_once_per_flow_run(prefect_api, backend, small_manifest):
     from flows import engines
-    from linfusion_engine.engine import Engine
 
     engines.close_all()
-    loads = []
-    real_load = Engine.load
-
-    def counting_load(self, *args, **kwargs):
-        loads.append(self)
-        return real_load(self, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "load", counting_load)
     assert run_manifests([small_manifest]).counts["rendered"] == 3
-    assert len(loads) == 1
+    loaded = engines.loaded_engines()
+    assert [engine.entry.name for engine in loaded] == ["tiny-sd15"]
+    assert loaded[0].load_count == 1  # three jobs, one load
