@@ -135,6 +135,16 @@ class Catalogue:
         with self.transaction() as session:
             jobs.fail(session, job_key, reason, self.clock())
 
+    def lease_owners(self) -> set[str]:
+        """Who holds the leases of running jobs (expired or not): lets a starting run find its dead predecessors."""
+        from sqlalchemy import select
+
+        from catalogue.models import Job
+
+        with self.transaction() as session:
+            return set(session.scalars(select(Job.lease_owner).where(Job.state == "running",
+                                                                     Job.lease_owner.is_not(None)).distinct()))
+
     def release_dead_leases(self, worker: str) -> list[str]:
         """Send the jobs leased by `worker` back to planned, and sweep its unfinished ingests; returns the keys.
 

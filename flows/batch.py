@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from flows.outcomes import JobOutcome, RunSummary
+from flows.outcomes import JobOutcome, RunSummary, redact_url
 
 # Engine features that exist today; manifest fields asking for others are refused before
 # anything renders (see `manifests.unsupported_errors`).
@@ -46,6 +45,33 @@ class PlannedRun:
 def worker_id(settings) -> str:
     """Who holds a lease: host name and process id, so a crashed local run's leases can be told apart."""
     return f"{settings.worker_name}/{os.getpid()}"
+
+
+def release_leases_of_dead_local_runs(catalogue, settings) -> list[str]:
+    """Free the leases held by earlier runs on this host whose process is gone (a kill -9, a crash).
+
+    Their leases would otherwise block the jobs until they expire; a lease held by a live process
+    here, or by another host, is left alone (it expires on its own if that host died).
+    """
+    prefix = f"{settings.worker_name}/"
+    released = []
+    for owner in catalogue.lease_owners():
+        if not owner.startswith(prefix):
+            continue
+        pid = owner[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            released.extend(catalogue.release_dead_leases(owner))
+    return released
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def load_and_expand(paths: list[Path]) -> list[tuple[object, list]]:
@@ -110,43 +136,20 @@ def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
     try:
         catalogue.migrate()
         catalogue.sweep_intents()
-        catalogue.release_dead_leases(settings.worker_name)
+        release_leases_of_dead_local_runs(catalogue, settings)
         planned = plan_run(catalogue, expanded, force)
-        summary = RunSummary(outcomes=list(planned.skipped), catalogue=_redact(settings.resolved_database_url),
+        summary = RunSummary(outcomes=list(planned.skipped), catalogue=redact_url(settings.resolved_database_url),
                              store=settings.resolved_store_url)
         total = len(planned.skipped) + len(planned.to_render)
-        if on_progress:
-            for index, outcome in enumerate(planned.skipped, 1):
-                on_progress(outcome, index, total)
-        if planned.to_render:
-            from flows.flow import render_batch
+        # The flow runs even when everything was already catalogued, so that every run leaves its
+        # summary in Prefect, skipped jobs included.
+        from flows.flow import render_batch
 
-            rendered = render_batch(planned.to_render, catalogue=catalogue, settings=settings,
-                                    done_before=len(planned.skipped), total=total, on_progress=on_progress)
-            summary.outcomes.extend(rendered)
-        else:
-            _publish_summary_without_flow(summary)
+        summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
+                                             skipped=planned.skipped, total=total, on_progress=on_progress))
         return summary
     finally:
         catalogue.close()
-
-
-def _publish_summary_without_flow(summary: RunSummary) -> None:
-    """Nothing to render: no flow run is started (saves Prefect's start-up), the summary is printed only."""
-
-
-def _redact(url: str) -> str:
-    """A database URL without its password, for printing."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
-
-def elapsed(started: float) -> str:
-    return f"{time.perf_counter() - started:.1f} s"
 
 
 if __name__ == "__main__":  # pragma: no cover

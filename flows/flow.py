@@ -17,7 +17,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.devices import SlotPool, render_devices
-from flows.outcomes import JobOutcome, RunSummary
+from flows.outcomes import JobOutcome, RunSummary, redact_url
 from flows.tasks import RunContext, job_label, render_job
 from flows.transient import one_line
 
@@ -30,7 +30,7 @@ _handoff_lock = threading.Lock()
 @flow(name="linstudio-batch", validate_parameters=False, log_prints=False,
       task_runner=ThreadPoolTaskRunner(max_workers=4))
 def batch_flow(records: list[dict], worker: str | None = None, handoff_token: str | None = None,
-               done_before: int = 0, total: int | None = None) -> list[dict]:
+               skipped: list[dict] | None = None, total: int | None = None) -> list[dict]:
     """Render and catalogue `records` (RenderJob records); returns one outcome dict per job.
 
     The catalogue, store, device and dtype come from the settings of the process running the
@@ -54,7 +54,9 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
     devices = render_devices(settings.device)
     ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=worker,
                      lease_seconds=settings.lease_seconds, dtype=settings.dtype)
-    total = total or len(records)
+    skipped_outcomes = [JobOutcome(**item) for item in skipped or []]
+    done_before = len(skipped_outcomes)
+    total = total or done_before + len(records)
     # Tasks beyond the slot count would only queue on the slot lock: submit in windows so a
     # 5000-job batch does not create 5000 threads and futures at once.
     window = max(2 * len(devices), 2)
@@ -75,7 +77,7 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
     finally:
         if owns_catalogue:
             catalogue.close()
-    summary = RunSummary(outcomes=outcomes, catalogue=settings.resolved_database_url.split("@")[-1],
+    summary = RunSummary(outcomes=skipped_outcomes + outcomes, catalogue=redact_url(settings.resolved_database_url),
                          store=settings.resolved_store_url)
     create_markdown_artifact(key="linstudio-batch-summary", markdown=summary.to_markdown(),
                              description=summary.headline())
@@ -95,9 +97,9 @@ def _outcome_of(future, record: dict, catalogue) -> JobOutcome:
         return JobOutcome(record["key"], job_label(record), "failed", reason=reason)
 
 
-def render_batch(records: list[dict], *, catalogue, settings, done_before: int = 0, total: int | None = None,
-                 on_progress: Callable | None = None) -> list[JobOutcome]:
-    """Run `batch_flow` in this process with the already-open catalogue; returns the outcomes."""
+def render_batch(records: list[dict], *, catalogue, settings, skipped: list[JobOutcome] = (),
+                 total: int | None = None, on_progress: Callable | None = None) -> list[JobOutcome]:
+    """Run `batch_flow` in this process with the already-open catalogue; returns the rendered jobs' outcomes."""
     import uuid
 
     from flows.batch import worker_id
@@ -106,7 +108,8 @@ def render_batch(records: list[dict], *, catalogue, settings, done_before: int =
     with _handoff_lock:
         _handoff[token] = {"catalogue": catalogue, "on_progress": on_progress, "settings": settings}
     try:
-        raw = batch_flow(records, worker_id(settings), handoff_token=token, done_before=done_before, total=total)
+        raw = batch_flow(records, worker_id(settings), handoff_token=token,
+                         skipped=[o.__dict__ for o in skipped], total=total)
     finally:
         with _handoff_lock:
             _handoff.pop(token, None)

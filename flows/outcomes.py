@@ -70,3 +70,13 @@ class RunSummary:
             "counts": {k: self.counts[k] for k in ("rendered", "skipped", "failed")},
             "jobs": [o.__dict__ for o in self.outcomes],
         }
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for printing."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]

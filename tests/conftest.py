@@ -24,6 +24,7 @@ os.environ["HF_HOME"] = str(_SESSION_ROOT / "hf")
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["PREFECT_HOME"] = str(_SESSION_ROOT / "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # no log shipping to a server torn down at session end
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 for _var in ("LINSTUDIO_DATABASE_URL", "LINSTUDIO_STORE_URL", "PREFECT_API_URL"):

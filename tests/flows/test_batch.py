@@ -41,7 +41,7 @@ def test_run_catalogues_every_job_and_a_rerun_renders_nothing(prefect_api, backe
         assert {r["worker"] for r in renders} and all(r["worker"] for r in renders)
         # The stored PNG carries its settings where artists' tools look for them.
         render = catalogue.render(renders[0]["render_id"])
-        png = catalogue.store.get(catalogue.store.key_of(render["object_uri"]))
+        png = catalogue.store.get(render["object_key"])
         image = Image.open(io.BytesIO(png))
         assert render["prompt"] in image.text["parameters"]
         assert image.size == (render["width"], render["height"])
@@ -102,7 +102,7 @@ def test_fields_without_an_engine_feature_are_refused_not_ignored(prefect_api, t
     with pytest.raises(ManifestsInvalid) as caught:
         run_manifests([manifest])
     message = " ".join(str(e) for e in caught.value.errors)
-    assert "tileable" in message and "not supported yet" in message and "tiles.yaml:6" in message
+    assert "tileable" in message and "not supported yet" in message and "tiles.yaml:8 assets[0].tileable" in message
 
 
 def test_one_failing_job_does_not_stop_the_others(prefect_api, backend, small_manifest, monkeypatch):
