@@ -171,9 +171,13 @@ def a1111_parameters(record: Mapping, width: int, height: int) -> str:
         fields.append(("Model identity", record["model_identity"]))
     if record.get("tileable"):  # True, or the axis ("x", "y") a manifest asked for
         fields.append(("Tiling", "True" if record["tileable"] is True else record["tileable"]))
-    for label, field in (("Attention", "attention"), ("Strategy", "strategy")):
-        if record.get(field):
-            fields.append((label, record[field]))
+    # The attention backend that actually ran (engine metadata) says more than the mode asked for.
+    engine = record.get("engine") if isinstance(record.get("engine"), Mapping) else {}
+    attention = engine.get("attention") or record.get("attention")
+    if attention:
+        fields.append(("Attention", attention))
+    if record.get("strategy"):
+        fields.append(("Strategy", record["strategy"]))
     if record.get("parent_render_id"):
         fields.append(("Parent render", record["parent_render_id"]))
     if record.get("key"):

@@ -145,6 +145,25 @@ def hub_offline():
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """Hide transformers' warnings while a pipeline loads.
+
+    Importing a pipeline makes transformers warn that its CLIP image processor falls back to PIL
+    because torchvision is absent; the engine never uses that processor (no safety checker on the
+    tiny models, and real ones work with the PIL fallback), so the warning only confuses users.
+    Errors still show.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _dtype_kwarg() -> str:
     """diffusers 0.42 renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)."""
     import diffusers
@@ -216,6 +235,10 @@ class Engine:
             self.load_seconds = time.perf_counter() - started
 
     def _load_pipeline(self, folder: Path):
+        with quiet_transformers():
+            return self._load_pipeline_quietly(folder)
+
+    def _load_pipeline_quietly(self, folder: Path):
         from linfusion_engine.tiny import quiet_progress_bars
 
         if self.entry.family == "sdxl":
