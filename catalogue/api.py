@@ -123,7 +123,8 @@ class Catalogue:
                 return None
             return {"key": job.key, "state": job.state, "lease_owner": job.lease_owner,
                     "lease_expires_at": job.lease_expires_at.isoformat() if job.lease_expires_at else None,
-                    "attempts": job.attempts, "error": job.error, "submission_id": job.submission_id}
+                    "attempts": job.attempts, "error": job.error, "submission_id": job.submission_id,
+                    "record": dict(job.record or {})}
 
     def claim(self, job_key: str, worker: str, lease_seconds: int) -> bool:
         """Lease a planned, failed or expired job to `worker`; False if done or leased by someone else."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from linstudio.commands import catalogue, manifest, models, run
+from linstudio.commands import catalogue, manifest, models, rerender, run
 
 app = typer.Typer(
     name="linstudio",
@@ -34,7 +34,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for area in (models, manifest, run, catalogue):
+for area in (models, manifest, run, rerender, catalogue):
     area.register(app)
 
 
