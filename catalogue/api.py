@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from catalogue import check as checks
 from catalogue import ingest as ingesting
-from catalogue import intents, jobs, migrate, queries
+from catalogue import intents, jobs, migrate, queries, submissions
 from catalogue.db import chunked, make_engine, make_sessionmaker
 from catalogue.errors import IntentSweptError
 from catalogue.ids import new_ulid, utcnow
@@ -100,6 +100,40 @@ class Catalogue:
             return jobs.create_submission(session, team, project, manifest_path, manifest_sha256, job_count,
                                           self.clock())
 
+    def queue_submission(self, team: str, project: str, manifest_path: str, manifest_sha256: str,
+                         job_count: int, submitted_by: str) -> str:
+        """Record a manifest submitted for the nightly batch (status queued); returns its id."""
+        with self.transaction() as session:
+            submission_id = jobs.create_submission(session, team, project, manifest_path, manifest_sha256,
+                                                   job_count, self.clock())
+            submissions.set_queued(session, submission_id, submitted_by)
+            return submission_id
+
+    def start_submission(self, submission_id: str) -> bool:
+        """queued -> running, atomically; False when it was not queued (cancelled, or taken by another run)."""
+        with self.transaction() as session:
+            return submissions.transition(session, submission_id, "queued", "running", self.clock())
+
+    def cancel_submission(self, submission_id: str) -> bool:
+        """queued -> cancelled; False when it was no longer queued (running or finished)."""
+        with self.transaction() as session:
+            return submissions.transition(session, submission_id, "queued", "cancelled", self.clock())
+
+    def finish_submission(self, submission_id: str, status: str, error: str | None) -> None:
+        """Record how a running submission ended: done, or failed with why."""
+        with self.transaction() as session:
+            submissions.finish(session, submission_id, status, error, self.clock())
+
+    def submission_job_keys(self, submission_id: str) -> list[str]:
+        """The keys of the jobs planned under a submission."""
+        with self.transaction() as session:
+            return list(session.scalars(select(Job.key).where(Job.submission_id == submission_id)))
+
+    def submissions(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Submissions newest first, with their status and job counts by state."""
+        with self.transaction() as session:
+            return submissions.listing(session, status, limit)
+
     def plan_jobs(self, submission_id: str, records: Sequence[Mapping]) -> None:
         """Upsert assets and jobs for RenderJob records; done jobs stay done, failed ones are planned again."""
         with self.transaction() as session:
@@ -161,7 +195,7 @@ class Catalogue:
 
     # -- ingest --------------------------------------------------------------------------------------
 
-    def ingest(self, job_key: str, png_bytes: bytes, record: Mapping, worker: str) -> str:
+    def ingest(self, job_key: str, png_bytes: bytes, record: Mapping, worker: str, made_by: str | None = None) -> str:
         """Catalogue a finished render of `job_key`; returns its render id.
 
         The PNG gets the A1111 `parameters` text and the JSON record embedded, and a WebP thumbnail.
@@ -179,7 +213,9 @@ class Catalogue:
                 return existing
             job = jobs.require_job(session, job_key)
         # 2. Prepare the objects (CPU work, outside any transaction).
-        artifacts = ingesting.prepare(job, png_bytes, record, worker, new_ulid(now), now)
+        # `worker` is the lease owner (intents are checked against it); `made_by` is the name the
+        # render row records (a worker's name without its process id), defaulting to `worker`.
+        artifacts = ingesting.prepare(job, png_bytes, record, made_by or worker, new_ulid(now), now)
         # 3. Record the intent before touching the store.
         with self.transaction() as session:
             intent_id = intents.open_intent(session, job_key, INGEST, artifacts.keys, worker, self.clock())
@@ -193,7 +229,7 @@ class Catalogue:
         try:
             with self.transaction() as session:
                 intents.close_intent(session, intent_id)
-                ingesting.insert_render(session, job, artifacts, self.store, worker, now)
+                ingesting.insert_render(session, job, artifacts, self.store, made_by or worker, now)
                 jobs.mark_done(session, job_key, now)
         except IntentSweptError:
             # The sweep deleted what was uploaded when it ran, but an upload still in progress then may

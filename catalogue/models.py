@@ -103,8 +103,18 @@ class Submission(Base):
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     job_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(index=True)
+    # queued (in the inbox) -> running -> done | failed (with `error`); queued -> cancelled.
+    status: Mapped[str] = mapped_column(String(16), default="running", server_default="done")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    submitted_by: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
-    __table_args__ = (Index("ix_submissions_team_project_created_at", "team", "project", "created_at"),)
+    __table_args__ = (
+        Index("ix_submissions_team_project_created_at", "team", "project", "created_at"),
+        Index("ix_submissions_status_created_at", "status", "created_at"),
+        CheckConstraint("status IN ('queued', 'running', 'done', 'failed', 'cancelled')",
+                        name="status"),
+    )
 
 
 class Asset(Base):
@@ -184,8 +194,20 @@ class Render(Base):
     thumb_sha256: Mapped[str] = mapped_column(String(64))
     parent_render_id: Mapped[str | None] = mapped_column(ForeignKey("renders.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(index=True)
+    # The latest review decision (catalogue.review keeps it in step with `reviews`), NULL = not reviewed;
+    # a column rather than a join so the gallery's status filter is one index range (migration 0002).
+    review_status: Mapped[str | None] = mapped_column(String(24))
 
-    __table_args__ = (Index("ix_renders_team_project_id", "team", "project", "id"),)
+    __table_args__ = (
+        Index("ix_renders_team_project_id", "team", "project", "id"),
+        # Gallery filters, each ending in `id` so "filter, newest first, after cursor" is one index range.
+        Index("ix_renders_team_id", "team", "id"),
+        Index("ix_renders_project_id", "project", "id"),
+        Index("ix_renders_model_id", "model", "id"),
+        Index("ix_renders_review_status_id", "review_status", "id"),
+        Index("ix_renders_width_height_id", "width", "height", "id"),
+        Index("ix_renders_asset_pk_id", "asset_pk", "id"),
+    )
 
 
 class UploadIntent(Base):
@@ -214,3 +236,64 @@ class UploadIntent(Base):
         CheckConstraint(f"state IN {(OPEN, SWEEPING)!r}", name="state"),
         Index("ix_upload_intents_state_created_at", "state", "created_at"),
     )
+
+
+# --- the gallery (migration 0002): tags as rows, reviews, people and API tokens --------------------
+
+# Review decisions.
+APPROVED, REJECTED, CHANGES_REQUESTED = "approved", "rejected", "changes_requested"
+REVIEW_STATUSES = (APPROVED, REJECTED, CHANGES_REQUESTED)
+
+
+class RenderTag(Base):
+    """One tag of one render, kept by database triggers from `renders.tags` (migration 0002).
+
+    The JSON list stays the record; this table exists so "tag = night, newest first" is an index
+    range on both backends instead of a scan of every render's JSON.
+    """
+
+    __tablename__ = "render_tags"
+
+    tag: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    render_id: Mapped[str] = mapped_column(ForeignKey("renders.id", ondelete="CASCADE"), primary_key=True,
+                                           index=True)
+
+
+class Review(Base):
+    """One review decision on a render: never updated, so the history of who decided what stays."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    render_id: Mapped[str] = mapped_column(ForeignKey("renders.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(24))
+    note: Mapped[str] = mapped_column(Text, default="")
+    reviewer: Mapped[str] = mapped_column(String(NAME_LEN))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint(f"status IN {REVIEW_STATUSES!r}", name="status"),
+        Index("ix_reviews_render_id_id", "render_id", "id"),
+    )
+
+
+class User(Base):
+    """Someone who signs in to the gallery; the password is stored as a scrypt hash (catalogue.auth)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """A script's bearer token, stored as its SHA-256 (the token itself is shown once, at creation)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]

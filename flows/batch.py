@@ -23,6 +23,10 @@ from flows.outcomes import JobOutcome, RunSummary, redact_url
 # Engine features that exist today; manifest fields asking for others are refused before
 # anything renders (see `manifests.unsupported_errors`).
 SUPPORTED_FEATURES: set[str] = set()
+# issue 6: conditioning (linfusion_engine.conditioning; inputs read by flows.conditioning_inputs)
+SUPPORTED_FEATURES |= {"controlnet", "ip_adapter", "init_image", "lora"}
+# issue 5: tileable output and the multi-stage strategies (linfusion_engine.strategies)
+SUPPORTED_FEATURES |= {"tileable", "strategy:sdedit", "strategy:highres"}
 
 
 class ManifestsInvalid(Exception):
@@ -92,17 +96,25 @@ def load_and_expand(paths: list[Path]) -> list[tuple[object, list]]:
     return expanded
 
 
-def plan_run(catalogue, expanded: list[tuple[object, list]], force: bool) -> PlannedRun:
-    """Record submissions and jobs in the catalogue and split already-catalogued jobs off."""
+def plan_run(catalogue, expanded: list[tuple[object, list]], force: bool,
+             submission_ids: list[str] | None = None) -> PlannedRun:
+    """Record jobs in the catalogue and split already-catalogued jobs off.
+
+    Each manifest's jobs go under a new submission, or under `submission_ids[i]` when the
+    submissions already exist (the nightly run's inbox tickets).
+    """
     from flows.tasks import job_label
 
     planned = PlannedRun()
     seen: set[str] = set()
-    for loaded, jobs in expanded:
+    for index, (loaded, jobs) in enumerate(expanded):
         manifest = loaded.manifest
         records = [job.to_record() for job in jobs]
-        submission = catalogue.create_submission(manifest.team, manifest.project, str(loaded.path),
-                                                 loaded.sha256, len(records))
+        if submission_ids is not None:
+            submission = submission_ids[index]
+        else:
+            submission = catalogue.create_submission(manifest.team, manifest.project, str(loaded.path),
+                                                     loaded.sha256, len(records))
         catalogue.plan_jobs(submission, records)
         planned.submissions.append(submission)
         done = catalogue.rendered_keys([r["key"] for r in records])
@@ -117,6 +129,19 @@ def plan_run(catalogue, expanded: list[tuple[object, list]], force: bool) -> Pla
     if force:
         catalogue.forget_renders([r["key"] for r in planned.to_render])
     return planned
+
+
+def finish_submissions(catalogue, submission_ids: list[str], summary: RunSummary) -> None:
+    """Record each submission of a run done, or failed with its failed jobs' reasons."""
+    failed_keys = {o.key: o.reason for o in summary.failed}
+    for submission_id in submission_ids:
+        keys = [k for k in catalogue.submission_job_keys(submission_id)]
+        reasons = sorted({failed_keys[k] or "failed" for k in keys if k in failed_keys})
+        if reasons:
+            catalogue.finish_submission(submission_id, "failed",
+                                        f"{sum(k in failed_keys for k in keys)} job(s) failed: " + "; ".join(reasons[:5]))
+        else:
+            catalogue.finish_submission(submission_id, "done", None)
 
 
 def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
@@ -147,6 +172,7 @@ def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
 
         summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
                                              skipped=planned.skipped, total=total, on_progress=on_progress))
+        finish_submissions(catalogue, planned.submissions, summary)
         return summary
     finally:
         catalogue.close()

@@ -53,7 +53,7 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
     on_progress: Callable | None = live.get("on_progress")
     devices = render_devices(settings.device)
     ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=worker,
-                     lease_seconds=settings.lease_seconds, dtype=settings.dtype)
+                     lease_seconds=settings.lease_seconds, dtype=settings.dtype, worker_name=settings.worker_name)
     skipped_outcomes = [JobOutcome(**item) for item in skipped or []]
     done_before = len(skipped_outcomes)
     total = total or done_before + len(records)

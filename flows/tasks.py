@@ -14,6 +14,7 @@ Retry policy, in one place:
 from __future__ import annotations
 
 import io
+import threading
 import time
 from dataclasses import dataclass
 
@@ -37,9 +38,36 @@ class RunContext:
 
     catalogue: object
     slots: SlotPool
-    worker: str
+    worker: str  # who holds leases: host/pid, so a dead local run's leases can be told apart
     lease_seconds: int
+    worker_name: str = ""  # who made a render, as recorded in the catalogue (LINSTUDIO_WORKER_NAME)
     dtype: str | None = None
+
+
+class LeaseHeartbeat:
+    """Renews a job's lease while it renders, so a 16K render longer than the lease is not taken
+    by another worker; a dead worker stops renewing and its lease expires on time."""
+
+    def __init__(self, ctx: "RunContext", key: str) -> None:
+        self.ctx, self.key = ctx, key
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{key[:8]}", daemon=True)
+
+    def _beat(self) -> None:
+        interval = max(self.ctx.lease_seconds / 3, 1.0)
+        while not self._stop.wait(interval):
+            try:
+                self.ctx.catalogue.claim(self.key, self.ctx.worker, self.ctx.lease_seconds)
+            except Exception:  # the database blinked: the next beat tries again
+                pass
+
+    def __enter__(self) -> "LeaseHeartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def job_label(record: dict) -> str:
@@ -58,6 +86,7 @@ def _retry_if_transient(task, task_run, state) -> bool:
 
 def render_png(record: dict, device: str | None, dtype: str | None) -> tuple[bytes, dict]:
     """Render one job with the process's engine for its model; returns plain PNG bytes and metadata."""
+    from flows.conditioning_inputs import request_conditioning
     from linfusion_engine import RenderRequest
 
     request = RenderRequest(
@@ -70,6 +99,10 @@ def render_png(record: dict, device: str | None, dtype: str | None) -> tuple[byt
         guidance=record["guidance"],
         scheduler=record["scheduler"],
         attention=record["attention"],
+        strategy=record.get("strategy", "auto"),  # issue 5
+        tileable=record.get("tileable", False),  # issue 5
+        # issue 6: control maps, references, init image and mask read here (files or s3://), LoRAs by name
+        **request_conditioning(record.get("conditioning") or {}),
     )
     with engine_for(record["model"], device=device, dtype=dtype) as engine:
         result = engine.render(request)
@@ -83,7 +116,8 @@ def ingest_with_retries(ctx: RunContext, record: dict, png: bytes, engine_meta: 
     full_record = {**record, "engine": engine_meta, "timings": timings}
     for attempt in range(INGEST_ATTEMPTS):
         try:
-            return ctx.catalogue.ingest(record["key"], png, full_record, worker=ctx.worker)
+            return ctx.catalogue.ingest(record["key"], png, full_record, worker=ctx.worker,
+                                        made_by=ctx.worker_name or ctx.worker)
         except Exception as exc:
             if not is_transient(exc) or attempt == INGEST_ATTEMPTS - 1:
                 raise
@@ -104,8 +138,8 @@ def render_job(ctx: RunContext, record: dict) -> JobOutcome:
         reason = None if existing else "running elsewhere (leased by another worker)"
         return JobOutcome(key, label, "skipped", reason=reason)
     try:
-        # 2. Render on a free slot.
-        with ctx.slots.slot() as device:
+        # 2. Render on a free slot, keeping the lease alive meanwhile.
+        with ctx.slots.slot() as device, LeaseHeartbeat(ctx, key):
             render_started = time.perf_counter()
             png, engine_meta = render_png(record, device, ctx.dtype)
             render_s = time.perf_counter() - render_started

@@ -25,7 +25,7 @@ import gc
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,19 @@ class RenderRequest:
         scheduler: a name from `linfusion_engine.schedulers.SCHEDULER_NAMES`.
         attention: `linear` (LinFusion), `softmax` (the base model's own), or `auto`: softmax when
             both sides are at most the model's native size, linear above it.
+        strategy: how the size is reached: `direct`, `sdedit`, `highres` (SD-XL) or `auto`
+            (see `linfusion_engine.planner`).
+        tileable: seamless output: True (both axes), "x", "y" or False.
+        low_memory: the low-memory mode (`linfusion_engine.memory`): True, False, or None to turn
+            it on only when the estimate says the render would not otherwise fit the device.
+        controlnets: control maps (issue 6): `ControlInput`s or (type, PIL image, scale) tuples;
+            `type` names one of the model's ControlNets (`ModelEntry.controlnets`).
+        ip_adapter: reference images, an `IpAdapterInput` (PIL images and a scale), or None.
+        init_image, strength, mask: start from this PIL image (image to image) changing it by
+            `strength` in (0, 1]; with a PIL `mask`, only its white area is repainted (inpainting).
+        loras: `LoraInput`s or (name, scale) tuples, names from the model's `loras`.
+        controlnet_linear: ControlNets get LinFusion's linear self-attention whenever the UNet
+            runs it (default); False leaves them softmax.
     """
 
     prompt: str
@@ -68,6 +81,30 @@ class RenderRequest:
     guidance: float = 7.5
     scheduler: str = "euler"
     attention: str = "auto"
+    strategy: str = "auto"
+    tileable: bool | str = False
+    low_memory: bool | None = None
+    # -- issue 6: conditioning (linfusion_engine.conditioning) --
+    controlnets: list = field(default_factory=list)
+    ip_adapter: Any = None
+    init_image: Any = None
+    strength: float = 0.5
+    mask: Any = None
+    loras: list = field(default_factory=list)
+    controlnet_linear: bool = True
+
+    def conditioning(self):
+        """The request's conditioning as one `linfusion_engine.conditioning.inputs.Conditioning` (torch-free)."""
+        from linfusion_engine.conditioning.inputs import Conditioning, ControlInput, InitInput, LoraInput
+
+        controls = [c if isinstance(c, ControlInput) else ControlInput(*c) for c in self.controlnets]
+        loras = [lora if isinstance(lora, LoraInput) else LoraInput(*lora) for lora in self.loras]
+        init = None
+        if self.init_image is not None:
+            init = InitInput(self.init_image, self.strength, self.mask)
+        elif self.mask is not None:
+            raise ValueError("mask needs an init_image to repaint")
+        return Conditioning(controlnets=controls, ip_adapter=self.ip_adapter, init=init, loras=loras)
 
     def check_inputs(self) -> None:
         """Raise a short ValueError naming the first invalid field. Needs no model and no torch."""
@@ -96,6 +133,15 @@ class RenderRequest:
         check_scheduler_name(self.scheduler)
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {self.attention!r}; use one of {', '.join(ATTENTION_MODES)}")
+        from linfusion_engine.planner import STRATEGIES  # issue 5: strategies, tileable, low memory
+
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        if not (isinstance(self.tileable, bool) or self.tileable in ("x", "y")):
+            raise ValueError(f"tileable must be true, false, 'x' or 'y', got {self.tileable!r}")
+        if self.low_memory not in (None, True, False):
+            raise ValueError(f"low_memory must be true, false or None (auto), got {self.low_memory!r}")
+        self.conditioning().check()  # issue 6
 
 
 @dataclass
@@ -274,6 +320,14 @@ class Engine:
         linfusion.mount(unet)
         return linfusion
 
+    def conditioning_state(self):
+        """The ControlNets and IP-Adapter this engine has loaded (issue 6; `linfusion_engine.conditioning`)."""
+        if getattr(self, "_conditioning", None) is None:
+            from linfusion_engine.conditioning.session import EngineConditioning
+
+            self._conditioning = EngineConditioning(self.registry, self.entry, device=self.device, dtype=self.dtype)
+        return self._conditioning
+
     def close(self) -> None:
         """Drop the pipeline and LinFusion and return their memory (the CUDA cache included).
 
@@ -282,6 +336,7 @@ class Engine:
         with self._lock:
             self.pipeline = None
             self.linfusion = None
+            self._conditioning = None  # issue 6: its ControlNets and IP-Adapter go with the pipeline
             gc.collect()
             if self.device.type == "cuda":
                 import torch
@@ -355,21 +410,17 @@ class Engine:
             pipe.scheduler = make_scheduler(request.scheduler, self._scheduler_config)
             generator = torch.Generator(device=self.device).manual_seed(request.seed)
 
-            # 5. Denoise and decode
+            # 5. Run the strategy's stages (issue 5: linfusion_engine.strategies) and decode
+            from linfusion_engine.strategies.render import render_stages
+
             render_started = time.perf_counter()
-            with PeakMemory(self.device) as peak:
-                output = pipe(
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt or None,
-                    width=width,
-                    height=height,
-                    num_inference_steps=request.steps,
-                    guidance_scale=float(request.guidance),
-                    generator=generator,
-                    output_type="pil",
-                )
+            # issue 6: LoRAs, IP-Adapter and ControlNets applied for this render only
+            with PeakMemory(self.device) as peak, self.conditioning_state().applied(
+                    pipe, self.linfusion, request.conditioning(), float(request.guidance),
+                    linear_controlnet=request.controlnet_linear) as conditioned:
+                image, stages_meta = render_stages(self, request, width, height, generator, conditioned)
+            stages_meta["conditioning"] = conditioned.metadata()
             render_s = time.perf_counter() - render_started
-            image = output.images[0].convert("RGB")
             used = self.attention_backend
 
         # 6. Metadata
@@ -400,7 +451,11 @@ class Engine:
             "peak_memory_bytes": peak.bytes,
             "peak_memory_source": peak.source,
             "process_peak_rss_bytes": process_peak_rss_bytes(),
+            **stages_meta,  # strategy, stages, tiling, memory (linfusion_engine.strategies.render)
         }
+        if metadata["peak_memory_bytes"] is None and stages_meta.get("memory", {}).get("measured_rss_bytes"):
+            metadata["peak_memory_bytes"] = stages_meta["memory"]["measured_rss_bytes"]
+            metadata["peak_memory_source"] = "rss above the level before the render (sampled)"
         return RenderResult(image=image, metadata=metadata)
 
 

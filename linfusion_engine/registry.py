@@ -67,6 +67,10 @@ class ModelEntry:
         description: one line for `linstudio models ls`.
         loras: LoRA name -> local safetensors file, for manifests' `lora:` field.
         builtin: True for entries shipped with the code (not written to the registry file).
+        controlnets: control-map type (canny, depth...) -> ControlNet location (a folder, a cached
+            hub id, or `builtin:` for the tiny models), for manifests' `controlnet:` field.
+        ip_adapter: IP-Adapter location for manifests' `ip_adapter:` field: a folder (or cached hub
+            id) holding `models/<weights>.safetensors` and `models/image_encoder/`; None: none.
     """
 
     name: str
@@ -77,6 +81,8 @@ class ModelEntry:
     description: str = ""
     loras: dict[str, str] = field(default_factory=dict)
     builtin: bool = False
+    controlnets: dict[str, str] = field(default_factory=dict)
+    ip_adapter: str | None = None
 
     @property
     def is_tiny(self) -> bool:
@@ -88,7 +94,19 @@ class ModelEntry:
         data.pop("builtin")
         if not data["loras"]:
             data.pop("loras")
+        # Left out when unset, so entries written before conditioning existed keep their identity.
+        if not data["controlnets"]:
+            data.pop("controlnets")
+        if data["ip_adapter"] is None:
+            data.pop("ip_adapter")
         return data
+
+
+def tiny_conditioning_locations(model: str) -> dict:
+    """The `builtin:` conditioning parts of a tiny model (built by `linfusion_engine.tiny_conditioning`)."""
+    return {"controlnets": {kind: f"builtin:{model}-controlnet-{kind}" for kind in ("canny", "depth")},
+            "ip_adapter": f"builtin:{model}-ip-adapter",
+            "loras": {"tiny-style": f"builtin:{model}-lora-tiny-style"}}
 
 
 BUILTIN_ENTRIES: tuple[ModelEntry, ...] = (
@@ -101,10 +119,10 @@ BUILTIN_ENTRIES: tuple[ModelEntry, ...] = (
                "Stable Diffusion XL base 1.0 with the published LinFusion-XL weights", builtin=True),
     ModelEntry("tiny-sd15", "sd15", "builtin:tiny-sd15", "from_unet", 64,
                "Tiny random-weight SD-1.5-shaped model for demos and tests: makes noise, not art",
-               builtin=True),
+               builtin=True, **tiny_conditioning_locations("tiny-sd15")),
     ModelEntry("tiny-sdxl", "sdxl", "builtin:tiny-sdxl", "from_unet", 64,
                "Tiny random-weight SD-XL-shaped model for demos and tests: makes noise, not art",
-               builtin=True),
+               builtin=True, **tiny_conditioning_locations("tiny-sdxl")),
 )
 
 
@@ -249,6 +267,49 @@ class ModelRegistry:
             return None
         return resolve_location(entry.linfusion, self.models_dir)
 
+    def conditioning_path(self, location: str) -> Path | None:
+        """Where a ControlNet or IP-Adapter location is on disk now (None when absent).
+
+        `builtin:` ones are always "there": they are built on first use. ControlNets and
+        IP-Adapters are not part of `missing()`: a model stays usable without them, and a job
+        that asks for one that is absent fails with `require_conditioning`'s message.
+        """
+        return resolve_location(location, self.models_dir)
+
+    def require_conditioning(self, entry: ModelEntry, kind: str, name: str | None = None) -> str:
+        """The location of a conditioning part of `entry`, or a clear error.
+
+        Args:
+            kind: `controlnet` (with `name` = the control type), `ip_adapter` or `lora` (with `name`).
+        Raises ValueError when the entry has no such part, ModelNotAvailableError when its files
+        are not on this machine.
+        """
+        if kind == "controlnet":
+            location = entry.controlnets.get(name)
+            if location is None:
+                listed = ", ".join(sorted(entry.controlnets)) or "none"
+                raise ValueError(f"model {entry.name!r} has no ControlNet for control type {name!r} "
+                                 f"(its ControlNets: {listed}); add one under controlnets: in the registry")
+        elif kind == "ip_adapter":
+            location = entry.ip_adapter
+            if location is None:
+                raise ValueError(f"model {entry.name!r} has no IP-Adapter; set ip_adapter: in its registry entry")
+        elif kind == "lora":
+            location = entry.loras.get(name)
+            if location is None:
+                raise ValueError(f"LoRA {name!r} is not registered with model {entry.name!r} "
+                                 f"(its LoRAs: {', '.join(sorted(entry.loras)) or 'none'})")
+            if location.startswith(BUILTIN_PREFIX) or Path(location).expanduser().is_file():
+                return location
+            raise ModelNotAvailableError(f"LoRA {name!r} of model {entry.name!r}: the file '{location}' does "
+                                         "not exist on this machine.")
+        else:
+            raise ValueError(f"unknown conditioning kind {kind!r}; use controlnet, ip_adapter or lora")
+        if self.conditioning_path(location) is None:
+            what = f"ControlNet {name!r}" if kind == "controlnet" else "IP-Adapter"
+            raise ModelNotAvailableError(f"{what} of model {entry.name!r}: {how_to_provide(location)}")
+        return location
+
     def missing(self, entry: ModelEntry) -> list[str]:
         """Sentences naming each missing part of an entry (empty when everything is local)."""
         problems = []
@@ -257,7 +318,7 @@ class ModelRegistry:
         if entry.linfusion not in ("from_unet", "none") and self.linfusion_path(entry) is None:
             problems.append(f"LinFusion weights: {how_to_provide(entry.linfusion, '--linfusion')}")
         for lora, path in entry.loras.items():
-            if not Path(path).expanduser().is_file():
+            if not path.startswith(BUILTIN_PREFIX) and not Path(path).expanduser().is_file():
                 problems.append(f"LoRA {lora!r}: the file '{path}' does not exist on this machine.")
         return problems
 
@@ -290,6 +351,14 @@ class ModelRegistry:
             if folder is None:
                 continue
             for path in sorted(folder.rglob("*")):
+                if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+                    weights[f"{role}/{path.relative_to(folder)}"] = _file_digest(path.resolve(), cache)
+        conditioning = [(f"controlnet/{kind}", self.conditioning_path(location))
+                        for kind, location in sorted(entry.controlnets.items())]
+        if entry.ip_adapter is not None:
+            conditioning.append(("ip_adapter", self.conditioning_path(entry.ip_adapter)))
+        for role, folder in conditioning:  # absent ones count by location only (an error if used)
+            for path in sorted(folder.rglob("*")) if folder is not None else ():
                 if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
                     weights[f"{role}/{path.relative_to(folder)}"] = _file_digest(path.resolve(), cache)
         for lora, path in sorted(entry.loras.items()):

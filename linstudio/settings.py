@@ -57,6 +57,58 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(
         default=900, ge=10, description="How long a running job's lease lasts before another run may take it."
     )
+    # -- the gallery (catalogue/web) --
+    secret_key: str | None = Field(
+        default=None,
+        description="Key signing the gallery's session cookies and CSRF tokens. Default: generated once and kept in "
+        "$LINSTUDIO_HOME/secret_key; set it when several gallery processes serve one studio.",
+    )
+    auth_header: str | None = Field(
+        default=None,
+        description="Name of a header (e.g. X-Forwarded-User) set by the studio's single-sign-on proxy; when set, "
+        "its value is the signed-in user. Only set it when the gallery is reachable through that proxy alone.",
+    )
+    read_requires_login: bool = Field(
+        default=False,
+        description="When true, browsing the gallery and reading the API also need a sign-in or an API token.",
+    )
+    s3_public_endpoint: str | None = Field(
+        default=None,
+        description="S3 endpoint URL artists' machines can reach, used to sign download URLs when the internal "
+        "endpoint (AWS_ENDPOINT_URL) is not reachable from them.",
+    )
+
+    inbox_url: str | None = Field(
+        default=None,
+        description="Submissions inbox for the nightly batch: file:///folder or s3://bucket/prefix. "
+        "Default: file:// HOME/inbox.",
+    )
+    nightly_cron: str = Field(
+        default="0 2 * * *", description="Cron schedule of the `nightly-batch` deployment (default 02:00)."
+    )
+    nightly_timezone: str = Field(
+        default="UTC", description="Time zone of the nightly schedule, e.g. Europe/London."
+    )
+    shard_size: int = Field(
+        default=50, ge=1,
+        description="Jobs per flow run when a batch is spread over GPU workers: a model loads once per shard.",
+    )
+    work_pool: str = Field(
+        default="gpu", description="Prefect work pool of the GPU workers: render shards go there."
+    )
+    control_pool: str = Field(
+        default="control",
+        description="Prefect work pool for the flows that only orchestrate (nightly-batch, rerender), so they "
+        "never hold a GPU worker's slot while they wait; run one CPU worker on it.",
+    )
+    large_gpu_pool: str | None = Field(
+        default=None,
+        description="Work pool of hosts with large GPUs; shards whose planned memory exceeds "
+        "LARGE_JOB_GIB go there. Unset: everything goes to WORK_POOL.",
+    )
+    large_job_gib: float = Field(
+        default=40.0, gt=0, description="Planned peak memory (GiB) above which a job needs the large-GPU pool."
+    )
 
     @field_validator("home", mode="after")
     @classmethod
@@ -80,6 +132,10 @@ class Settings(BaseSettings):
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"file://{self.home / 'store'}"
+
+    @property
+    def resolved_inbox_url(self) -> str:
+        return self.inbox_url or f"file://{self.home / 'inbox'}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from alembic import context
 
 from catalogue.models import Base
+from catalogue.search import include_name
 
 config = context.config
 connection = config.attributes.get("connection")
@@ -21,6 +22,7 @@ context.configure(
     version_table=config.attributes.get("version_table", "linstudio_alembic_version"),
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_name=include_name,  # search objects outside the models (catalogue.search)
 )
 with context.begin_transaction():
     context.run_migrations()

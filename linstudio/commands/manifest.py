@@ -93,6 +93,7 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
     registry = ModelRegistry.from_settings()  # readable: load_manifests just read it
     planned = [(loaded, expand_jobs(loaded, registry)) for loaded in result.manifests]
     jobs = [job for _, manifest_jobs in planned for job in manifest_jobs]
+    render_plans = {job.key: _render_plan(job, registry) for job in jobs}  # issue 5: stages, memory, time
     totals = {"manifests": len(planned), "jobs": len(jobs),
               "megapixels": round(sum(j.width * j.height for j in jobs) / 1e6, 3),
               "jobs_with_features": sum(1 for j in jobs if j.features())}
@@ -101,7 +102,8 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
             "valid": True,
             "manifests": [{"path": display_path(loaded.path), "sha256": loaded.sha256,
                            "team": loaded.manifest.team, "project": loaded.manifest.project,
-                           "jobs": [{**job.to_record(), "features": job.features()} for job in manifest_jobs]}
+                           "jobs": [{**job.to_record(), "features": job.features(), "plan": render_plans[job.key]}
+                                    for job in manifest_jobs]}
                           for loaded, manifest_jobs in planned],
             "totals": totals,
         }, indent=2))
@@ -110,8 +112,8 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
         manifest = loaded.manifest
         typer.echo(f"{display_path(loaded.path)}  {manifest.team}/{manifest.project}  "
                    f"{_plural(len(manifest_jobs), 'job')}")
-        _print_table([[j.key[:12], j.asset_id, f"{j.width}x{j.height}", str(j.seed), j.model, j.strategy,
-                       ",".join(j.features()) or "-"] for j in manifest_jobs])
+        _print_table([[j.key[:12], j.asset_id, f"{j.width}x{j.height}", str(j.seed), j.model,
+                       *_plan_cells(render_plans[j.key]), ",".join(j.features()) or "-"] for j in manifest_jobs])
         typer.echo("")
     line = (f"{_plural(totals['jobs'], 'job')} from {_plural(totals['manifests'], 'manifest')}, "
             f"{totals['megapixels']:g} megapixels in total")
@@ -121,10 +123,34 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
 
 
 def _print_table(rows: list[list[str]]) -> None:
-    header = ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "FEATURES"]
+    header = ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "STAGES", "EST PEAK", "EST TIME", "FEATURES"]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     for row in [header] + rows:
         typer.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _render_plan(job, registry) -> dict:
+    """The job's strategy, stages, strengths and estimates (`linfusion_engine.planner`, torch-free).
+
+    Estimated for the render device in the settings: a GPU in bf16 unless LINSTUDIO_DEVICE is cpu.
+    """
+    from linfusion_engine.planner import plan_job
+    from linstudio.settings import get_settings
+
+    entry = registry.get(job.model)
+    configured = (get_settings().device or "cuda").split(":")[0]
+    on_cpu = configured == "cpu"
+    return plan_job(strategy=job.strategy, width=job.width, height=job.height, steps=job.steps,
+                    guidance=job.guidance, family=entry.family, native=entry.native_size, tiny=entry.is_tiny,
+                    device_kind="cpu" if on_cpu else "cuda", dtype_bytes=4 if on_cpu else 2)
+
+
+def _plan_cells(plan: dict) -> list[str]:
+    """STRATEGY, STAGES, EST PEAK and EST TIME cells of the plan table."""
+    strategy = plan["strategy"] if plan["strategy"] == plan["strategy_requested"] else (
+        f"{plan['strategy_requested']}->{plan['strategy']}")
+    estimate = plan["estimate"]
+    return [strategy, plan["stages_label"], f"{estimate['peak_gib']:.2f} GiB", f"{estimate['seconds']:.1f} s"]
 
 
 def schema() -> None:

@@ -1,0 +1,162 @@
+"""State changes the gallery makes that need the whole catalogue (store and flows), not just a session.
+
+Shared by the form routes and the JSON API so a button and a script do exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from catalogue import export as exporting
+from catalogue.api import Catalogue
+from catalogue.errors import CatalogueError
+from catalogue.models import APPROVED, Render
+from catalogue.queries import render_dict
+from catalogue.web import service
+
+MAX_SIDE = 16384
+MAX_SIZES = 8
+EXPORT_MAX = 5000
+_SIZE = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\s*$")
+
+
+class ActionError(CatalogueError, ValueError):
+    """A request the gallery refuses with a message for the artist (bad sizes, unknown render...)."""
+
+
+class NotFound(CatalogueError, LookupError):
+    """The render, job or submission named does not exist."""
+
+
+class Unavailable(CatalogueError):
+    """A feature this installation cannot provide right now (e.g. no re-render flow)."""
+
+
+def parse_sizes(values: Iterable[str | Iterable[int]]) -> list[tuple[int, int]]:
+    """`["2048x2048", [1024, 768]]` -> [(2048, 2048), (1024, 768)]: multiples of 8, at most 16384 a side."""
+    sizes: list[tuple[int, int]] = []
+    for value in values:
+        if isinstance(value, str):
+            if not value.strip():
+                continue
+            match = _SIZE.match(value)
+            if not match:
+                raise ActionError(f"size {value!r}: expected WIDTHxHEIGHT, e.g. 2048x2048")
+            width, height = int(match.group(1)), int(match.group(2))
+        else:
+            width, height = (int(v) for v in value)
+        if not (64 <= width <= MAX_SIDE and 64 <= height <= MAX_SIDE) or width % 8 or height % 8:
+            raise ActionError(f"size {width}x{height}: each side must be a multiple of 8 between 64 and {MAX_SIDE}")
+        if (width, height) not in sizes:
+            sizes.append((width, height))
+    if not sizes:
+        raise ActionError("no size chosen: pick at least one size to render")
+    if len(sizes) > MAX_SIZES:
+        raise ActionError(f"{len(sizes)} sizes: at most {MAX_SIZES} per request")
+    return sizes
+
+
+def rerender(catalogue: Catalogue, render_id: str, sizes: list[tuple[int, int]], who: str) -> list[str]:
+    """Queue re-renders of `render_id` at `sizes` through flows.rerender; returns the new job keys."""
+    if catalogue.render(render_id) is None:
+        raise NotFound(f"render {render_id}: not in the catalogue")
+    try:
+        from flows.rerender import RerenderError, queue_rerender
+    except ImportError:
+        raise Unavailable("re-rendering is not available in this installation (flows.rerender is missing)") from None
+    try:
+        return queue_rerender(catalogue, render_id, sizes, who)
+    except RerenderError as exc:
+        raise ActionError(str(exc)) from None
+
+
+def retry(catalogue: Catalogue, job_key: str) -> dict[str, Any]:
+    """Plan a failed job again and start rendering it in the background (the re-render flow's runner:
+    the `rerender` deployment where one is configured, else a local process); returns the job."""
+    with catalogue.transaction() as session:
+        if not service.retry_job(session, job_key, catalogue.clock()):
+            if service.job_of(session, job_key) is None:
+                raise NotFound(f"job {job_key}: not in the catalogue")
+            raise ActionError(f"job {job_key}: only a failed job can be retried")
+    try:
+        from flows.rerender import start_in_background
+    except ImportError:
+        raise Unavailable("the job is planned again, but no background runner is installed (flows.rerender is "
+                          "missing): it renders on the next `linstudio run` of its manifest") from None
+    start_in_background([job_key])
+    with catalogue.transaction() as session:
+        return service.job_of(session, job_key)
+
+
+def cancel(catalogue: Catalogue, job_key: str, who: str) -> dict[str, Any]:
+    """Take a queued job off the queue (see service.cancel_job); returns the job."""
+    with catalogue.transaction() as session:
+        if not service.cancel_job(session, job_key, who, catalogue.clock()):
+            if service.job_of(session, job_key) is None:
+                raise NotFound(f"job {job_key}: not in the catalogue")
+            raise ActionError(f"job {job_key}: only a queued (planned) job can be cancelled")
+        return service.job_of(session, job_key)
+
+
+def delete_render(catalogue: Catalogue, render_id: str, who: str) -> None:
+    """Delete a render's objects and row together (catalogue.forget_renders), and take its job off the queue.
+
+    forget_renders plans the job again (it exists for forced re-runs); a deleted render should not
+    come back on the next run of its manifest by itself, so the job is then cancelled with a reason
+    saying who deleted it. Re-running the manifest with --force, or "retry", renders it again.
+    """
+    render = catalogue.render(render_id)
+    if render is None:
+        raise NotFound(f"render {render_id}: not in the catalogue")
+    catalogue.forget_renders([render["job_key"]])
+    with catalogue.transaction() as session:
+        service.cancel_job(session, render["job_key"], who, catalogue.clock(), reason="render deleted")
+
+
+def export_selection(catalogue: Catalogue, options: exporting.ExportOptions, render_ids: list[str] | None = None,
+                     project: str | None = None, team: str | None = None) -> list[str]:
+    """Export the renders `render_ids`, or every approved render of `project` (optionally of `team`)."""
+    with catalogue.transaction() as session:
+        if render_ids:
+            rows = list(session.scalars(select(Render).where(Render.id.in_(render_ids[:EXPORT_MAX]))))
+            missing = sorted(set(render_ids) - {r.id for r in rows})
+            if missing:
+                raise NotFound(f"export: no render {', '.join(missing[:5])} in the catalogue")
+        elif project:
+            query = select(Render).where(Render.project == project, Render.review_status == APPROVED)
+            if team:
+                query = query.where(Render.team == team)
+            rows = list(session.scalars(query.order_by(Render.id).limit(EXPORT_MAX + 1)))
+            if len(rows) > EXPORT_MAX:
+                raise ActionError(f"export of project {project!r}: more than {EXPORT_MAX} approved renders; "
+                                  "export them in parts with `linstudio export --render`")
+        else:
+            raise ActionError("export: choose renders, or a project to export everything approved in it")
+        renders: list[dict[str, Any]] = [render_dict(r, full=True) | {"review_status": r.review_status} for r in rows]
+    if not renders:
+        raise ActionError(f"export of project {project!r}: nothing approved yet")
+    return exporting.export_renders(catalogue.store, renders, options)
+
+
+def check_web_destination(destination: str, allowed_roots: list[Path]) -> str:
+    """Exports asked for over the web may write only to S3 or under an allow-listed folder.
+
+    The gallery process may be able to write anywhere on its machine; an artist's form must not be
+    a way to do so. (`linstudio export` runs as the person typing it and may write anywhere they can.)
+    """
+    if destination.startswith("s3://"):
+        return destination
+    path = Path(destination.removeprefix("file://")).expanduser()
+    if not path.is_absolute():
+        raise ActionError(f"export destination {destination!r}: give an absolute folder or an s3:// prefix")
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in allowed_roots):
+        shown = ", ".join(str(root) for root in allowed_roots)
+        raise ActionError(f"export destination {destination!r}: the gallery may only write under {shown} "
+                          "(LINSTUDIO_SHARED_ROOTS) or to s3://")
+    return str(resolved)

@@ -1,0 +1,117 @@
+"""The gallery application: wiring, error pages, cookies and security headers.
+
+Errors never leak internals: the catalogue's own errors (which name the parameter, render or
+option at fault, and never a credential) become 400/404/503 with their message; anything else is
+logged with its traceback on the server and answered with a plain 500 and a reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from catalogue import auth
+from catalogue.api import Catalogue
+from catalogue.errors import CatalogueError, ObjectNotFoundError
+from catalogue.web import actions, security
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    # No inline scripts at all: even an escaping bug could not run injected script.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: https: http:; script-src 'self'; "
+                               "style-src 'self'; frame-ancestors 'none'; form-action 'self'",
+}
+
+
+def create_app(catalogue: Catalogue, settings) -> FastAPI:
+    """The gallery over an open, migrated `catalogue`, configured by `settings` (linstudio.settings.Settings)."""
+    from catalogue.web import api, pages
+
+    # No /docs or /redoc: they load scripts from a CDN (no network in the studio, and our CSP forbids it).
+    app = FastAPI(title="LinFusion Studio catalogue", version="1", docs_url=None, redoc_url=None,
+                  description="Browse, search, review, export and re-render catalogued renders. "
+                              "Reads are open unless LINSTUDIO_READ_REQUIRES_LOGIN; changes need "
+                              "`Authorization: Bearer TOKEN` (`linstudio tokens create NAME`).")
+    app.state.catalogue = catalogue
+    app.state.settings = settings
+    app.state.signer = auth.Signer(auth.load_secret(settings.secret_key, settings.home))
+    app.state.export_roots = [settings.home / "exports", *settings.shared_roots]
+    app.state.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
+                                      autoescape=select_autoescape(default=True), trim_blocks=True,
+                                      lstrip_blocks=True)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    _install_middleware(app)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_middleware(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def browser_cookie_and_headers(request: Request, call_next):
+        known = request.cookies.get(security.BROWSER_COOKIE)
+        request.state.browser_id = known or auth.new_browser_id()
+        response = await call_next(request)
+        if not known:
+            response.set_cookie(security.BROWSER_COOKIE, request.state.browser_id, httponly=True, samesite="lax",
+                                secure=request.url.scheme == "https")
+        for header, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(header, value)
+        return response
+
+
+def wants_html(request: Request) -> bool:
+    return not request.url.path.startswith("/api/") and request.url.path != "/openapi.json"
+
+
+def error_response(request: Request, status: int, message: str, headers: dict | None = None):
+    """JSON `{"detail": ...}` for the API, a small HTML page for browsers."""
+    if not wants_html(request):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    if status == 401 and request.method == "GET":
+        from fastapi.responses import RedirectResponse
+        from urllib.parse import quote
+
+        return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    template = request.app.state.templates.get_template("error.html")
+    html = template.render(status=status, message=message, viewer=None, csrf_token="", request=request)
+    return HTMLResponse(html, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return error_response(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return error_response(request, 422, problems)
+
+    @app.exception_handler(CatalogueError)
+    async def catalogue_error(request: Request, exc: CatalogueError):
+        if isinstance(exc, (actions.NotFound, ObjectNotFoundError)):
+            status = 404
+        elif isinstance(exc, actions.Unavailable):
+            status = 503
+        else:
+            status = 400
+        return error_response(request, status, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        reference = secrets.token_hex(4)
+        log.error("gallery error %s on %s %s", reference, request.method, request.url.path, exc_info=exc)
+        return error_response(request, 500, f"internal error (reference {reference}; details are in the server log)")

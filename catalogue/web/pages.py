@@ -1,0 +1,192 @@
+"""Server-rendered pages: gallery, asset page, submissions, sign-in. Every action is a plain form post
+(POST, then redirect back), so everything works without JavaScript."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from catalogue import auth, review, search
+from catalogue import export as exporting
+from catalogue.models import REVIEW_STATUSES
+from catalogue.web import actions, downloads, service
+from catalogue.web.security import SESSION_COOKIE, Viewer, csrf_token, reader, require_csrf, viewer, writer
+
+router = APIRouter(include_in_schema=False)
+Reader = Annotated[Viewer | None, Depends(reader)]
+Writer = Annotated[Viewer, Depends(writer)]
+
+
+def page(request: Request, template: str, who: Viewer | None, status: int = 200, **context) -> HTMLResponse:
+    html = request.app.state.templates.get_template(template).render(
+        request=request, viewer=who, csrf_token=csrf_token(request), **context)
+    return HTMLResponse(html, status_code=status)
+
+
+def back_to(target: str | None, default: str) -> RedirectResponse:
+    """303 to `target` when it is a path on this site (never another host), else to `default`."""
+    safe = target if target and target.startswith("/") and not target.startswith("//") and "\\" not in target \
+        else default
+    return RedirectResponse(safe, status_code=303)
+
+
+def _date(value: str | None, name: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise search.SearchError(f"{name} {value!r}: expected a date like 2026-11-27") from None
+
+
+@router.get("/", response_class=HTMLResponse)
+def gallery(request: Request, who: Reader, q: str | None = None, team: str | None = None, project: str | None = None,
+            tag: str | None = None, model: str | None = None, size: str | None = None, status: str | None = None,
+            date_from: str | None = None, date_to: str | None = None, cursor: str | None = None):
+    filters = search.Filters(q=q, team=team, project=project, tag=tag, model=model, size=size, status=status,
+                             date_from=_date(date_from, "date_from"), date_to=_date(date_to, "date_to"))
+    with request.app.state.catalogue.transaction() as session:
+        result = search.search(session, filters, search.PAGE_DEFAULT, cursor)
+        menus = search.facets(session)
+    active = filters.active()
+    next_link = f"/?{urlencode(active | {'cursor': result.next})}" if result.next else None
+    return page(request, "gallery.html", who, renders=result.items, filters=active, menus=menus,
+                statuses=(search.UNREVIEWED, *REVIEW_STATUSES), next_link=next_link,
+                formats=list(exporting.FORMATS), default_template=exporting.DEFAULT_TEMPLATE,
+                export_root=request.app.state.export_roots[0])
+
+
+@router.get("/renders/{render_id}", response_class=HTMLResponse)
+def render_page(request: Request, render_id: str, who: Reader):
+    with request.app.state.catalogue.transaction() as session:
+        render = service.render_full(session, render_id)
+        if render is None:
+            raise actions.NotFound(f"render {render_id}: not in the catalogue")
+        context = {"render": render, "siblings": service.siblings(session, render["asset_pk"]),
+                   "lineage": service.lineage(session, render_id), "reviews": review.history(session, render_id),
+                   "jobs": service.rerender_jobs(session, render)}
+    pending = any(job["state"] in ("planned", "running") for job in context["jobs"])
+    suggested = [(render["width"] * k, render["height"] * k) for k in (2, 4)
+                 if max(render["width"], render["height"]) * k <= actions.MAX_SIDE]
+    return page(request, "render.html", who, statuses=REVIEW_STATUSES, refresh=pending, suggested=suggested,
+                **context)
+
+
+@router.get("/renders/{render_id}/download")
+def download(request: Request, render_id: str, _who: Reader):
+    render = request.app.state.catalogue.render(render_id)
+    if render is None:
+        raise actions.NotFound(f"render {render_id}: not in the catalogue")
+    name = f"{render['asset_id']}_{render['seed']}_{render['width']}x{render['height']}_{render_id}.png"
+    return downloads.object_response(request.app.state.catalogue.store, render["object_key"], name, "image/png",
+                                     request.app.state.settings.s3_public_endpoint)
+
+
+@router.get("/renders/{render_id}/thumb")
+def thumbnail(request: Request, render_id: str, _who: Reader):
+    render = request.app.state.catalogue.render(render_id)
+    if render is None:
+        raise actions.NotFound(f"render {render_id}: not in the catalogue")
+    return downloads.object_response(request.app.state.catalogue.store, render["thumb_key"], f"{render_id}.webp",
+                                     "image/webp", request.app.state.settings.s3_public_endpoint, attachment=False,
+                                     cache=True)
+
+
+@router.post("/renders/{render_id}/review")
+def review_form(request: Request, render_id: str, who: Writer, status: Annotated[str, Form()],
+                note: Annotated[str, Form()] = ""):
+    catalogue = request.app.state.catalogue
+    with catalogue.transaction() as session:
+        review.record_review(session, render_id, status, note, who.name, catalogue.clock())
+    return back_to(f"/renders/{render_id}#review", "/")
+
+
+@router.post("/renders/{render_id}/rerender")
+def rerender_form(request: Request, render_id: str, who: Writer,
+                  sizes: Annotated[list[str], Form()] = [], custom: Annotated[str, Form()] = ""):  # noqa: B006
+    chosen = actions.parse_sizes([*sizes, *custom.replace(";", ",").split(",")])
+    actions.rerender(request.app.state.catalogue, render_id, chosen, who.name)
+    return back_to(f"/renders/{render_id}#progress", "/")
+
+
+@router.post("/renders/{render_id}/delete")
+def delete_form(request: Request, render_id: str, who: Writer):
+    actions.delete_render(request.app.state.catalogue, render_id, who.name)
+    return back_to("/", "/")
+
+
+@router.post("/jobs/{job_key}/retry")
+def retry_form(request: Request, job_key: str, who: Writer, next: Annotated[str, Form()] = "/submissions"):
+    actions.retry(request.app.state.catalogue, job_key)
+    return back_to(next, "/submissions")
+
+
+@router.post("/jobs/{job_key}/cancel")
+def cancel_form(request: Request, job_key: str, who: Writer, next: Annotated[str, Form()] = "/submissions"):
+    actions.cancel(request.app.state.catalogue, job_key, who.name)
+    return back_to(next, "/submissions")
+
+
+@router.post("/export", response_class=HTMLResponse)
+def export_form(request: Request, who: Writer, destination: Annotated[str, Form()],
+                render_ids: Annotated[list[str], Form()] = [], project: Annotated[str, Form()] = "",  # noqa: B006
+                format: Annotated[str, Form()] = "png8", template: Annotated[str, Form()] = exporting.DEFAULT_TEMPLATE,
+                metadata: Annotated[str, Form()] = "keep"):
+    target = actions.check_web_destination(destination, request.app.state.export_roots)
+    options = exporting.ExportOptions(destination=target, format=format, template=template,
+                                      keep_metadata=metadata == "keep")
+    written = actions.export_selection(request.app.state.catalogue, options, render_ids or None, project or None)
+    return page(request, "exported.html", who, written=written, destination=target)
+
+
+@router.get("/submissions", response_class=HTMLResponse)
+def submissions_page(request: Request, who: Reader, team: str | None = None, before: str | None = None):
+    with request.app.state.catalogue.transaction() as session:
+        items = service.submissions(session, team, 50, before)
+    older = f"/submissions?{urlencode({'before': items[-1]['submission_id']} | ({'team': team} if team else {}))}" \
+        if len(items) == 50 else None
+    return page(request, "submissions.html", who, submissions=items, team=team, older=older)
+
+
+@router.get("/submissions/{submission_id}", response_class=HTMLResponse)
+def submission_page(request: Request, submission_id: str, who: Reader):
+    with request.app.state.catalogue.transaction() as session:
+        found = service.submission(session, submission_id)
+    if found is None:
+        raise actions.NotFound(f"submission {submission_id}: not in the catalogue")
+    return page(request, "submission.html", who, submission=found)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/"):
+    return page(request, "login.html", viewer(request), next=next, failed=False)
+
+
+@router.post("/login")
+async def login(request: Request):
+    await require_csrf(request)  # login CSRF: another site must not sign an artist in as someone else
+    form = await request.form()
+    name, password, target = (str(form.get(k, "")) for k in ("name", "password", "next"))
+    catalogue = request.app.state.catalogue
+    with catalogue.transaction() as session:
+        user = auth.authenticate(session, name, password)
+    if user is None:
+        return page(request, "login.html", None, status=401, next=target, failed=True)
+    response = back_to(target, "/")
+    response.set_cookie(SESSION_COOKIE, request.app.state.signer.session_cookie(user), max_age=auth.SESSION_SECONDS,
+                        httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request):
+    await require_csrf(request)
+    response = back_to("/", "/")
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+

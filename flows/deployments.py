@@ -1,0 +1,59 @@
+"""The flows that Prefect deployments run (declared in prefect.yaml, registered by `linstudio deploy`).
+
+- `linstudio-nightly` / deployment `nightly-batch`: takes every queued submission from the inbox,
+  validates and plans it, spreads its jobs over the GPU workers in shards, waits for the catalogue
+  to have them all, and records each submission's outcome.
+- `linstudio-rerender` / deployment `rerender`: renders chosen catalogued renders at new sizes
+  from their own images (on demand, or on a schedule such as "every Sunday, key-art at 8K").
+- `linstudio-render-jobs` / deployments `render-shard` and `render-shard-large`: renders one shard
+  of planned jobs, by key, on one worker — one model load for the whole shard.
+
+Without a Prefect server (or without the shard deployments registered) the first two render in
+their own process, like `linstudio run`.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.prefect_env import configure_prefect_defaults
+
+configure_prefect_defaults()
+
+
+@flow(name="linstudio-render-jobs", validate_parameters=True)
+def render_jobs(job_keys: list[str]) -> dict:
+    """Render planned jobs by key (one shard) with this worker's settings; returns the summary."""
+    from flows.rerender import render_planned_jobs
+
+    summary = render_planned_jobs(job_keys)
+    return summary.to_json()
+
+
+@flow(name="linstudio-nightly")
+def nightly_batch() -> dict:
+    """Everything queued in the inbox, validated, planned, spread over the workers and catalogued."""
+    from flows.nightly import run_nightly
+
+    return run_nightly(logger=get_run_logger())
+
+
+@flow(name="linstudio-rerender")
+def rerender(sizes: list[str], render_ids: list[str] | None = None, team: str | None = None,
+             project: str | None = None, tag: str | None = None) -> dict:
+    """Re-render catalogued renders (chosen by id, team, project or tag) at `sizes` (WxH strings)."""
+    from flows.nightly import render_keys_spread
+    from flows.rerender import parse_size, plan_rerenders, select_renders
+    from flows.shards import INTERACTIVE_QUEUE
+
+    from catalogue import Catalogue
+
+    catalogue = Catalogue.from_settings()
+    try:
+        catalogue.migrate()
+        ids = select_renders(catalogue, team=team, project=project, tag=tag, render_ids=render_ids)
+        records = plan_rerenders(catalogue, ids, [parse_size(s) for s in sizes], requested_by="rerender deployment")
+        outcome = render_keys_spread(catalogue, records, queue=INTERACTIVE_QUEUE, logger=get_run_logger())
+    finally:
+        catalogue.close()
+    return outcome

@@ -1,0 +1,125 @@
+"""What the nightly batch does, apart from being a flow (see flows/deployments.py).
+
+1. Take each queued submission: the catalogue's queued -> running transition is the atomic guard
+   (two nightly runs never take one submission; a cancelled one is never taken), then its ticket.
+2. Refuse it with the reason if its manifest changed since it was submitted or is now invalid.
+3. Plan its jobs under that submission; skip what is already catalogued.
+4. Spread what remains over the GPU workers in shards (or render here without shard deployments).
+5. Record each submission done, or failed with the reasons of its failed jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+def shard_deployments_available() -> bool:
+    """True when a Prefect server is configured and knows the `render-shard` deployment."""
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            return False
+    from prefect.client.orchestration import get_client
+
+    from flows.shards import RENDER_SHARD_DEPLOYMENT
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(RENDER_SHARD_DEPLOYMENT)
+        return True
+    except Exception:
+        return False
+
+
+def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=None) -> dict:
+    """Render job records: in shards on the workers when deployed, else here. Returns counts by state."""
+    from linstudio.settings import get_settings
+
+    from flows.shards import DispatchedShard, dispatch, make_shards, needs_large_gpu, wait_for_shards
+
+    logger = logger or logging.getLogger(__name__)
+    settings = get_settings()
+    done = catalogue.rendered_keys([r["key"] for r in records])
+    todo = [r for r in records if r["key"] not in done]
+    if todo and shard_deployments_available():
+        by_key = {r["key"]: r for r in todo}
+        large_pool = settings.large_gpu_pool is not None
+
+        def send(keys: list[str]) -> DispatchedShard:
+            shard_records = [by_key[k] for k in keys]
+            large = large_pool and needs_large_gpu(shard_records, settings.large_job_gib)
+            flow_run_id = dispatch(keys, large=large, queue=queue)
+            logger.info("dispatched shard of %d job(s) to %s", len(keys), "large-GPU pool" if large else "pool")
+            return DispatchedShard(keys=list(keys), flow_run_id=flow_run_id)
+
+        shards = [send([r["key"] for r in shard]) for shard in make_shards(todo, settings.shard_size)]
+        wait_for_shards(catalogue, shards, lease_seconds=settings.lease_seconds, redispatch=send)
+    elif todo:
+        from flows.flow import render_batch
+
+        render_batch(todo, catalogue=catalogue, settings=settings)
+    states = catalogue.job_states([r["key"] for r in records])
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def run_nightly(logger=None) -> dict:
+    """Take the inbox, render it, record each submission's outcome; returns {submission id: status}."""
+    from catalogue import Catalogue
+
+    from flows.batch import ManifestsInvalid, load_and_expand, plan_run, release_leases_of_dead_local_runs
+    from flows.inbox import Inbox
+    from flows.shards import NIGHTLY_QUEUE
+    from linstudio.settings import get_settings
+
+    logger = logger or logging.getLogger(__name__)
+    settings = get_settings()
+    inbox = Inbox.from_settings(settings)
+    catalogue = Catalogue.from_settings(settings)
+    outcomes: dict[str, str] = {}
+    try:
+        catalogue.migrate()
+        catalogue.sweep_intents()
+        release_leases_of_dead_local_runs(catalogue, settings)
+        taken: list[tuple[str, list[dict]]] = []
+        for submission_id in inbox.queued():
+            if not catalogue.start_submission(submission_id):
+                inbox.withdraw(submission_id)  # cancelled, or another run has it
+                continue
+            ticket = inbox.take(submission_id)
+            reason = ticket.changed_since_submitted() if ticket else "its inbox ticket disappeared"
+            if reason is None:
+                try:
+                    expanded = load_and_expand([Path(ticket.manifest_path)])
+                    planned = plan_run(catalogue, expanded, force=False, submission_ids=[submission_id])
+                    taken.append((submission_id, [r for r in planned.to_render] + [
+                        {"key": o.key} for o in planned.skipped]))
+                except ManifestsInvalid as exc:
+                    reason = "; ".join(str(e) for e in exc.errors[:20])
+            if reason is not None:
+                catalogue.finish_submission(submission_id, "failed", reason)
+                outcomes[submission_id] = "failed"
+                logger.warning("submission %s refused: %s", submission_id, reason)
+        records = [r for _, rs in taken for r in rs if "model" in r]
+        if records:
+            render_keys_spread(catalogue, records, queue=NIGHTLY_QUEUE, logger=logger)
+        for submission_id, rs in taken:
+            states = catalogue.job_states([r["key"] for r in rs])
+            failed = [k for k, s in states.items() if s != "done"]
+            if failed:
+                reasons = sorted({(catalogue.job(k) or {}).get("error") or "not rendered" for k in failed})
+                catalogue.finish_submission(submission_id, "failed",
+                                            f"{len(failed)} job(s) failed: " + "; ".join(reasons[:5]))
+                outcomes[submission_id] = "failed"
+            else:
+                catalogue.finish_submission(submission_id, "done", None)
+                outcomes[submission_id] = "done"
+        return outcomes
+    finally:
+        catalogue.close()

@@ -1,0 +1,145 @@
+"""Spreading planned jobs over GPU workers: shards, dispatch, and waiting with the catalogue as truth.
+
+A shard is a list of job keys of one model, rendered by one flow run of the `render-shard`
+deployment on one worker (so the model loads once per shard, not once per job). Shards go to
+the large-GPU pool when any of their jobs' planned memory needs it, and to the `interactive`
+work queue for re-renders artists are waiting for (the `nightly` queue has lower priority).
+
+Waiting trusts the catalogue, not Prefect: a shard is finished when its jobs are done or failed
+there. A shard whose flow run ended (crashed, cancelled, failed) or whose jobs' leases expired
+without progress has its unfinished jobs sent out again as a new shard, and its stale flow run is
+marked crashed so it stops holding a concurrency slot — a dead worker blocks nothing for long.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+RENDER_SHARD_DEPLOYMENT = "linstudio-render-jobs/render-shard"
+RENDER_SHARD_LARGE_DEPLOYMENT = "linstudio-render-jobs/render-shard-large"
+NIGHTLY_QUEUE = "nightly"
+INTERACTIVE_QUEUE = "interactive"
+
+
+def make_shards(records: list[dict], shard_size: int) -> list[list[dict]]:
+    """Group records by model (one load per shard) and cut each group into shards of `shard_size`."""
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_model[record["model"]].append(record)
+    shards = []
+    for model in sorted(by_model):
+        group = by_model[model]
+        shards.extend(group[i:i + shard_size] for i in range(0, len(group), shard_size))
+    return shards
+
+
+def needs_large_gpu(shard: list[dict], large_job_gib: float) -> bool:
+    """True when the planner estimates any job of the shard above `large_job_gib` of device memory."""
+    try:
+        from linfusion_engine.planner import estimate_peak_gib
+    except ImportError:  # no planner estimates: everything fits the default pool
+        return False
+    return any(estimate_peak_gib(r) > large_job_gib for r in shard)
+
+
+@dataclass
+class DispatchedShard:
+    keys: list[str]
+    flow_run_id: object = None
+    last_progress: float = field(default_factory=time.monotonic)
+    finished_count: int = 0
+    started: object = None  # when its flow run started running (None while scheduled or pending)
+
+
+def dispatch(shard_keys: list[str], *, large: bool, queue: str) -> object:
+    """Start one `render-shard` flow run for `shard_keys`; returns its flow run id."""
+    from prefect.deployments import run_deployment
+
+    name = RENDER_SHARD_LARGE_DEPLOYMENT if large else RENDER_SHARD_DEPLOYMENT
+    flow_run = run_deployment(name, parameters={"job_keys": shard_keys}, timeout=0, work_queue_name=queue,
+                              as_subflow=False)
+    return flow_run.id
+
+
+def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: int, poll_seconds: float = 2.0,
+                    redispatch=None, deadline_seconds: float | None = None) -> None:
+    """Block until every job of every shard is done or failed in the catalogue.
+
+    `redispatch(keys) -> DispatchedShard` sends unfinished jobs of a dead shard out again.
+    """
+    started = time.monotonic()
+    active = list(shards)
+    while active:
+        time.sleep(poll_seconds)
+        still = []
+        for shard in active:
+            states = catalogue.job_states(shard.keys)
+            unfinished = [k for k in shard.keys if states.get(k) not in ("done", "failed")]
+            if not unfinished:
+                continue
+            finished = len(shard.keys) - len(unfinished)
+            if finished != shard.finished_count:
+                shard.finished_count, shard.last_progress = finished, time.monotonic()
+            ended, started_at = _flow_run_progress(shard.flow_run_id)
+            if started_at is not None and shard.started is None:
+                shard.started, shard.last_progress = started_at, time.monotonic()
+            # Only a shard whose flow run is running can stall; one still waiting for a worker is queued.
+            stalled = shard.started is not None and time.monotonic() - shard.last_progress > lease_seconds * 1.5
+            ready = [k for k in unfinished if _claimable(catalogue.job(k))] if (ended or stalled) else []
+            if ready and redispatch is not None:
+                if not ended:
+                    _mark_crashed(shard.flow_run_id, "no progress within the lease: worker presumed dead")
+                still.append(redispatch(ready))
+                rest = [k for k in unfinished if k not in ready]
+                if rest:  # leased by a process that may still be alive: keep waiting on them
+                    shard.keys = rest
+                    still.append(shard)
+            else:
+                still.append(shard)
+        active = still
+        if deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
+            raise TimeoutError(f"{sum(len(s.keys) for s in active)} job(s) unfinished after {deadline_seconds:.0f} s")
+
+
+def _claimable(job: dict | None) -> bool:
+    """A job another worker may take now: planned, failed, or running under an expired lease."""
+    if job is None or job["state"] in ("planned", "failed"):
+        return job is not None
+    if job["state"] != "running" or not job["lease_expires_at"]:
+        return False
+    from datetime import datetime, timezone
+
+    expires = datetime.fromisoformat(job["lease_expires_at"])
+    if expires.tzinfo is None:  # stored as UTC
+        expires = expires.replace(tzinfo=timezone.utc)
+    return expires < datetime.now(timezone.utc)
+
+
+def _flow_run_progress(flow_run_id) -> tuple[bool, object]:
+    """(ended, started time) of a flow run: ended once final; started once it left scheduled/pending."""
+    if flow_run_id is None:
+        return False, None
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    state = flow_run.state
+    ended = state is not None and state.is_final()
+    started = flow_run.start_time if (ended or (state is not None and state.is_running())) else None
+    return ended, started
+
+
+def _mark_crashed(flow_run_id, message: str) -> None:
+    """Free a zombie Running flow run (its concurrency slot) after its worker died."""
+    if flow_run_id is None:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+    except Exception:  # best effort: the catalogue already has what matters
+        pass

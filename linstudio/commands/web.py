@@ -1,0 +1,120 @@
+"""`linstudio serve`, `users add`, `tokens create`, `export`: the gallery and what goes with it.
+
+The catalogue, FastAPI and uvicorn are imported inside the commands only (see linstudio.cli).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+users_app = typer.Typer(name="users", help="People who sign in to the gallery.", no_args_is_help=True)
+tokens_app = typer.Typer(name="tokens", help="API tokens for scripts.", no_args_is_help=True)
+
+
+def _open():
+    from linstudio.commands.catalogue import _open as open_catalogue
+
+    return open_catalogue()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for the studio network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8400,
+) -> None:
+    """Serve the gallery (pages and the JSON API under /api/) over the settings' catalogue."""
+    import uvicorn
+
+    from catalogue.web import create_app
+    from linstudio.settings import get_settings
+
+    catalogue = _open()
+    app = create_app(catalogue, get_settings())
+    where = catalogue.engine.url.render_as_string(hide_password=True)
+    typer.echo(f"gallery of {where} at http://{host}:{port}/", err=True)
+    try:
+        # proxy_headers: behind the studio's proxy, trust its X-Forwarded-Proto (secure cookies on https).
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    finally:
+        catalogue.close()
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="Sign-in name (letters, digits, . _ @ -).")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True,
+                                          help="Prompted for when left out.")],
+) -> None:
+    """Add a gallery user, or set a new password for an existing one."""
+    from catalogue.auth import AuthError, add_user
+
+    catalogue = _open()
+    try:
+        with catalogue.transaction() as session:
+            add_user(session, name, password, catalogue.clock())
+    except AuthError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        catalogue.close()
+    typer.echo(f"user {name} can sign in")
+
+
+@tokens_app.command("create")
+def tokens_create(name: Annotated[str, typer.Argument(help="What the token is for; review history shows token:NAME.")]) -> None:
+    """Create an API token; prints it alone on the last line (it is not shown again)."""
+    from catalogue.auth import AuthError, create_token
+
+    catalogue = _open()
+    try:
+        with catalogue.transaction() as session:
+            token = create_token(session, name, catalogue.clock())
+    except AuthError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        catalogue.close()
+    typer.echo(f"token {name} (send as 'Authorization: Bearer TOKEN'; it is stored hashed and not shown again):")
+    typer.echo(token)
+
+
+def export(
+    destination: Annotated[str, typer.Argument(help="A folder, or s3://bucket/prefix.")],
+    render: Annotated[list[str] | None, typer.Option("--render", help="A render id (repeat for more).")] = None,
+    project: Annotated[str | None, typer.Option(help="Every approved render of this project.")] = None,
+    team: Annotated[str | None, typer.Option(help="With --project: only this team's renders.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="png8, png16, tiff, jpeg or webp.")] = "png8",
+    template: Annotated[str | None, typer.Option(help="Naming template, e.g. {asset_id}_{seed}.")] = None,
+    strip_metadata: Annotated[bool, typer.Option("--strip-metadata", help="Pixels only, no generation settings.")] = False,
+) -> None:
+    """Deliver renders (chosen ones, or everything approved in a project) in a format, named by a template."""
+    from catalogue import CatalogueError
+    from catalogue import export as exporting
+    from catalogue.web.actions import export_selection
+
+    if "://" not in destination:
+        destination = str(Path(destination).expanduser().resolve())
+    catalogue = _open()
+    try:
+        options = exporting.ExportOptions(destination=destination, format=fmt,
+                                          template=template or exporting.DEFAULT_TEMPLATE,
+                                          keep_metadata=not strip_metadata)
+        written = export_selection(catalogue, options, render or None, project, team)
+    except CatalogueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        catalogue.close()
+    for uri in written:
+        typer.echo(uri)
+    typer.echo(f"exported {len(written)} render(s) to {destination}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach this area's commands to the top-level app."""
+    app.command("serve")(serve)
+    app.command("export")(export)
+    app.add_typer(users_app, name="users")
+    app.add_typer(tokens_app, name="tokens")

@@ -1,0 +1,67 @@
+"""Helpers for the gallery tests: a stepping clock, tiny PNGs, job records and a seeded catalogue."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import datetime, timedelta
+
+from PIL import Image
+
+from catalogue import Catalogue
+
+
+class StepClock:
+    """A clock that moves one second per reading: renders made in a row get increasing ULIDs."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+def png(color=(200, 30, 30), size=(64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def record(asset_id="hero", seed=1, **overrides) -> dict:
+    """A job record like manifests' RenderJob.to_record(), keyed by its content."""
+    shape = {"team": "film", "project": "night-city", "asset_id": asset_id, "prompt": "a neon street at night, rain",
+             "negative_prompt": "blurry", "seed": seed, "width": 64, "height": 64, "model": "tiny-sd15",
+             "model_identity": "sha256:" + hashlib.sha256(b"tiny").hexdigest(), "steps": 2, "guidance": 7.5,
+             "scheduler": "ddim", "attention": "linear", "strategy": "direct", "tileable": False,
+             "tags": ["street", "night"], "conditioning": {}, "parent_render_id": None,
+             "manifest_path": "film/night-city.yaml", "manifest_line": 3}
+    shape.update(overrides)
+    identity = "/".join(str(shape[k]) for k in ("team", "project", "asset_id", "seed", "width", "height", "prompt",
+                                                "model", "parent_render_id"))
+    shape.setdefault("key", hashlib.sha256(identity.encode()).hexdigest())
+    return shape
+
+
+def make_render(cat: Catalogue, rec: dict, color=(200, 30, 30)) -> str:
+    """Plan, claim and ingest one render of `rec`; returns its render id."""
+    submission = cat.create_submission(rec["team"], rec["project"], rec["manifest_path"], "0" * 64, 1)
+    cat.plan_jobs(submission, [rec])
+    assert cat.claim(rec["key"], "w1", 600)
+    full = {**rec, "engine": {"name": "tiny", "attention": "linear"}, "timings": {"render_s": 0.1}}
+    return cat.ingest(rec["key"], png(color, (rec["width"], rec["height"])), full, "w1")
+
+
+def seed_catalogue(cat: Catalogue) -> dict[str, str]:
+    """A small studio catalogue: two teams, tags, sizes, a lineage, and a hostile prompt."""
+    ids = {}
+    ids["hero1"] = make_render(cat, record("hero", 1))
+    ids["hero2"] = make_render(cat, record("hero", 2, model="tiny-sdxl"), (30, 200, 30))
+    ids["big"] = make_render(cat, record("hero", 1, width=128, height=128, parent_render_id=ids["hero1"],
+                                         prompt="a neon street at night, rain", tags=["street", "night", "big"]),
+                             (30, 30, 200))
+    ids["forest"] = make_render(cat, record("tree", 5, team="games", project="elves", prompt="ancient forests in fog",
+                                            tags=["forest"]), (20, 120, 20))
+    ids["evil"] = make_render(cat, record("evil", 9, prompt='<script>alert("x")</script> castle', tags=["<b>bold</b>"]),
+                              (90, 90, 90))
+    return ids
