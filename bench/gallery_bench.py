@@ -74,7 +74,7 @@ class Synth:
 
 def seed(cat, synth: Synth, start: int, stop: int, batch: int = 5000) -> None:
     """Insert renders number start..stop-1 (with their submissions, assets and jobs) in bulk."""
-    from sqlalchemy import insert
+    from sqlalchemy import insert, text
 
     from catalogue.ids import new_ulid
     from catalogue.models import Asset, Job, Render, Submission
@@ -92,7 +92,7 @@ def seed(cat, synth: Synth, start: int, stop: int, batch: int = 5000) -> None:
                 subs.append({"id": f"S{n:025d}", "team": team, "project": project, "manifest_path": f"{project}.yaml",
                              "manifest_sha256": "0" * 64, "job_count": 500, "created_at": made})
             asset_pk = n // 6 + 1  # six renders (seeds, sizes) per asset
-            if n % 6 == 0 or n == lo:
+            if n % 6 == 0:  # an asset's first render creates it (even when an earlier call seeded it)
                 assets.append({"id": asset_pk, "team": team, "project": project, "asset_id": f"asset{asset_pk}",
                                "created_at": made})
             key = hashlib.sha256(f"job{n}".encode()).hexdigest()
@@ -118,17 +118,12 @@ def seed(cat, synth: Synth, start: int, stop: int, batch: int = 5000) -> None:
         with cat.transaction() as session:
             if subs:
                 session.execute(insert(Submission), subs)
-            existing = set()
-            if assets and assets[0]["id"] <= (lo - 1) // 6 + 1 and lo:
-                existing.add(assets[0]["id"])  # the asset this batch continues
-            session.execute(insert(Asset), [a for a in assets if a["id"] not in existing])
+            if assets:
+                session.execute(insert(Asset), assets)
             session.execute(insert(Job), jobs)
             session.execute(insert(Render), renders)
     with cat.transaction() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(__import__("sqlalchemy").text("ANALYZE"))
-        else:
-            session.execute(__import__("sqlalchemy").text("ANALYZE"))
+        session.execute(text("ANALYZE"))  # fresh planner statistics, as a maintained database has
 
 
 def request_mix(synth: Synth, render_ids: list[str], cursor_of) -> dict[str, list[str]]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, column, func, select, table, text
+from sqlalchemy import Select, column, select, table, text
 from sqlalchemy.orm import Session
 
 from catalogue.errors import CatalogueError
@@ -161,7 +161,9 @@ def filtered(session: Session, filters: Filters) -> Select:
         else:
             raise SearchError(f"status {filters.status!r}: expected one of {', '.join((UNREVIEWED,) + REVIEW_STATUSES)}")
     if filters.tag:
-        query = query.where(Render.id.in_(select(RenderTag.render_id).where(RenderTag.tag == filters.tag)))
+        # A join on the (tag, render_id) primary key, not `id IN (...)`: that index hands back a tag's
+        # renders newest first, so a page stops after `limit` rows instead of collecting every tagged one.
+        query = query.join(RenderTag, RenderTag.render_id == Render.id).where(RenderTag.tag == filters.tag)
     if filters.date_from:
         query = query.where(Render.id >= ulid_floor(datetime.combine(filters.date_from, time(), UTC)))
     if filters.date_to:
@@ -206,10 +208,12 @@ def search(session: Session, filters: Filters, limit: int = PAGE_DEFAULT, cursor
         renders, next_cursor = _sqlite_text_search(session, filters, terms, limit, cursor)
     else:
         query = filtered(session, filters)
+        # The same id, from the table the planner walks: the tag index when filtering by tag.
+        order = RenderTag.render_id if filters.tag else Render.id
         if cursor:
-            query = query.where(Render.id < decode_cursor(cursor, ID_CURSOR))
+            query = query.where(order < decode_cursor(cursor, ID_CURSOR))
         # One row more than asked tells whether a next page exists without a COUNT over the catalogue.
-        fetched = list(session.scalars(query.order_by(Render.id.desc()).limit(limit + 1)))
+        fetched = list(session.scalars(query.order_by(order.desc()).limit(limit + 1)))
         renders = fetched[:limit]
         next_cursor = encode_cursor(renders[-1].id, ID_CURSOR) if len(fetched) > limit else None
     items = [render_dict(render) | {"review_status": render.review_status} for render in renders]
@@ -232,12 +236,3 @@ def facets(session: Session) -> dict[str, list[str]]:
             f" WHERE walk.value IS NOT NULL)"
             f" SELECT value FROM walk WHERE value IS NOT NULL LIMIT {FACET_MAX}")))
     return menus
-
-
-def count_hint(session: Session) -> int:
-    """How many renders the catalogue holds (for the page header; PostgreSQL's estimate when large)."""
-    if session.get_bind().dialect.name == "postgresql":
-        estimate = session.scalar(text("SELECT reltuples::bigint FROM pg_class WHERE relname = 'renders'"))
-        if estimate and estimate > 10_000:
-            return int(estimate)
-    return int(session.scalar(select(func.count()).select_from(Render)) or 0)

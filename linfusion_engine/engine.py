@@ -380,7 +380,16 @@ class Engine:
         negative_prompt, seed, width, height, steps, guidance, scheduler,
         timings {load_s (loading done by this call, 0.0 once loaded), render_s, total_s},
         peak_memory_bytes (CUDA: torch.cuda.max_memory_allocated during the render; None on the
-        CPU), peak_memory_source, process_peak_rss_bytes (lifetime ru_maxrss of the process).
+        CPU), peak_memory_source, process_peak_rss_bytes (lifetime ru_maxrss of the process),
+        conditioning (issue 6: each control map, reference, init image and mask with its pixel
+        sha256, size and settings, the LoRAs, and per stage what it got; {} for none — see
+        `linfusion_engine.conditioning.session.RenderSession.metadata`),
+        strategy, strategy_requested, strategy_note, stages [{kind, width, height, strength,
+        scheduler_steps, attention, seconds, dilation}], tileable, tiling {wrap_axes,
+        vae_tiled_sizes, vae_tile_px, vae_overlap_px}, low_memory, low_memory_requested,
+        memory {estimate_bytes, estimate_seconds, budget_bytes, measured_rss_bytes} (issue 5: see
+        `linfusion_engine.strategies.render`); on the CPU peak_memory_bytes is the sampled RSS
+        above the level before the render (a lower bound).
         """
         import torch
 

@@ -161,14 +161,15 @@ class CostProfile:
 
 
 # Real models: fitted to the published SD-1.5 LinFusion figures (8 steps, 80 GB GPU: 4096^2 in
-# 8.9 s and 15 GB; 16384x8192 in 82 s) and SD-XL's larger UNet (about 3x the work per token).
-# Tiny models: measured on this project's CPU machines (tests/engine/test_planner_memory.py
-# checks the estimate against a measured peak).
+# 8.9 s and 15 GB; 16384x8192 in 82 s) and SD-XL's larger UNet (about 3x the work per token);
+# the VAE figure is a whole-image decoder pass (about 1 KB per pixel in bf16). Not yet checked on
+# a GPU: bench/gpu.py measures them. Tiny models: measured on the CPU in fp32 with glibc returning
+# freed memory (tests/engine/test_planner_memory.py checks the estimate against a measured peak).
 PROFILES: dict[str, CostProfile] = {
-    "sd15": CostProfile(2.2e9, 24_000.0, 260.0, {"cuda": 4.2e-6, "cpu": 4e-4}),
-    "sdxl": CostProfile(7.0e9, 40_000.0, 260.0, {"cuda": 1.3e-5, "cpu": 1.2e-3}),
-    "sd21": CostProfile(2.6e9, 24_000.0, 260.0, {"cuda": 4.2e-6, "cpu": 4e-4}),
-    "tiny": CostProfile(1.6e7, 3_000.0, 260.0, {"cuda": 2e-8, "cpu": 2.5e-6}),
+    "sd15": CostProfile(2.2e9, 24_000.0, 1000.0, {"cuda": 4.2e-6, "cpu": 4e-4}),
+    "sdxl": CostProfile(7.0e9, 40_000.0, 1000.0, {"cuda": 1.3e-5, "cpu": 1.2e-3}),
+    "sd21": CostProfile(2.6e9, 24_000.0, 1000.0, {"cuda": 4.2e-6, "cpu": 4e-4}),
+    "tiny": CostProfile(1.6e7, 12_000.0, 520.0, {"cuda": 2e-8, "cpu": 2.5e-5}),
 }
 TILED_VAE_TILE_PX = 2048  # published: VAE tiles of 2048 px (256 latent) from 4K on
 LOW_MEMORY_UNET_FACTOR = 0.45  # CFG one sample at a time, chunked feed-forward, skips on the host

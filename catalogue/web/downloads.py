@@ -21,7 +21,7 @@ def object_response(store, key: str, filename: str, media_type: str, public_endp
     """A response delivering `key`: a stream for a folder store, a redirect to a presigned URL for S3."""
     disposition = f'{"attachment" if attachment else "inline"}; filename="{filename}"'
     if isinstance(store, S3Store):
-        return RedirectResponse(presigned_url(store, key, filename, attachment, public_endpoint), status_code=307)
+        return RedirectResponse(presigned_url(store, key, public_endpoint), status_code=307)
     if not isinstance(store, FileStore):  # pragma: no cover - only two stores exist
         raise TypeError(f"no download support for {type(store).__name__}")
     chunks = store.stream(key)
@@ -37,7 +37,7 @@ def object_response(store, key: str, filename: str, media_type: str, public_endp
     return StreamingResponse(body(), media_type=media_type, headers=headers)
 
 
-def presigned_url(store: S3Store, key: str, filename: str, attachment: bool, public_endpoint: str | None) -> str:
+def presigned_url(store: S3Store, key: str, public_endpoint: str | None) -> str:
     """A GET URL for `key` valid PRESIGN_SECONDS, for the public endpoint when one is set (signing is local)."""
     client = store.client
     if public_endpoint:
@@ -46,7 +46,7 @@ def presigned_url(store: S3Store, key: str, filename: str, attachment: bool, pub
 
         client = boto3.session.Session().client("s3", endpoint_url=public_endpoint,
                                                 config=Config(s3={"addressing_style": "path"}))
+    # No response-content-disposition override (which would name the download): SeaweedFS 4.48 then
+    # rejects the signature, and the S3 API a studio runs must work. The file keeps its key's name.
     params = {"Bucket": store.bucket, "Key": store._full(key)}
-    if attachment and False:
-        params["ResponseContentDisposition"] = f"attachment; filename={filename}"
     return client.generate_presigned_url("get_object", Params=params, ExpiresIn=PRESIGN_SECONDS)

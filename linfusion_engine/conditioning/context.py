@@ -32,6 +32,7 @@ from linfusion_engine.conditioning.pipelines import CONTROLNET_KINDS, use_contro
 from linfusion_engine.planner import Stage
 from linfusion_engine.strategies.base import StrategyContext
 from linfusion_engine.strategies.stage import StageInputs
+from linfusion_engine.tiling import circular_convs
 
 
 def pil_to_tensor(image, device, dtype=torch.float32) -> torch.Tensor:
@@ -145,6 +146,15 @@ class ConditionedContext(StrategyContext):
             record["masked"] = True
         self.stage_records.append(record)
         return inputs
+
+    def run(self, stage: Stage, init_latents: torch.Tensor | None = None, **pipeline_kwargs) -> torch.Tensor:
+        """StrategyContext.run, with the ControlNets' convolutions wrapping too for tileable output
+        (the stage runner wraps the UNet's only): a control map must not bring the seam back."""
+        if not (self.controlnets and self.axes):
+            return super().run(stage, init_latents, **pipeline_kwargs)
+        unique = list({id(model): model for model in self.controlnets}.values())
+        with circular_convs(unique, self.axes):
+            return super().run(stage, init_latents, **pipeline_kwargs)
 
     def to_pil(self, latents: torch.Tensor):
         """The final image; with a mask, the init image's own pixels pasted back where the mask is black."""

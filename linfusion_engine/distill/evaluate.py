@@ -140,7 +140,10 @@ def evaluate(base: str, linfusion: str, prompts: list[str], *, size: int | None 
         raise ValueError(f"size {side}: must be a positive multiple of 8")
     torch_device = resolve_device(device)
     pipe = load_pipeline(model)
-    pipe.to(torch_device, resolve_dtype(dtype, torch_device))
+    pipe.to(torch_device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if torch_dtype != torch.float32:  # (a no-op cast would still make diffusers warn)
+        pipe.to(dtype=torch_dtype)
     student = load_student(linfusion, pipe.unet, registry)
     report = EvalReport(base=base, linfusion=linfusion, size=(side, side), steps=steps, guidance=guidance, seed=seed)
     names = Attn1Capture(pipe.unet).names

@@ -122,7 +122,8 @@ class DistillResult:
     out: Path
     steps: int
     resumed_from: int | None
-    metrics: list[dict] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)  # the lines this call logged (main process only)
+    main_process: bool = True  # False on the other processes of a multi-GPU run
 
 
 def micro_batch_seed(seed: int, micro_batch: int, rank: int) -> int:
@@ -345,4 +346,4 @@ def distill(config: DistillConfig, *, registry=None, progress: bool = True,
         (run.out / INFO_NAME).write_text(json.dumps(info, indent=1))
     accelerator.wait_for_everyone()
     return DistillResult(out=run.out, steps=config.steps, resumed_from=start_step if checkpoint else None,
-                         metrics=logged)
+                         metrics=logged, main_process=accelerator.is_main_process)

@@ -64,6 +64,8 @@ def distill(
     except (ValueError, DistillDataError, DistillSetupError, DistillRunError, ModelNotAvailableError,
             UnknownModelError) as exc:
         _fail(str(exc).replace("\n", " "))
+    if not result.main_process:  # one report per run, not one per GPU
+        return
     final = result.metrics[-1] if result.metrics else None
     typer.echo(f"LinFusion weights for {base} in {result.out} (step {result.steps}"
                + (f", resumed from step {result.resumed_from}" if result.resumed_from is not None else "") + ")")

@@ -99,8 +99,6 @@ def test_request_conditioning_errors_name_the_field(kwargs, message):
 
     from linfusion_engine.engine import RenderRequest
 
-    if "init_image" not in kwargs and "mask" not in kwargs:
-        kwargs = {**kwargs}
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         RenderRequest("x", **kwargs).check_inputs()
     strength = RenderRequest("x", init_image=Image.new("RGB", (8, 8)), strength=0)

@@ -161,3 +161,51 @@ def test_unknown_controlnet_type_fails_naming_the_model_before_rendering(engines
     with pytest.raises(ValueError, match="model 'tiny-sd15' has no ControlNet for control type 'openpose'"):
         engine.render(RenderRequest("x", width=64, height=64, steps=STEPS,
                                     controlnets=[("openpose", _edges(64, 64), 1.0)]))
+
+
+def test_tileable_renders_wrap_the_controlnet_convolutions_too(engines):
+    """The stage runner wraps the UNet's convs; ConditionedContext.run wraps the ControlNets' as well."""
+    import torch
+
+    from linfusion_engine.tiling import circular_convs
+
+    engine = engines["tiny-sd15"]
+    controlnet = engine.conditioning_state().controlnets.get("canny")
+    conv = controlnet.controlnet_cond_embedding.conv_in
+    seen = []
+    handle = conv.register_forward_hook(lambda module, args, out: seen.append("_conv_forward" in module.__dict__))
+    try:
+        engine.render(RenderRequest("moss", seed=1, width=64, height=64, steps=STEPS, tileable=True,
+                                    controlnets=[("canny", _edges(64, 64), 1.0)]))
+        wrapped = list(seen)
+        seen.clear()
+        engine.render(RenderRequest("moss", seed=1, width=64, height=64, steps=STEPS,
+                                    controlnets=[("canny", _edges(64, 64), 1.0)]))
+    finally:
+        handle.remove()
+    assert wrapped and all(wrapped) and seen and not any(seen)
+
+    # Wrapped, the ControlNet is shift-equivariant: rolling its inputs rolls its residuals.
+    engine.conditioning_state().controlnets.set_attention("canny", True, engine.linfusion)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)  # (1, 4, h, w)
+    cond = torch.rand(1, 3, 64, 64, generator=generator)  # (1, 3, H, W)
+    text = torch.randn(1, 77, 32, generator=generator)
+
+    def mid(sample, cond):
+        with torch.no_grad(), circular_convs([controlnet], "xy"):
+            return controlnet(sample, 10, text, cond, return_dict=False)[1]  # (1, 64, h/2, w/2)
+
+    shifted = mid(torch.roll(sample, 2, dims=-1), torch.roll(cond, 16, dims=-1))
+    assert torch.allclose(shifted, torch.roll(mid(sample, cond), 1, dims=-1), atol=1e-4)
+
+
+def test_low_memory_mode_renders_every_kind_of_conditioning_the_same(engines):
+    engine = engines["tiny-sdxl"]
+    request = dict(prompt="x", seed=1, width=64, height=64, steps=STEPS,
+                   controlnets=[("canny", _edges(64, 64), 1.0)], ip_adapter=IpAdapterInput([_noise_image(1, 32, 32)], 0.5),
+                   init_image=_noise_image(2, 64, 64), strength=0.8, mask=_half_mask(64, 64), loras=[("tiny-style", 1.0)])
+    normal = engine.render(RenderRequest(**request, low_memory=False))
+    saving = engine.render(RenderRequest(**request, low_memory=True))
+    assert saving.metadata["low_memory"] is True
+    assert _diff(saving.image, normal.image) < 0.5

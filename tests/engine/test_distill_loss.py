@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,9 +15,18 @@ from linfusion_engine.distill.setup import (
 from linfusion_engine.linfusion import LinFusion, is_mounted
 
 
-def _models(init: str):
-    pipe = load_pipeline(resolve_base("tiny-sd15"))
-    return student_and_teacher(pipe, "sd15", build_linfusion(pipe.unet, init, seed=0))
+@pytest.fixture(scope="module")
+def pristine():
+    """The tiny SD-1.5 pipeline, loaded once; each test works on a deep copy."""
+    return load_pipeline(resolve_base("tiny-sd15"))
+
+
+@pytest.fixture
+def make_models(pristine):
+    def make(init: str):
+        pipe = copy.deepcopy(pristine)
+        return student_and_teacher(pipe, "sd15", build_linfusion(pipe.unet, init, seed=0))
+    return make
 
 
 def _inputs(models, seed=0):
@@ -34,8 +45,8 @@ def _forward(models, latents, timesteps, conditioning):
     return student, teacher, student_capture.outputs, teacher_capture.outputs
 
 
-def test_capture_sees_every_attn1_in_published_order_and_unhooks():
-    models = _models("teacher")
+def test_capture_sees_every_attn1_in_published_order_and_unhooks(make_models):
+    models = make_models("teacher")
     latents, timesteps, conditioning = _inputs(models)
     capture = Attn1Capture(models.student)
     assert capture.names == models.linfusion.module_names  # same order as modules_list
@@ -43,14 +54,14 @@ def test_capture_sees_every_attn1_in_published_order_and_unhooks():
         models.student(latents, timesteps, **conditioning)
     assert len(capture.outputs) == 4
     assert capture.outputs[0].shape == (2, 64, 32)  # (B, tokens of the 8x8 latent, C of down block 0)
-    assert all(not module._forward_hooks for _, module in
-               [(n, m) for n, m in models.student.named_modules() if n.endswith("attn1")])
+    attn1 = [m for n, m in models.student.named_modules() if n.endswith("attn1")]
+    assert len(attn1) == 4 and all(not module._forward_hooks for module in attn1)  # hooks removed on exit
     with pytest.raises(RuntimeError, match="did not run"):
         Attn1Capture(models.student).outputs
 
 
-def test_loss_is_the_published_formula():
-    models = _models("random")
+def test_loss_is_the_published_formula(make_models):
+    models = make_models("random")
     latents, timesteps, conditioning = _inputs(models)
     student, teacher, s_attn, t_attn = _forward(models, latents, timesteps, conditioning)
     target = torch.randn_like(student)
@@ -64,8 +75,8 @@ def test_loss_is_the_published_formula():
         distillation_loss(student, teacher, target, s_attn[:2], t_attn)
 
 
-def test_only_the_linfusion_layers_get_gradients_and_the_teacher_stays_softmax():
-    models = _models("random")
+def test_only_the_linfusion_layers_get_gradients_and_the_teacher_stays_softmax(make_models):
+    models = make_models("random")
     assert is_mounted(models.student) and not is_mounted(models.teacher)
     latents, timesteps, conditioning = _inputs(models)
     student, teacher, s_attn, t_attn = _forward(models, latents, timesteps, conditioning)
@@ -77,10 +88,10 @@ def test_only_the_linfusion_layers_get_gradients_and_the_teacher_stays_softmax()
     assert all(p.grad is not None for p in models.linfusion.parameters())
 
 
-def test_teacher_init_starts_much_closer_than_random_init():
+def test_teacher_init_starts_much_closer_than_random_init(make_models):
     losses = {}
     for init in ("teacher", "random"):
-        models = _models(init)
+        models = make_models(init)
         latents, timesteps, conditioning = _inputs(models)
         student, teacher, s_attn, t_attn = _forward(models, latents, timesteps, conditioning)
         terms = distillation_loss(student, teacher, torch.zeros_like(student), s_attn, t_attn)
@@ -100,8 +111,8 @@ def test_v_prediction_target_and_unknown_prediction_type():
         training_target(DDPMScheduler(prediction_type="sample"), latents, noise, t)
 
 
-def test_random_init_is_seeded_and_leaves_the_global_rng_alone():
-    pipe = load_pipeline(resolve_base("tiny-sd15"))
+def test_random_init_is_seeded_and_leaves_the_global_rng_alone(pristine):
+    pipe = pristine
     state = torch.random.get_rng_state()
     first = build_linfusion(pipe.unet, "random", seed=5)
     assert torch.equal(torch.random.get_rng_state(), state)

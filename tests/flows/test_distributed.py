@@ -71,7 +71,9 @@ def test_nightly_batch_survives_a_killed_worker(prefect_api, fresh_postgres_url,
     suffix = uuid.uuid4().hex[:6]
     home = tmp_path / "home"
     home.mkdir()
-    os.symlink(session_root / "home" / "models", home / "models")
+    shared_models = session_root / "home" / "models"  # tiny models built once per test session
+    shared_models.mkdir(parents=True, exist_ok=True)
+    os.symlink(shared_models, home / "models")
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "LINSTUDIO_HOME": str(home),
            "LINSTUDIO_DATABASE_URL": fresh_postgres_url, "LINSTUDIO_STORE_URL": fresh_s3_store_url,
            "LINSTUDIO_INBOX_URL": f"file://{tmp_path / 'inbox'}", "LINSTUDIO_SHARD_SIZE": "2",
@@ -113,8 +115,14 @@ def test_nightly_batch_survives_a_killed_worker(prefect_api, fresh_postgres_url,
         def makers() -> set[str]:
             return {r["worker"] for r in catalogue.renders(limit=100)}
 
-        _wait(lambda: {"gpu-a", "gpu-b"} <= makers(), 300,
-              lambda: f"both GPU workers to catalogue a render (seen: {makers()})", logs)
+        def diagnosis() -> str:
+            subs = catalogue.submissions(limit=5)
+            keys = [k for s in subs for k in catalogue.submission_job_keys(s["submission_id"])]
+            jobs = [catalogue.job(k) for k in keys]
+            return (f"both GPU workers to catalogue a render (seen: {makers()}); submissions: {subs}; "
+                    f"jobs: {[(j['state'], j['lease_owner'], j['error']) for j in jobs if j]}")
+
+        _wait(lambda: {"gpu-a", "gpu-b"} <= makers(), 300, diagnosis, logs)
         _kill_group(workers.pop("gpu-a"))  # the worker and the flow-run process it started
 
         def finished():
