@@ -24,6 +24,9 @@ from pathlib import Path
 # Fields of a stored job record that describe one run of it, not the job: never copied to a re-render.
 _RUN_ONLY = ("engine", "timings", "key", "parent_render_id", "manifest_line")
 RERENDER_PREFIX = "rerender:"
+# How far a re-render may move away from its source image: low keeps the approved composition,
+# high invents more detail at the new size. Part of the job key.
+DEFAULT_STRENGTH = 0.35
 
 
 class RerenderError(ValueError):
@@ -42,7 +45,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def rerender_records(source: dict, sizes: list[tuple[int, int]]) -> list[dict]:
+def rerender_records(source: dict, sizes: list[tuple[int, int]], strength: float = DEFAULT_STRENGTH) -> list[dict]:
     """Job records that re-render catalogued render `source` (as `Catalogue.render` returns it) at `sizes`."""
     from manifests.jobs import KEY_FIELDS, job_key
 
@@ -54,10 +57,12 @@ def rerender_records(source: dict, sizes: list[tuple[int, int]]) -> list[dict]:
     for width, height in sizes:
         record = dict(base)
         record.update(width=width, height=height, parent_render_id=source["render_id"])
+        # The source image supersedes the source job's own init image and mask (it already shows them).
+        inherited = {k: v for k, v in (base.get("conditioning") or {}).items() if k != "init_image"}
         record["conditioning"] = {
-            **(base.get("conditioning") or {}),
+            **inherited,
             "source_render": {"render_id": source["render_id"], "sha256": source["sha256"],
-                              "width": source["width"], "height": source["height"]},
+                              "width": source["width"], "height": source["height"], "strength": strength},
         }
         record["manifest_path"] = f"{RERENDER_PREFIX}{source['render_id']}"
         record["manifest_line"] = None

@@ -84,10 +84,37 @@ def _retry_if_transient(task, task_run, state) -> bool:
     return False
 
 
-def render_png(record: dict, device: str | None, dtype: str | None) -> tuple[bytes, dict]:
-    """Render one job with the process's engine for its model; returns plain PNG bytes and metadata."""
+def load_source_image(catalogue, record: dict):
+    """The source render's image for a re-render (None for other jobs), checked against its sha256."""
+    import hashlib
+
+    from PIL import Image
+
+    source = (record.get("conditioning") or {}).get("source_render")
+    if not source:
+        return None
+    row = catalogue.render(source["render_id"])
+    if row is None:
+        raise ValueError(f"re-render source {source['render_id']} is no longer in the catalogue")
+    data = catalogue.store.get(row["object_key"])
+    if hashlib.sha256(data).hexdigest() != source["sha256"]:
+        raise ValueError(f"re-render source {source['render_id']}: its object no longer matches the catalogued sha256")
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def render_png(record: dict, device: str | None, dtype: str | None, source_image=None) -> tuple[bytes, dict]:
+    """Render one job with the process's engine for its model; returns plain PNG bytes and metadata.
+
+    A re-render (`source_image` given) starts from its source render's image, upscaled through the
+    job's strategy, so the composition artists approved is kept.
+    """
     from flows.conditioning_inputs import request_conditioning
     from linfusion_engine import RenderRequest
+
+    conditioning = request_conditioning(record.get("conditioning") or {})
+    if source_image is not None:
+        conditioning["init_image"] = source_image
+        conditioning["strength"] = float(record["conditioning"]["source_render"]["strength"])
 
     request = RenderRequest(
         prompt=record["prompt"],
@@ -102,7 +129,7 @@ def render_png(record: dict, device: str | None, dtype: str | None) -> tuple[byt
         strategy=record.get("strategy", "auto"),  # issue 5
         tileable=record.get("tileable", False),  # issue 5
         # issue 6: control maps, references, init image and mask read here (files or s3://), LoRAs by name
-        **request_conditioning(record.get("conditioning") or {}),
+        **conditioning,
     )
     with engine_for(record["model"], device=device, dtype=dtype) as engine:
         result = engine.render(request)
@@ -141,7 +168,9 @@ def render_job(ctx: RunContext, record: dict) -> JobOutcome:
         # 2. Render on a free slot, keeping the lease alive meanwhile.
         with ctx.slots.slot() as device, LeaseHeartbeat(ctx, key):
             render_started = time.perf_counter()
-            png, engine_meta = render_png(record, device, ctx.dtype)
+            source_image = load_source_image(ctx.catalogue, record)
+            png, engine_meta = (render_png(record, device, ctx.dtype, source_image=source_image)
+                                if source_image is not None else render_png(record, device, ctx.dtype))
             render_s = time.perf_counter() - render_started
         # 3. Catalogue: object and row together or not at all.
         timings = {"render_s": round(render_s, 3), "queued_to_done_s": None}

@@ -388,8 +388,8 @@ class Engine:
         scheduler_steps, attention, seconds, dilation}], tileable, tiling {wrap_axes,
         vae_tiled_sizes, vae_tile_px, vae_overlap_px}, low_memory, low_memory_requested,
         memory {estimate_bytes, estimate_seconds, budget_bytes, measured_rss_bytes} (issue 5: see
-        `linfusion_engine.strategies.render`); on the CPU peak_memory_bytes is the sampled RSS
-        above the level before the render (a lower bound).
+        `linfusion_engine.strategies.render`; on the CPU memory.measured_rss_bytes is the sampled
+        RSS above the level before the render, a lower bound).
         """
         import torch
 
@@ -462,9 +462,6 @@ class Engine:
             "process_peak_rss_bytes": process_peak_rss_bytes(),
             **stages_meta,  # strategy, stages, tiling, memory (linfusion_engine.strategies.render)
         }
-        if metadata["peak_memory_bytes"] is None and stages_meta.get("memory", {}).get("measured_rss_bytes"):
-            metadata["peak_memory_bytes"] = stages_meta["memory"]["measured_rss_bytes"]
-            metadata["peak_memory_source"] = "rss above the level before the render (sampled)"
         return RenderResult(image=image, metadata=metadata)
 
 

@@ -152,8 +152,13 @@ class _Run:
 
     def __init__(self, config: DistillConfig, registry=None) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         self.config = config
+        # accelerate keeps the mixed-precision setting in a process-wide singleton and refuses a second
+        # Accelerator with another one; a process may run several distillations in turn (a notebook, the
+        # tests). Only that state is cleared: the process group and device (PartialState) stay as launched.
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
         self.base = resolve_base(config.base, registry)
         self.examples = find_examples(config.data)

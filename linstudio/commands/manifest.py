@@ -123,7 +123,7 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
 
 
 def _print_table(rows: list[list[str]]) -> None:
-    header = ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "STAGES", "EST PEAK", "EST TIME", "FEATURES"]
+    header = ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "STAGES", "EST-PEAK", "EST-TIME", "FEATURES"]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     for row in [header] + rows:
         typer.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -150,7 +150,7 @@ def _plan_cells(plan: dict) -> list[str]:
     strategy = plan["strategy"] if plan["strategy"] == plan["strategy_requested"] else (
         f"{plan['strategy_requested']}->{plan['strategy']}")
     estimate = plan["estimate"]
-    return [strategy, plan["stages_label"], f"{estimate['peak_gib']:.2f} GiB", f"{estimate['seconds']:.1f} s"]
+    return [strategy, plan["stages_label"], f"{estimate['peak_gib']:.2f}GiB", f"{estimate['seconds']:.1f}s"]
 
 
 def schema() -> None:

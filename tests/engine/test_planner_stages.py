@@ -94,3 +94,15 @@ def test_linstudio_plan_shows_stages_and_estimates_without_torch(tmp_path):
     assert panorama["strategy"] == "sdedit"
     assert [(s["width"], s["height"], s["strength"]) for s in panorama["stages"]] == [(128, 64, None), (256, 128, 0.4)]
     assert panorama["estimate"]["peak_bytes"] > 0 and panorama["estimate"]["seconds"] >= 0
+
+
+def test_estimate_peak_gib_routes_16k_to_large_gpus(tmp_path, monkeypatch):
+    from linfusion_engine.planner import estimate_peak_gib
+    from linfusion_engine.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models.yaml", tmp_path / "models")
+    job = {"model": "sd15", "strategy": "auto", "steps": 8, "guidance": 7.5}
+    small = estimate_peak_gib({**job, "width": 1024, "height": 1024}, registry)
+    big = estimate_peak_gib({**job, "width": 16384, "height": 8192}, registry)
+    assert small < 40 < big
+    assert estimate_peak_gib({**job, "model": "tiny-sd15", "width": 64, "height": 64}, registry) < 1

@@ -37,7 +37,7 @@ def test_sdedit_chain_64_128_256(sd15):
     assert [s["scheduler_steps"] for s in meta["stages"]] == [2, 3, 4]
     assert [s["attention"] for s in meta["stages"]] == ["softmax", "linear", "linear"]
     assert meta["memory"]["estimate_bytes"] > 0 and meta["low_memory"] is False
-    assert meta["peak_memory_bytes"] is not None  # sampled RSS on the CPU
+    assert meta["memory"]["measured_rss_bytes"] is not None  # sampled RSS on the CPU
 
 
 def test_sdedit_is_reproducible_and_differs_from_direct(sd15):

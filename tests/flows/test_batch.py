@@ -88,7 +88,11 @@ def test_an_invalid_manifest_stops_everything_before_rendering(prefect_api, tmp_
         catalogue.close()
 
 
-def test_fields_without_an_engine_feature_are_refused_not_ignored(prefect_api, tmp_path, backend):
+def test_fields_without_an_engine_feature_are_refused_not_ignored(prefect_api, tmp_path, backend, monkeypatch):
+    import flows.batch
+
+    # every manifest feature has an engine now (issue 5 added tileable): take one away to see the refusal
+    monkeypatch.setattr(flows.batch, "SUPPORTED_FEATURES", flows.batch.SUPPORTED_FEATURES - {"tileable"})
     manifest = write_manifest(tmp_path, "tiles.yaml", """
         version: 1
         team: game

@@ -41,7 +41,7 @@ def test_linstudio_run_renders_strategies_and_tileable(prefect_api, backend, tmp
         assert [(s["width"], s["height"], s["strength"]) for s in panorama["stages"]] == [
             (128, 64, None), (256, 128, 0.4)]
         assert panorama["tiling"]["wrap_axes"] == "x"
-        assert panorama["memory"]["estimate_bytes"] > 0 and panorama["peak_memory_bytes"]
+        assert panorama["memory"]["estimate_bytes"] > 0 and panorama["memory"]["measured_rss_bytes"] is not None
         wall = renders["moss-wall-tile"]["engine"]
         assert wall["strategy"] == "direct" and wall["strategy_requested"] == "auto"
         assert wall["tiling"]["wrap_axes"] == "xy"

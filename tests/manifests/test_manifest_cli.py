@@ -79,7 +79,8 @@ def test_plan_lists_jobs_with_short_keys_and_totals():
     jobs = [job for loaded in load_manifests([EXAMPLES / "film.yaml", EXAMPLES / "ad.yaml"]).manifests
             for job in expand_jobs(loaded)]
     lines = result.stdout.splitlines()
-    assert lines[1].split() == ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "FEATURES"]
+    assert lines[1].split() == ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "STAGES", "EST-PEAK", "EST-TIME",
+                                "FEATURES"]  # issue 5: stages and estimates
     for job in jobs:
         assert any(line.split()[:4] == [job.key[:12], job.asset_id, f"{job.width}x{job.height}", str(job.seed)]
                    for line in lines)

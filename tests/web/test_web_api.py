@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from web_support import make_render, record, seed_catalogue
@@ -285,3 +286,19 @@ def test_downloads_on_both_backends_stream_or_presign(both_cat, catalogue_urls, 
     with TestClient(create_app(both_cat, public)) as client:
         location = client.get(f"/renders/{render_id}/download", follow_redirects=False).headers["location"]
         assert location.startswith("https://s3.studio.example/") and "Signature" in location
+
+
+def test_gallery_export_form_delivers_the_selection(client, web_cat, user, settings):
+    ids = seed_catalogue(web_cat)
+    sign_in(client)
+    target = settings.home / "exports" / "client-a"
+    page = client.post("/export", data={"csrf_token": csrf_of(client), "render_ids": [ids["hero1"], ids["forest"]],
+                                        "destination": str(target), "format": "png16", "metadata": "strip",
+                                        "template": "{team}/{asset_id}_{seed}"})
+    assert page.status_code == 200 and "Exported 2 files" in page.text
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*.png")) == ["film/hero_1.png",
+                                                                                 "games/tree_5.png"]
+    assert b"neon" not in (target / "film" / "hero_1.png").read_bytes()  # metadata stripped
+    refused = client.post("/export", data={"csrf_token": csrf_of(client), "render_ids": [ids["hero1"]],
+                                           "destination": "/etc/cron.d"})
+    assert refused.status_code == 400 and not Path("/etc/cron.d/film").exists()
