@@ -58,9 +58,14 @@ class StrategyContext:
         """Run `stage` through `run_stage` and record it."""
         started = time.perf_counter()
         attention = self.use_attention(stage.width, stage.height)
-        latents = run_stage(self.pipelines, self.inputs(stage, init_latents, **pipeline_kwargs))
-        record = {"kind": stage.kind, "width": stage.width, "height": stage.height, "strength": stage.strength,
-                  "scheduler_steps": self.steps if stage.strength is None else img2img_steps(self.steps, stage.strength),
+        inputs = self.inputs(stage, init_latents, **pipeline_kwargs)
+        latents = run_stage(self.pipelines, inputs)
+        # What ran, not what was planned: a conditioned context may start the first stage from an
+        # init image (a paintover, or a re-render's source) at its own strength.
+        strength = inputs.strength if inputs.init_latents is not None else stage.strength
+        kind = "img2img" if inputs.init_latents is not None and stage.kind == "txt2img" else stage.kind
+        record = {"kind": kind, "width": stage.width, "height": stage.height, "strength": strength,
+                  "scheduler_steps": self.steps if strength is None else img2img_steps(self.steps, strength),
                   "attention": attention, "seconds": round(time.perf_counter() - started, 4)}
         if stage.dilation is not None:
             record["dilation"] = stage.dilation
