@@ -8,6 +8,7 @@ answer in about a second without importing torch.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
@@ -22,6 +23,21 @@ _LAZY = {
     "ModelRegistry": "linfusion_engine.registry",
     "ModelEntry": "linfusion_engine.registry",
 }
+
+
+class _TorchvisionFallbackNotice(logging.Filter):
+    """Drops transformers' "requires torchvision (not installed); falling back to ...Pil" notices.
+
+    Importing diffusers pipelines touches CLIP/Siglip image processors; without torchvision
+    transformers falls back to the PIL ones and says so once per class. The engine works the same
+    either way (no torchvision is needed), so the notice only alarms users running the CLI.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackNotice())
 
 
 def __getattr__(name: str) -> Any:

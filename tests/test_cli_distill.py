@@ -94,6 +94,12 @@ def test_two_processes_through_accelerate_launch(tmp_path):
     data, out = _data(tmp_path / "data"), tmp_path / "lf"
     launcher = Path(sys.executable).parent / "accelerate"
     env = {**os.environ, "LINSTUDIO_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    # Build the tiny model first: this test is about two training processes, not two first uses.
+    from linfusion_engine.registry import ModelRegistry
+    from linfusion_engine.tiny import ensure_tiny_model
+
+    registry = ModelRegistry(tmp_path / "home" / "models.yaml", tmp_path / "home" / "models")
+    ensure_tiny_model("tiny-sd15", registry.base_path(registry.get("tiny-sd15")))
     command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "linstudio.cli", "distill",
                "--base", "tiny-sd15", "--data", str(data), "--out", str(out), "--steps", "3", "--resolution", "64",

@@ -164,7 +164,7 @@ def test_unknown_model_in_defaults_is_one_error_for_all_assets(tmp_path):
 
 def test_unknown_lora_of_the_model(tmp_path):
     assert errors(tmp_path, with_asset("lora: {name: studio-style, scale: 0.7}\n")) == [
-        (12, "assets[0].lora[0].name", "LoRA 'studio-style' is not registered with model 'tiny-sd15' (its LoRAs: none)")]
+        (12, "assets[0].lora[0].name", "LoRA 'studio-style' is not registered with model 'tiny-sd15'; did you mean 'tiny-style'? (its LoRAs: tiny-style)")]
 
 
 def test_tileable_values(tmp_path):
