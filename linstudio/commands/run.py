@@ -86,6 +86,8 @@ def _where_to_look(settings) -> str:
     lines = ["", "Where the results are:", f"  catalogue: {settings.resolved_database_url}", f"  images:    {store}"]
     if store.startswith("file://"):
         lines.append(f"             (PNG files under {store[len('file://'):]}/renders/<team>/<project>/<asset>/)")
-    lines += ["How to look at them:", "  linstudio catalogue ls            # every render, newest first",
+    lines += ["How to look at them:",
+              "  linstudio serve                    # the gallery, at http://127.0.0.1:8400",
+              "  linstudio catalogue ls             # every render, newest first",
               "  linstudio catalogue show RENDER_ID # one render's settings and files"]
     return "\n".join(lines)
