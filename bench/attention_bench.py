@@ -34,14 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a plain script from a checkout
 
 from linfusion_engine.attention import generalized_linear_attention  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from benchdocs import update_section  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:attention -->", "<!-- /bench:attention -->"
-DOC_INTRO = """# Benchmarks
-
-Measured numbers, each section written by the script named in it (re-run the command to update
-it). CPU numbers come from shared development machines: read them as ratios, not absolutes.
-"""
 BATCH, HEADS, HEAD_DIM = 2, 8, 64
 ATTENTION_TOKENS = (1024, 4096, 16384)
 LINEAR_ONLY_TOKENS = (65536,)
@@ -214,16 +210,7 @@ def report(attention: list[dict], unet: list[dict], unet_info: dict, threads: in
 
 def write_section(section: str, doc: Path = DOC) -> None:
     """Replace (or append) this benchmark's section of docs/benchmarks.md, keeping the others."""
-    block = f"{BEGIN}\n{section}\n{END}"
-    text = doc.read_text() if doc.is_file() else DOC_INTRO
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    update_section("attention", section, doc)
 
 
 def main() -> None:

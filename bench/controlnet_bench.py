@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO))  # runnable as a plain script from a checkout
 from linfusion_engine.conditioning.controlnet import ControlNetBank, controlnet_self_attention  # noqa: E402
 from linfusion_engine.engine import Engine  # noqa: E402
 from linfusion_engine.registry import ModelRegistry  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from benchdocs import update_section  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:controlnet -->", "<!-- /bench:controlnet -->"
 SIZES = (256, 512, 1024)
 BATCH, TEXT_TOKENS = 2, 77
 SLOW_CALL_S = 1.0
@@ -109,14 +110,7 @@ def report(rows, layers: int, threads: int, repeats: int, argv: list[str]) -> st
 
 
 def write(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    update_section("controlnet", section, DOC)
 
 
 def main() -> None:

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from benchdocs import update_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a plain script from a checkout
 
 DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:distill-cost -->", "<!-- /bench:distill-cost -->"
 # Dense bf16 peaks from the vendors' data sheets (TFLOP/s, no sparsity).
 GPUS = {"A100 (312 TFLOP/s bf16)": 312e12, "H100 SXM (989 TFLOP/s bf16)": 989e12}
 
@@ -108,14 +109,7 @@ def report(rows: dict[str, dict[str, float]], images: int, mfu: float, argv: lis
 
 
 def write(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    update_section("distill-cost", section, DOC)
 
 
 def main() -> None:

@@ -35,12 +35,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from benchdocs import update_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a plain script from a checkout
 
 DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:gallery -->", "<!-- /bench:gallery -->"
 TEAMS = ["film", "games", "ads", "series", "vfx"]
 MODELS = ["sd15-house", "sdxl-base", "sd21-base", "tiny-sd15"]
 SIZES = [(512, 512), (768, 768), (1024, 1024), (1024, 576), (2048, 2048), (4096, 4096)]
@@ -329,13 +330,7 @@ def report(results: list[dict], sizes: list[int], clients: int, load_seconds: fl
 
 
 def write_section(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text}{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + section + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(doc)
+    update_section("gallery", text, DOC)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

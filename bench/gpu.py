@@ -29,6 +29,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from benchdocs import update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -254,14 +256,7 @@ def to_markdown(report: dict) -> str:
 
 def update_docs(report: dict, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
     """Replace the text between the `bench:gpu` markers (appending the section if absent)."""
-    begin, end = "<!-- bench:gpu -->", "<!-- /bench:gpu -->"
-    text = path.read_text() if path.exists() else ""
-    block = f"{begin}\n{to_markdown(report)}\n{end}"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n## GPU: LinFusion vs SDPA, SD-1.5 and SD-XL\n\n" + block + "\n"
-    path.write_text(text)
+    update_section("gpu", to_markdown(report), path, heading="## GPU: LinFusion vs SDPA, SD-1.5 and SD-XL")
 
 
 if __name__ == "__main__":

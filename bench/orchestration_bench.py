@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import subprocess
@@ -27,18 +26,26 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from benchdocs import update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-MANIFEST = """version: 1
+MANIFEST_HEAD = """version: 1
 team: game
 project: orchestration-bench
-defaults: {{model: tiny-sd15, steps: 4, sizes: [64x64], attention: linear}}
+defaults: {model: tiny-sd15, steps: 4, sizes: [64x64], attention: linear}
 assets:
-  - id: prop
-    prompt: "a prop"
-    seeds: [{seeds}]
 """
+
+
+def manifest_text(jobs: int) -> str:
+    """`jobs` jobs as assets of at most 50 seeds each (a manifest allows 64 seeds per asset)."""
+    body = MANIFEST_HEAD
+    for start in range(0, jobs, 50):
+        seeds = ", ".join(str(s) for s in range(start, min(start + 50, jobs)))
+        body += f'  - id: prop-{start // 50}\n    prompt: "a prop"\n    seeds: [{seeds}]\n'
+    return body
 
 
 def free_port() -> int:
@@ -114,7 +121,7 @@ def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
                 time.sleep(0.5)
         subprocess.run([str(BIN / "linstudio"), "deploy"], env=env, check=True, capture_output=True)
         manifest = work / "bench.yaml"
-        manifest.write_text(MANIFEST.format(seeds=", ".join(str(s) for s in range(jobs))))
+        manifest.write_text(manifest_text(jobs))
         out = subprocess.run([str(BIN / "linstudio"), "submit", str(manifest)], env=env, check=True,
                              capture_output=True, text=True).stdout
         submission = out.split()[1]
@@ -152,12 +159,7 @@ def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
 
 
 def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    body = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"<!-- bench:orchestration -->\n{text}\n<!-- /bench:orchestration -->"
-    pattern = re.compile(r"<!-- bench:orchestration -->.*?<!-- /bench:orchestration -->", re.S)
-    body = pattern.sub(section, body) if pattern.search(body) else body.rstrip() + "\n\n" + section + "\n"
-    path.write_text(body)
+    update_section("orchestration", text)
 
 
 def main() -> None:
