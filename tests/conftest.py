@@ -65,3 +65,10 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+def pytest_unconfigure(config):
+    """Remove the session's temp folder (homes, tiny models, Prefect home) once everything is torn down."""
+    import shutil
+
+    shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
