@@ -25,6 +25,7 @@ demo: setup
 	$(VENV)/bin/linstudio run manifests/examples
 
 test: setup
+	@bash infra/ensure-test-deps.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
