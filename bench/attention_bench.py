@@ -21,11 +21,9 @@ import datetime
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +34,7 @@ sys.path.insert(0, str(REPO))  # runnable as a plain script from a checkout
 from linfusion_engine.attention import generalized_linear_attention  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
 from benchdocs import update_section  # noqa: E402
+from timing import median_time  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 BATCH, HEADS, HEAD_DIM = 2, 8, 64
@@ -44,21 +43,8 @@ LINEAR_ONLY_TOKENS = (65536,)
 UNET_SIZES = (256, 512, 1024)
 TEXT_TOKENS = 77
 # A call slower than this is its own warm-up: no extra untimed run.
-SLOW_CALL_S = 1.0
 TARGET_SPEEDUP, TARGET_FLOOR_RATIO = 15.0, 1.3
 
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` calls, after one untimed warm-up (unless the call is slow)."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = [first] if first > SLOW_CALL_S else []
-    while len(times) < repeats:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def fmt_s(seconds: float | None) -> str:

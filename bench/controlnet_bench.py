@@ -18,7 +18,6 @@ import datetime
 import os
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -34,23 +33,12 @@ from linfusion_engine.engine import Engine  # noqa: E402
 from linfusion_engine.registry import ModelRegistry  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
 from benchdocs import update_section  # noqa: E402
+from timing import median_time  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 SIZES = (256, 512, 1024)
 BATCH, TEXT_TOKENS = 2, 77
-SLOW_CALL_S = 1.0
 
-
-def median_time(fn, repeats: int) -> float:
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = [first] if first > SLOW_CALL_S else []
-    while len(times) < repeats:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def fmt(seconds: float) -> str:

@@ -172,10 +172,6 @@ class Catalogue:
 
     def lease_owners(self) -> set[str]:
         """Who holds the leases of running jobs (expired or not): lets a starting run find its dead predecessors."""
-        from sqlalchemy import select
-
-        from catalogue.models import Job
-
         with self.transaction() as session:
             return set(session.scalars(select(Job.lease_owner).where(Job.state == "running",
                                                                      Job.lease_owner.is_not(None)).distinct()))

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -176,7 +175,3 @@ def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
         return summary
     finally:
         catalogue.close()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(run_manifests(sys.argv[1:]).to_text())
