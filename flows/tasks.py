@@ -166,9 +166,9 @@ def render_job(ctx: RunContext, record: dict) -> JobOutcome:
         return JobOutcome(key, label, "skipped", reason=reason)
     try:
         # 2. Render on a free slot, keeping the lease alive meanwhile.
+        source_image = load_source_image(ctx.catalogue, record)  # store I/O before taking a GPU slot
         with ctx.slots.slot() as device, LeaseHeartbeat(ctx, key):
             render_started = time.perf_counter()
-            source_image = load_source_image(ctx.catalogue, record)
             png, engine_meta = (render_png(record, device, ctx.dtype, source_image=source_image)
                                 if source_image is not None else render_png(record, device, ctx.dtype))
             render_s = time.perf_counter() - render_started
