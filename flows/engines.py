@@ -1,19 +1,22 @@
 """One loaded engine per model per process, so a flow run loads each model once.
 
 Loading a pipeline costs seconds on a CPU and far more for real weights on a GPU; a batch renders
-many jobs with the same model. The cache lives for the process (a Prefect flow run, or a
-long-lived worker), and a lock per model keeps two task threads from loading it twice or from
-rendering on one pipeline at the same time (diffusers pipelines are not thread-safe).
+many jobs with the same model. The cache lives for the process (a Prefect flow run, or a GPU
+worker's long-lived render host), and a lock per model keeps two task threads from loading it
+twice or from rendering on one pipeline at the same time (diffusers pipelines are not thread-safe).
+A long-lived process bounds what it keeps with `keep_at_most`: least recently used models go first,
+so a host that rendered SD-XL last night does not hold it on the GPU forever beside today's models.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
 
 _lock = threading.Lock()
-_engines: dict[tuple[str, str | None, str | None], object] = {}
+_engines: OrderedDict[tuple[str, str | None, str | None], object] = OrderedDict()  # least recently used first
 _model_locks: dict[tuple[str, str | None, str | None], threading.Lock] = {}
 
 
@@ -30,7 +33,9 @@ def engine_for(model: str, device: str | None = None, dtype: str | None = None) 
 
             engine = Engine(model, device=device, dtype=dtype)
             engine.load()
+        with _lock:
             _engines[key] = engine
+            _engines.move_to_end(key)
         yield engine
 
 
@@ -50,3 +55,25 @@ def close_all() -> None:
         for engine in _engines.values():
             engine.close()
         _engines.clear()
+
+
+def keep_at_most(count: int) -> list[str]:
+    """Close least recently used engines until `count` remain; returns the models closed.
+
+    An engine in use (its model lock held) is skipped, so eviction never pulls a pipeline out from
+    under a render.
+    """
+    closed = []
+    with _lock:
+        for key in list(_engines):
+            if len(_engines) <= count:
+                break
+            model_lock = _model_locks[key]
+            if not model_lock.acquire(blocking=False):
+                continue
+            try:
+                _engines.pop(key).close()
+                closed.append(key[0])
+            finally:
+                model_lock.release()
+    return closed

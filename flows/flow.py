@@ -8,6 +8,7 @@ slots, loaded engines) is built inside the flow run's process. A model loads onc
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Callable
 
@@ -51,9 +52,10 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
         catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
         catalogue.migrate()
     on_progress: Callable | None = live.get("on_progress")
-    devices = render_devices(settings.device)
+    devices, host = render_target(settings)
     ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=worker,
-                     lease_seconds=settings.lease_seconds, dtype=settings.dtype, worker_name=settings.worker_name)
+                     lease_seconds=settings.lease_seconds, dtype=settings.dtype, worker_name=settings.worker_name,
+                     renderer=host.render if host is not None else None)
     skipped_outcomes = [JobOutcome(**item) for item in skipped or []]
     done_before = len(skipped_outcomes)
     total = total or done_before + len(records)
@@ -75,6 +77,8 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
                     on_progress(outcomes[-1], done_before + len(outcomes), total)
                 break  # refill the window
     finally:
+        if host is not None:
+            host.close()
         if owns_catalogue:
             catalogue.close()
     summary = RunSummary(outcomes=skipped_outcomes + outcomes, catalogue=redact_url(settings.resolved_database_url),
@@ -82,6 +86,23 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
     create_markdown_artifact(key="linstudio-batch-summary", markdown=summary.to_markdown(),
                              description=summary.headline())
     return [o.__dict__ for o in outcomes]
+
+
+def render_target(settings) -> tuple[list[str | None], object]:
+    """(devices, render host client): the worker's render host when one answers, else this process.
+
+    A host that does not answer is logged and skipped: the flow run then loads the model itself,
+    slower but correct.
+    """
+    from flows.render_host import RenderHostUnavailable, client_from_settings
+
+    host = client_from_settings(settings)
+    if host is not None:
+        try:
+            return host.ping()["devices"], host
+        except RenderHostUnavailable as exc:
+            logging.getLogger(__name__).warning("rendering in this process: %s", exc)
+    return render_devices(settings.device), None
 
 
 def _outcome_of(future, record: dict, catalogue) -> JobOutcome:

@@ -152,8 +152,9 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None):
         catalogue.migrate()
         records, skipped = [], []
         done = catalogue.rendered_keys(job_keys)
+        planned = catalogue.jobs(job_keys)
         for key in job_keys:
-            job = catalogue.job(key)
+            job = planned.get(key)
             if job is None:
                 raise RerenderError(f"job {key[:12]} is not planned in this catalogue")
             if key in done:

@@ -63,7 +63,7 @@ def dispatch(shard_keys: list[str], *, large: bool, queue: str) -> object:
     return flow_run.id
 
 
-def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: int, poll_seconds: float = 2.0,
+def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: int, poll_seconds: float = 1.0,
                     redispatch=None, deadline_seconds: float | None = None) -> None:
     """Block until every job of every shard is done or failed in the catalogue.
 

@@ -17,13 +17,14 @@ import io
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.devices import SlotPool
-from flows.engines import engine_for
 from flows.outcomes import JobOutcome
+from flows.rendering import render_png
 from flows.transient import is_transient, one_line
 
 JOB_RETRIES = 2
@@ -42,6 +43,8 @@ class RunContext:
     lease_seconds: int
     worker_name: str = ""  # who made a render, as recorded in the catalogue (LINSTUDIO_WORKER_NAME)
     dtype: str | None = None
+    # Renders elsewhere with render_png's contract (the worker's render host); None: in this process.
+    renderer: Callable[..., tuple[bytes, dict]] | None = None
 
 
 class LeaseHeartbeat:
@@ -102,42 +105,6 @@ def load_source_image(catalogue, record: dict):
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def render_png(record: dict, device: str | None, dtype: str | None, source_image=None) -> tuple[bytes, dict]:
-    """Render one job with the process's engine for its model; returns plain PNG bytes and metadata.
-
-    A re-render (`source_image` given) starts from its source render's image, upscaled through the
-    job's strategy, so the composition artists approved is kept.
-    """
-    from flows.conditioning_inputs import request_conditioning
-    from linfusion_engine import RenderRequest
-
-    conditioning = request_conditioning(record.get("conditioning") or {})
-    if source_image is not None:
-        conditioning["init_image"] = source_image
-        conditioning["strength"] = float(record["conditioning"]["source_render"]["strength"])
-
-    request = RenderRequest(
-        prompt=record["prompt"],
-        negative_prompt=record["negative_prompt"],
-        seed=record["seed"],
-        width=record["width"],
-        height=record["height"],
-        steps=record["steps"],
-        guidance=record["guidance"],
-        scheduler=record["scheduler"],
-        attention=record["attention"],
-        strategy=record.get("strategy", "auto"),  # issue 5
-        tileable=record.get("tileable", False),  # issue 5
-        # issue 6: control maps, references, init image and mask read here (files or s3://), LoRAs by name
-        **conditioning,
-    )
-    with engine_for(record["model"], device=device, dtype=dtype) as engine:
-        result = engine.render(request)
-    buffer = io.BytesIO()
-    result.image.save(buffer, format="PNG")
-    return buffer.getvalue(), result.metadata
-
-
 def ingest_with_retries(ctx: RunContext, record: dict, png: bytes, engine_meta: dict, timings: dict) -> str:
     """Catalogue a finished render, retrying transient store/database failures with backoff."""
     full_record = {**record, "engine": engine_meta, "timings": timings}
@@ -169,8 +136,9 @@ def render_job(ctx: RunContext, record: dict) -> JobOutcome:
         source_image = load_source_image(ctx.catalogue, record)  # store I/O before taking a GPU slot
         with ctx.slots.slot() as device, LeaseHeartbeat(ctx, key):
             render_started = time.perf_counter()
-            png, engine_meta = (render_png(record, device, ctx.dtype, source_image=source_image)
-                                if source_image is not None else render_png(record, device, ctx.dtype))
+            render = ctx.renderer or render_png
+            png, engine_meta = (render(record, device, ctx.dtype, source_image=source_image)
+                                if source_image is not None else render(record, device, ctx.dtype))
             render_s = time.perf_counter() - render_started
         # 3. Catalogue: object and row together or not at all.
         timings = {"render_s": round(render_s, 3), "queued_to_done_s": None}

@@ -148,8 +148,19 @@ def worker(
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="CUDA device index for this worker (sets CUDA_VISIBLE_DEVICES).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Worker name (default: host-gpuN).")] = None,
     limit: Annotated[int, typer.Option("--limit", help="Flow runs at once on this worker (one per GPU).")] = 1,
+    render_host: Annotated[bool, typer.Option(
+        "--render-host/--no-render-host",
+        help="Keep models loaded between flow runs in a long-lived render host (off for pools that only orchestrate).")] = True,
+    preload: Annotated[Optional[list[str]], typer.Option(
+        "--preload", help="Model to load into the render host at start, so the first shard finds it warm (repeatable).")] = None,
+    max_models: Annotated[int, typer.Option(
+        "--max-models", help="Models the render host keeps loaded at once; the least recently used are closed.")] = 2,
 ) -> None:
-    """Start a Prefect worker for one GPU: run one per GPU on each host (see docs/runbook.md)."""
+    """Start a Prefect worker for one GPU, with its render host: run one per GPU on each host (see docs/runbook.md).
+
+    The worker polls its pool every PREFECT_WORKER_QUERY_SECONDS (2 s unless set; Prefect's own
+    default is 10 s, which a queued shard would wait on average 5 s for).
+    """
     from linstudio.settings import get_settings
 
     settings = get_settings()
@@ -159,6 +170,16 @@ def worker(
         env["CUDA_VISIBLE_DEVICES"] = gpu
     # The flow runs this worker starts inherit its environment: renders record this worker's name.
     env["LINSTUDIO_WORKER_NAME"] = worker_name
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    os.execve(prefect, [prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", worker_name,
-                        "--limit", str(limit)], env)
+    command = [prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", worker_name,
+               "--limit", str(limit)]
+    if not render_host:
+        os.execve(prefect, command, env)
+    import logging
+
+    from flows.worker_process import Supervisor, host_environment
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    host_args = [arg for model in preload or [] for arg in ("--preload", model)] + ["--max-models", str(max_models)]
+    raise typer.Exit(Supervisor(command, host_environment(env, worker_name), host_args).run())

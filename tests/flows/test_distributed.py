@@ -100,7 +100,7 @@ def test_nightly_batch_survives_a_killed_worker(prefect_api, fresh_postgres_url,
     logs = [tmp_path / n for n in ("control.log", "gpu-a.log", "gpu-b.log")]
     workers = {
         "control": _start([str(BIN / "linstudio"), "worker", "--pool", env["LINSTUDIO_CONTROL_POOL"],
-                           "--name", "control"], env, logs[0]),
+                           "--name", "control", "--no-render-host"], env, logs[0]),
         "gpu-a": _start([str(BIN / "linstudio"), "worker", "--pool", env["LINSTUDIO_WORK_POOL"], "--name", "gpu-a"],
                         env, logs[1]),
         "gpu-b": _start([str(BIN / "linstudio"), "worker", "--pool", env["LINSTUDIO_WORK_POOL"], "--name", "gpu-b"],
