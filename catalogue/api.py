@@ -151,14 +151,20 @@ class Catalogue:
 
     def job(self, job_key: str) -> dict[str, Any] | None:
         """One job's state, lease, attempts and failure reason, or None."""
+        return self.jobs([job_key]).get(job_key)
+
+    def jobs(self, job_keys: list[str]) -> dict[str, dict[str, Any]]:
+        """`job` for many keys in a few queries (a shard of hundreds); keys not planned are absent."""
+        found: dict[str, dict[str, Any]] = {}
         with self.transaction() as session:
-            job = session.scalar(select(Job).where(Job.key == job_key))
-            if job is None:
-                return None
-            return {"key": job.key, "state": job.state, "lease_owner": job.lease_owner,
-                    "lease_expires_at": job.lease_expires_at.isoformat() if job.lease_expires_at else None,
-                    "attempts": job.attempts, "error": job.error, "submission_id": job.submission_id,
-                    "record": dict(job.record or {})}
+            for start in range(0, len(job_keys), 500):  # bounded IN lists
+                for job in session.scalars(select(Job).where(Job.key.in_(job_keys[start:start + 500]))):
+                    found[job.key] = {
+                        "key": job.key, "state": job.state, "lease_owner": job.lease_owner,
+                        "lease_expires_at": job.lease_expires_at.isoformat() if job.lease_expires_at else None,
+                        "attempts": job.attempts, "error": job.error, "submission_id": job.submission_id,
+                        "record": dict(job.record or {})}
+        return found
 
     def claim(self, job_key: str, worker: str, lease_seconds: int) -> bool:
         """Lease a planned, failed or expired job to `worker`; False if done or leased by someone else."""
