@@ -247,10 +247,39 @@ def write_section(text: str) -> None:
     update_section("orchestration", text)
 
 
+def measure(jobs: int, shard_size: int, devices: int, keep: bool) -> dict:
+    """One size: the bare loop, then the pipeline, in a fresh work folder."""
+    work = Path(tempfile.mkdtemp(prefix="linstudio-orch-bench-"))
+    os.environ["LINSTUDIO_HOME"] = str(work / "home")
+    try:
+        bare, bare_cpu = bare_loop(jobs, devices)
+        orch = orchestrated(jobs, shard_size, work)
+    finally:
+        if keep:
+            print(f"logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    result = {"jobs": jobs, "shard_size": shard_size, "bare_s": bare, "bare_cpu_s": bare_cpu, **orch}
+    print(json.dumps(result, indent=2, default=str), flush=True)
+    return result
+
+
+def row(r: dict) -> str:
+    jobs = r["jobs"]
+    overhead = r["seconds"] - r["bare_s"]
+    bare_ms, steady_ms = 1000 * r["bare_s"] / jobs, 1000 * r["steady_s_per_job"]
+    return (f"| {jobs} | {r['shards']} x {r['shard_size']} | {r['bare_s']:.1f} s | {r['seconds']:.1f} s ({r['status']}) | "
+            f"**{100 * overhead / r['bare_s']:+.0f}%** | {1000 * overhead / jobs:.0f} ms | {r['first_render_s']:.1f} s | "
+            f"{steady_ms:.0f} vs {bare_ms:.0f} ms ({100 * (steady_ms - bare_ms) / bare_ms:+.0f}%) | "
+            f"{1000 * r['bare_cpu_s'] / jobs:.0f} / {1000 * r['render_host_cpu_s'] / jobs:.0f} / "
+            f"{1000 * r['orchestration_cpu_s'] / jobs:.0f} ms |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--shard-size", type=int, default=100)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[200], help="batch sizes, each measured on its own")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="jobs per shard (default: the batch split evenly over the two workers)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server and worker logs)")
     parser.add_argument("--bare-worker", help=argparse.SUPPRESS)  # internal: one bare-loop process
@@ -258,47 +287,33 @@ def main() -> None:
     if args.bare_worker is not None:
         bare_worker([int(seed) for seed in args.bare_worker.split(",") if seed])
         return
-    work = Path(tempfile.mkdtemp(prefix="linstudio-orch-bench-"))
-    os.environ["LINSTUDIO_HOME"] = str(work / "home")
     devices = 2
-    try:
-        bare, bare_cpu = bare_loop(args.jobs, devices)
-        orch = orchestrated(args.jobs, args.shard_size, work)
-    finally:
-        if args.keep:
-            print(f"logs kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"bare_s": bare, "bare_cpu_s": bare_cpu, **orch}, indent=2, default=str))
-    overhead = orch["seconds"] - bare
-    bare_ms = 1000 * bare / args.jobs
-    steady_ms = 1000 * orch["steady_s_per_job"]
-    mib = {k: v / 2**20 for k, v in orch["peaks"].items()}
+    results = [measure(jobs, args.shard_size or -(-jobs // devices), devices, args.keep) for jobs in args.jobs]
+    peaks = {k: max(r["peaks"].get(k, 0) for r in results) / 2**20 for k in results[0]["peaks"]}
+    command = "`.venv/bin/python bench/orchestration_bench.py --jobs " + " ".join(map(str, args.jobs)) + (
+        f" --shard-size {args.shard_size}`" if args.shard_size else "`")
     text = (
         "## Orchestration overhead: Prefect server + two workers vs the bare engine loop on two devices (CPU)\n\n"
-        f"Command: `.venv/bin/python bench/orchestration_bench.py --jobs {args.jobs} --shard-size {args.shard_size}`  \n"
-        f"Machine: {dt.date.today()}, {platform.processor() or platform.machine()}, nproc {os.cpu_count()}; "
-        "each renderer (bare loop process or worker render host) held to one torch thread, so each stands for "
-        f"one device. {args.jobs} tiny-sd15 jobs, 64 px, 4 steps, linear attention; {orch['shards']} shard(s) "
-        "of `render-shard` over 2 GPU-pool workers whose render hosts had preloaded the model.\n\n"
-        "| run | wall time | per job (wall / jobs) |\n| --- | ---: | ---: |\n"
-        f"| bare engine loop, 2 processes x {args.jobs // devices} jobs, model loaded before the clock | {bare:.1f} s | "
-        f"{bare_ms:.0f} ms |\n"
-        f"| trigger `nightly-batch` -> 2 workers -> catalogued (status {orch['status']}) | {orch['seconds']:.1f} s | "
-        f"{1000 * orch['seconds'] / args.jobs:.0f} ms |\n\n"
-        f"Orchestration adds {overhead:.1f} s in all, {1000 * overhead / args.jobs:.0f} ms of wall time per job "
-        f"({100 * overhead / bare:.0f}% over the bare loop). Goal: at most 10%. Split: the first render was "
-        f"catalogued {orch['first_render_s']:.1f} s after the trigger (fixed latency: worker poll, nightly flow "
-        f"run start, planning, shard flow run start); after that, renders landed every {steady_ms:.0f} ms against "
-        f"the bare loop's {bare_ms:.0f} ms ({100 * (steady_ms - bare_ms) / bare_ms:+.0f}% per job: task, lease, "
-        "render-host round trip, PNG metadata, WebP thumbnail, store write, database row).\n\n"
-        f"CPU per job: the bare loop's renders {1000 * bare_cpu / args.jobs:.0f} ms; the render hosts "
-        f"{1000 * orch['render_host_cpu_s'] / args.jobs:.0f} ms; orchestration (Prefect server, workers, flow-run "
-        f"processes, catalogue ingest) {1000 * orch['orchestration_cpu_s'] / args.jobs:.0f} ms. On this machine "
-        "the orchestration's CPU is taken from the same two cores that render, so it shows up in the wall time; "
-        "on a GPU host it runs beside the GPU (a job's claim and ingest overlap the next job's render), and the "
-        "per-job orchestration CPU is the figure to set against a real render's seconds.\n\n"
-        "Peak RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(mib.items())) + ".\n"
+        f"Command: {command}  \n"
+        f"Machine: {dt.date.today()}, {platform.processor() or platform.machine()}, nproc {os.cpu_count()}. Each "
+        "renderer (a bare-loop process or a worker's render host) is held to one torch thread, so each stands for "
+        "one device. tiny-sd15, 64 px, 4 steps, linear attention. Bare: two processes load the model, then "
+        "render half the jobs each in a plain loop, timed from a common start. Pipeline: `linstudio submit`, "
+        "then `nightly-batch` triggered, timed to the submission being done in the catalogue, with a control "
+        "worker and two GPU-pool workers whose render hosts had preloaded the model.\n\n"
+        "| jobs | shards | bare loop | pipeline | added | added per job | first render after trigger | "
+        "steady: a render every | CPU per job: bare / render hosts / orchestration |\n"
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n"
+        + "\n".join(row(r) for r in results) + "\n\n"
+        "Goal: orchestration adds at most 10% over the bare loop. How to read it: the pipeline's cost is a fixed "
+        "latency before the first render lands (the trigger reaching the control worker, the nightly flow run's "
+        "process start and planning, each shard flow run's process start; Prefect starts every flow run as a "
+        "fresh process) plus a steady per-job cost (a Prefect task, the lease, the render-host round trip, PNG "
+        "metadata, WebP thumbnail, store write, database row). On this 2-core machine the orchestration's CPU "
+        "comes out of the same cores that render, so it shows up in the wall time; on a GPU host it runs beside "
+        "the GPU (one job's claim and ingest overlap the next one's render), so the orchestration CPU per job "
+        "is the figure to set against a real render's seconds.\n\n"
+        "Peak RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(peaks.items())) + ".\n"
     )
     print(text)
     if not args.no_write:
