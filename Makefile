@@ -2,6 +2,7 @@
 #   make demo       install, then run the example manifests on the embedded default
 #   make test       install, then the whole suite (starts PostgreSQL and SeaweedFS itself)
 #   make test-fast  the suite without real services, for the inner loop
+#   make test-faults  the fault suite on its own (services stopped and killed mid-batch; docs/reliability.md)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast test-faults bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +31,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not services and not slow" $(PYTEST_ARGS)
+
+test-faults: setup
+	@bash infra/ensure-test-deps.sh
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/attention_bench.py

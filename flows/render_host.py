@@ -117,9 +117,9 @@ class RenderHost:
             while True:
                 try:
                     request = conn.recv()
-                except (EOFError, OSError):
+                    conn.send(self.handle(request))
+                except (EOFError, OSError):  # the flow run went away (finished, or killed mid-render)
                     return
-                conn.send(self.handle(request))
 
     def handle(self, request: tuple) -> tuple:
         """Answer one request tuple (see the module docstring)."""
