@@ -249,8 +249,11 @@ def write_section(text: str) -> None:
 
 def measure(jobs: int, shard_size: int, devices: int, keep: bool) -> dict:
     """One size: the bare loop, then the pipeline, in a fresh work folder."""
+    from linstudio.settings import get_settings
+
     work = Path(tempfile.mkdtemp(prefix="linstudio-orch-bench-"))
     os.environ["LINSTUDIO_HOME"] = str(work / "home")
+    get_settings.cache_clear()  # each size has its own catalogue
     try:
         bare, bare_cpu = bare_loop(jobs, devices)
         orch = orchestrated(jobs, shard_size, work)
