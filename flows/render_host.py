@@ -51,10 +51,21 @@ def remote_error(name: str, reason: str, transient: bool) -> Exception:
     and so `is_transient` still tells a store blink (a ConnectionError) from bad input."""
     key = (name, transient)
     if key not in _remote_classes:
-        bases = (RemoteRenderError, ConnectionError) if transient else (RemoteRenderError,)
+        bases: tuple[type, ...] = (RemoteRenderError,)
+        if transient:
+            bases += (ConnectionError,)
+        if name in _known_errors():  # the flow run's `except`/isinstance checks still see the type
+            bases += (_known_errors()[name],)
         _remote_classes[key] = type(name, bases, {"__module__": __name__})
     message = reason.split(": ", 1)[1] if reason.startswith(f"{name}: ") else reason
     return _remote_classes[key](message)
+
+
+def _known_errors() -> dict[str, type]:
+    """The project's own exception types a flow run tells apart, rebuilt as such from the host."""
+    from flows.conditioning_inputs import ConditioningInputError
+
+    return {"ConditioningInputError": ConditioningInputError}
 
 
 # -- the host process -----------------------------------------------------------------------------

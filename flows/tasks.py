@@ -119,6 +119,18 @@ def ingest_with_retries(ctx: RunContext, record: dict, png: bytes, engine_meta: 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def failure_reason(exc: BaseException, record: dict) -> str:
+    """A failed job's reason; a bad input file also names the manifest and line that asked for it,
+    so whoever reads the failure knows which entry to fix."""
+    from flows.conditioning_inputs import ConditioningInputError
+
+    reason = one_line(exc)
+    if isinstance(exc, ConditioningInputError) and record.get("manifest_path"):
+        line = record.get("manifest_line")
+        reason = f"{record['manifest_path']}{f':{line}' if line else ''}: {reason}"
+    return reason
+
+
 @task(name="render-job", cache_policy=NO_CACHE, retries=JOB_RETRIES, retry_delay_seconds=JOB_RETRY_DELAYS,
       retry_condition_fn=_retry_if_transient, task_run_name="render {record[asset_id]} seed {record[seed]}")
 def render_job(ctx: RunContext, record: dict) -> JobOutcome:
@@ -147,6 +159,7 @@ def render_job(ctx: RunContext, record: dict) -> JobOutcome:
     except Exception as exc:
         if is_transient(exc):
             raise  # Prefect retries the task; the lease is ours and is re-claimed on retry
-        ctx.catalogue.fail(key, one_line(exc))
-        return JobOutcome(key, label, "failed", reason=one_line(exc), seconds=time.perf_counter() - started)
+        reason = failure_reason(exc, record)
+        ctx.catalogue.fail(key, reason)
+        return JobOutcome(key, label, "failed", reason=reason, seconds=time.perf_counter() - started)
     return JobOutcome(key, label, "rendered", render_id=render_id, seconds=time.perf_counter() - started)

@@ -165,3 +165,16 @@ def test_a_flow_run_renders_on_its_workers_host_without_loading_the_model(prefec
     finally:
         host.kill()
         get_settings.cache_clear()
+
+
+def test_a_bad_input_file_from_the_host_is_still_an_input_error_naming_the_manifest_line(host_in_thread, tmp_path):
+    from flows.conditioning_inputs import ConditioningInputError
+    from flows.tasks import failure_reason
+
+    broken = tmp_path / "map.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # a PNG header, then nothing readable
+    record = {**RECORD, "manifest_path": "game/props.yaml", "manifest_line": 12,
+              "conditioning": {"init_image": {"image": {"path": str(broken)}, "strength": 0.5}}}
+    with pytest.raises(ConditioningInputError) as failure:
+        RenderHostClient(*host_in_thread).render(record, "cpu", None)
+    assert failure_reason(failure.value, record).startswith("game/props.yaml:12: ConditioningInputError: ")

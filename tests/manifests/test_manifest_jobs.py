@@ -298,7 +298,7 @@ def test_re_renders_fold_the_parent_into_the_key(project, registry):
 def test_features_of_strategy_and_tileable(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("version: 1\nteam: game\nproject: p\ndefaults: {model: tiny-sd15, sizes: [64x64], tileable: true}\n"
-                    "assets:\n  - {id: a, prompt: x, strategy: highres}\n  - {id: b, prompt: y, strategy: direct,"
+                    "assets:\n  - {id: a, prompt: x, strategy: highres, model: tiny-sdxl}\n  - {id: b, prompt: y, strategy: direct,"
                     " tileable: false}\n  - {id: c, prompt: z, tileable: y}\n")
     jobs = expand_jobs(load_manifests([path]).manifests[0])
     assert [j.features() for j in jobs] == [["tileable", "strategy:highres"], [], ["tileable"]]
