@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from catalogue import check as checks
 from catalogue import ingest as ingesting
+from catalogue import repair as repairs
 from catalogue import intents, jobs, migrate, queries, submissions
 from catalogue.db import chunked, make_engine, make_sessionmaker
 from catalogue.errors import IntentSweptError
@@ -259,8 +260,9 @@ class Catalogue:
         try:
             with self.transaction() as session:
                 intent_id = intents.open_intent(session, job_key, INGEST, object_keys, worker, self.clock())
-        except Exception:
-            log.warning("could not record a clean-up intent for %s", ", ".join(object_keys), exc_info=True)
+        except Exception as exc:
+            log.warning("could not record a clean-up intent for %s: %s: %s", ", ".join(object_keys),
+                        type(exc).__name__, str(exc).partition("\n")[0], exc_info=log.isEnabledFor(logging.DEBUG))
             return
         self._compensate(intent_id, object_keys)
 
@@ -273,9 +275,12 @@ class Catalogue:
             intents.delete_objects(self.store, object_keys, keep)
             with self.transaction() as session:
                 intents.drop_intent(session, intent_id)
-        except Exception:
-            log.warning("could not undo upload intent %s (%s); sweep_intents will", intent_id,
-                        ", ".join(object_keys), exc_info=True)
+        except Exception as exc:
+            # One line, not a traceback: this fires on every failed attempt while a service is down
+            # (a 5 s S3 blink printed ~800 lines of chained tracebacks into a run's log).
+            log.warning("could not undo upload intent %s (%s); sweep_intents will: %s: %s", intent_id,
+                        ", ".join(object_keys), type(exc).__name__, str(exc).partition("\n")[0],
+                        exc_info=log.isEnabledFor(logging.DEBUG))
 
     # -- repair and removal ------------------------------------------------------------------------
 
@@ -348,3 +353,13 @@ class Catalogue:
         with self.transaction() as session:
             rows = checks.snapshot(session, self.clock())
         return checks.inspect(self.store, listed, rows, verify_hashes)
+
+    def repair(self, verify_hashes: bool = True,
+               orphan_grace_seconds: float = repairs.DEFAULT_ORPHAN_GRACE_SECONDS) -> repairs.RepairReport:
+        """Repair what `check` finds, then check again; `.ok` when the catalogue is consistent after it.
+
+        Orphan objects younger than `orphan_grace_seconds` (by the store's clock) are left for a later
+        repair; objects an unfinished upload intent names are never touched. See `catalogue.repair`
+        for what each repair does and why it is safe beside a running batch.
+        """
+        return repairs.repair(self, verify_hashes, orphan_grace_seconds)

@@ -11,6 +11,7 @@ them under its root or prefix, and `uri(key)` gives the full address recorded in
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -83,18 +84,34 @@ class FileStore:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=path.parent)
+        except OSError as exc:
+            if _disk_full(exc):
+                raise self._full(key, data) from exc
+            raise
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp_name, path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
+        except BaseException as exc:
+            Path(temp_name).unlink(missing_ok=True)  # a full disk must not leave half an object behind
+            if isinstance(exc, OSError) and _disk_full(exc):
+                raise self._full(key, data) from exc
             raise
         _fsync_dir(path.parent)
+
+    def _full(self, key: str, data: bytes) -> StoreError:
+        """A full disk, said in words that name the store (the bare OSError names neither it nor the object).
+
+        A StoreError, so the flow fails the job at once with this reason rather than retrying: space
+        does not come back in seconds. What the ingest uploaded before is removed by its compensation.
+        """
+        return StoreError(f"no space left on device in the store at {self.root} (writing {key}, {len(data)} bytes); "
+                          "free space or grow the disk, then run again")
 
     def get(self, key: str) -> bytes:
         try:
@@ -140,6 +157,10 @@ class FileStore:
             return self._path(key).stat().st_size
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+
+
+def _disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from flows.outcomes import JobOutcome, RunSummary, redact_url
+from flows.transient import one_line
 
 # Engine features that exist today; manifest fields asking for others are refused before
 # anything renders (see `manifests.unsupported_errors`).
@@ -172,6 +173,19 @@ def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
         summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
                                              skipped=planned.skipped, total=total, on_progress=on_progress))
         finish_submissions(catalogue, planned.submissions, summary)
+        _sweep_after_run(catalogue)
         return summary
     finally:
         catalogue.close()
+
+
+def _sweep_after_run(catalogue) -> None:
+    """Clear the upload intents this run's failed attempts left (a store outage leaves one per retry),
+    so `catalogue check` is clean without waiting for the next run's start. Best effort: the sweep
+    only takes intents whose worker holds no live lease, and the next run sweeps anyway."""
+    import logging
+
+    try:
+        catalogue.sweep_intents()
+    except Exception as exc:
+        logging.getLogger(__name__).warning("could not sweep upload intents after the run: %s", one_line(exc))

