@@ -173,15 +173,15 @@ def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
         summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
                                              skipped=planned.skipped, total=total, on_progress=on_progress))
         finish_submissions(catalogue, planned.submissions, summary)
-        _sweep_after_run(catalogue)
+        sweep_after_run(catalogue)
         return summary
     finally:
         catalogue.close()
 
 
-def _sweep_after_run(catalogue) -> None:
-    """Clear the upload intents this run's failed attempts left (a store outage leaves one per retry),
-    so `catalogue check` is clean without waiting for the next run's start. Best effort: the sweep
+def sweep_after_run(catalogue) -> None:
+    """Clear the upload intents this run's failed attempts (a store outage leaves one per retry) or its
+    dead workers left, so `catalogue check` is clean without waiting for the next run's start. Best effort: the sweep
     only takes intents whose worker holds no live lease, and the next run sweeps anyway."""
     import logging
 

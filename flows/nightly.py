@@ -62,6 +62,9 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
         from flows.flow import render_batch
 
         render_batch(todo, catalogue=catalogue, settings=settings)
+    from flows.batch import sweep_after_run
+
+    sweep_after_run(catalogue)  # a worker killed mid-upload left an intent and its objects
     states = catalogue.job_states([r["key"] for r in records])
     counts: dict[str, int] = {}
     for state in states.values():
