@@ -40,8 +40,9 @@ from sqlalchemy.orm import Session
 from catalogue import intents
 from catalogue.check import CheckReport
 from catalogue.jobs import REASON_LIMIT, expired_leases
+from catalogue.errors import ObjectNotFoundError
 from catalogue.models import DONE, FAILED, FORGET, PLANNED, RUNNING, Job, Render, Review
-from catalogue.store import FileStore, ObjectStore, S3Store
+from catalogue.store import ObjectStore
 from catalogue.thumbs import THUMB_CONTENT_TYPE, make_thumbnail
 
 if TYPE_CHECKING:
@@ -319,22 +320,8 @@ def too_young(store: ObjectStore, key: str, now: datetime, grace_seconds: float)
 
 
 def modified_at(store: ObjectStore, key: str) -> datetime | None:
-    """When the object at `key` was last written, as the store records it; None when it does not say.
-
-    A folder gives the file's mtime, S3 its LastModified. (This belongs on the ObjectStore protocol;
-    it lives here while the repair is its only user.)
-    """
-    if isinstance(store, FileStore):
-        try:
-            return datetime.fromtimestamp((store.root / key).stat().st_mtime, UTC)
-        except FileNotFoundError:
-            return None
-    if isinstance(store, S3Store):
-        from botocore.exceptions import ClientError
-
-        full_key = store.uri(key)[len(f"s3://{store.bucket}/"):]
-        try:
-            return store.client.head_object(Bucket=store.bucket, Key=full_key)["LastModified"].astimezone(UTC)
-        except ClientError:
-            return None
-    return None
+    """When the object at `key` was last written, by the store's clock; None when it is gone."""
+    try:
+        return store.modified(key)
+    except ObjectNotFoundError:
+        return None

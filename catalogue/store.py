@@ -15,6 +15,7 @@ import errno
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
@@ -54,6 +55,9 @@ class ObjectStore(Protocol):
 
     def size(self, key: str) -> int:
         """The size in bytes of the object at `key`; ObjectNotFoundError when missing."""
+
+    def modified(self, key: str) -> datetime:
+        """When the object at `key` was last written (UTC), by the store's clock; ObjectNotFoundError when missing."""
 
 
 def check_key(key: str) -> str:
@@ -158,6 +162,12 @@ class FileStore:
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
 
+    def modified(self, key: str) -> datetime:
+        try:
+            return datetime.fromtimestamp(self._path(key).stat().st_mtime, timezone.utc)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+
 
 def _disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -256,6 +266,12 @@ class S3Store:
         if head is None:
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object")
         return int(head["ContentLength"])
+
+    def modified(self, key: str) -> datetime:
+        head = self._head(key)
+        if head is None:
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object")
+        return head["LastModified"].astimezone(timezone.utc)
 
 
 def _make_s3_client():

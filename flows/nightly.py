@@ -116,7 +116,8 @@ def run_nightly(logger=None) -> dict:
             states = catalogue.job_states([r["key"] for r in rs])
             failed = [k for k, s in states.items() if s != "done"]
             if failed:
-                reasons = sorted({(catalogue.job(k) or {}).get("error") or "not rendered" for k in failed})
+                jobs = catalogue.jobs(failed)
+                reasons = sorted({(jobs.get(k) or {}).get("error") or "not rendered" for k in failed})
                 catalogue.finish_submission(submission_id, "failed",
                                             f"{len(failed)} job(s) failed: " + "; ".join(reasons[:5]))
                 outcomes[submission_id] = "failed"

@@ -87,7 +87,8 @@ def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: 
                 shard.started, shard.last_progress = started_at, time.monotonic()
             # Only a shard whose flow run is running can stall; one still waiting for a worker is queued.
             stalled = shard.started is not None and time.monotonic() - shard.last_progress > lease_seconds * 1.5
-            ready = [k for k in unfinished if _claimable(catalogue.job(k))] if (ended or stalled) else []
+            jobs = catalogue.jobs(unfinished) if (ended or stalled) else {}
+            ready = [k for k in unfinished if _claimable(jobs.get(k))]
             if ready and redispatch is not None:
                 if not ended:
                     _mark_crashed(shard.flow_run_id, "no progress within the lease: worker presumed dead")

@@ -14,23 +14,16 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from manifest_files import write_manifest  # noqa: F401  (shared with the other test folder)
+
 LINSTUDIO = str(Path(sys.executable).parent / "linstudio")
 # A hang guard for one `linstudio` command (a tiny batch takes seconds), not a speed target.
 COMMAND_TIMEOUT_S = 300
-
-
-def write_manifest(folder: Path, name: str, body: str) -> Path:
-    """Write a manifest file from an indented literal."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(textwrap.dedent(body).lstrip())
-    return path
 
 
 @dataclass

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
-
-def write_manifest(folder: Path, name: str, body: str) -> Path:
-    """Write a manifest file from an indented literal."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(textwrap.dedent(body).lstrip())
-    return path
-
+from manifest_files import write_manifest  # noqa: F401  (shared with the other test folder)
 
 SMALL_MANIFEST = """
 version: 1
