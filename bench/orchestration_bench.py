@@ -102,17 +102,30 @@ def bare_loop(jobs: int, devices: int) -> tuple[float, float]:
     return time.perf_counter() - started, cpu
 
 
+ROLES = ("render hosts", "flow runs", "workers", "server")
+
+
+def role_of(tree: str, cmdline: str) -> str:
+    """What a process of the pipeline is for: rendering, a flow run, a worker (supervisor and Prefect
+    worker), or the Prefect server."""
+    if "flows.render_host" in cmdline:
+        return "render hosts"
+    if "prefect.engine" in cmdline or "flow_engine" in cmdline:
+        return "flow runs"
+    return "server" if tree == "server" else "workers"
+
+
 class ProcessSampler(threading.Thread):
     """Every 0.2 s: peak RSS of each named process tree, and the CPU seconds of every process in the
-    trees, split into render hosts (the rendering) and everything else (the orchestration: server,
-    workers, flow runs). A process's CPU is its last sample, so one that exits between samples
-    loses at most 0.2 s of it."""
+    trees by role (`ROLES`): the render hosts are the rendering, everything else the orchestration.
+    A process's CPU is its last sample, so one that exits between samples loses at most 0.2 s of it."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.pids: dict[str, int] = {}
         self.peaks: dict[str, int] = {}
-        self.cpu: dict[int, tuple[bool, float]] = {}  # pid -> (is a render host, CPU seconds)
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds)
+        self.series: list[tuple[float, dict[str, float]]] = []  # (epoch seconds, CPU seconds by role)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -131,16 +144,32 @@ class ProcessSampler(threading.Thread):
                         with member.oneshot():
                             total += member.memory_info().rss
                             times = member.cpu_times()
-                            is_host = "flows.render_host" in " ".join(member.cmdline())
-                        self.cpu[member.pid] = (is_host, times.user + times.system)
+                            role = role_of(name, " ".join(member.cmdline()))
+                        self.cpu[member.pid] = (role, times.user + times.system)
                     except psutil.Error:
                         continue
                 self.peaks[name] = max(self.peaks.get(name, 0), total)
+            self.series.append((time.time(), self.by_role()))
+
+    def by_role(self) -> dict[str, float]:
+        """CPU seconds so far, by role."""
+        totals = dict.fromkeys(ROLES, 0.0)
+        for role, cpu in list(self.cpu.values()):
+            totals[role] += cpu
+        return totals
 
     def cpu_seconds(self) -> tuple[float, float]:
         """(render hosts, orchestration) CPU seconds so far."""
-        hosts = sum(cpu for is_host, cpu in self.cpu.values() if is_host)
-        return hosts, sum(cpu for is_host, cpu in self.cpu.values() if not is_host)
+        totals = self.by_role()
+        return totals["render hosts"], sum(totals.values()) - totals["render hosts"]
+
+    def cpu_between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds by role spent between two epoch times (the nearest samples)."""
+        def at(moment: float) -> dict[str, float]:
+            return min(self.series, key=lambda item: abs(item[0] - moment))[1]
+
+        before, after = at(start), at(end)
+        return {role: round(after[role] - before[role], 3) for role in ROLES}
 
 
 def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
@@ -226,11 +255,14 @@ def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
         catalogue.close()
         first = (landed[0] - trigger_wall).total_seconds()
         steady = (landed[-1] - landed[0]).total_seconds() / max(len(landed) - 1, 1)
+        steady_cpu = sampler.cpu_between(landed[0].timestamp(), landed[-1].timestamp())
+        timeline = flow_run_timeline(env["PREFECT_API_URL"], trigger_wall, landed[0])
         return {"seconds": elapsed, "status": rows[0]["status"], "peaks": dict(sampler.peaks),
                 "shards": -(-jobs // shard_size), "first_render_s": first, "steady_s_per_job": steady,
                 "render_host_cpu_s": hosts_cpu - hosts_cpu_before,
                 "orchestration_cpu_s": orchestration_cpu - orchestration_cpu_before,
-                "renders": len(landed)}
+                "steady_cpu_s": steady_cpu,
+                "timeline": timeline, "renders": len(landed)}
     finally:
         sampler.stop.set()
         for proc in procs:
@@ -240,6 +272,26 @@ def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
             except psutil.Error:
                 pass
             proc.kill()
+
+
+def flow_run_timeline(api_url: str, trigger: dt.datetime, first_render: dt.datetime) -> dict:
+    """Where the fixed latency goes: seconds after the trigger at which the nightly run started,
+    the shard runs were created and started running, and the first render landed."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def after(moment) -> float | None:
+        return None if moment is None else round((moment - trigger).total_seconds(), 2)
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        flows = {f.id: f.name for f in client.read_flows()}
+    nightly = [r for r in runs if flows.get(r.flow_id) == "linstudio-nightly"]
+    shards = [r for r in runs if flows.get(r.flow_id) == "linstudio-render-jobs"]
+    return {"nightly_running": after(nightly[0].start_time) if nightly else None,
+            "shards_created": [after(r.created) for r in sorted(shards, key=lambda r: r.created)],
+            "shards_running": sorted(after(r.start_time) for r in shards if r.start_time is not None),
+            "first_render": after(first_render)}
 
 
 def render_times(catalogue) -> list[dt.datetime]:

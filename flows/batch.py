@@ -103,7 +103,7 @@ def plan_run(catalogue, expanded: list[tuple[object, list]], force: bool,
     Each manifest's jobs go under a new submission, or under `submission_ids[i]` when the
     submissions already exist (the nightly run's inbox tickets).
     """
-    from flows.tasks import job_label
+    from flows.job_runner import job_label
 
     planned = PlannedRun()
     seen: set[str] = set()

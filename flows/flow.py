@@ -1,49 +1,52 @@
-"""The Prefect flow that renders a batch of planned jobs.
+"""Rendering a batch of planned jobs in one Prefect flow run.
 
-Its parameters are plain data (job records and the catalogue's URLs) so that a Prefect server
-can record, retry and, later, schedule it; everything live (the catalogue connection, render
-slots, loaded engines) is built inside the flow run's process. A model loads once per flow run
-(`flows.engines`), and jobs run at most one per render slot.
+`render_batch` renders job records inside the current flow run (a `render-shard` run on a GPU
+worker, or the nightly run rendering here) or, outside any flow run (`linstudio run` and the
+local `linstudio rerender`), inside a new run of the `linstudio-batch` flow, so every render is
+part of a Prefect flow run either way. The jobs themselves are plain threads, not Prefect tasks
+(see `flows.job_runner` for why): at most one render per render slot, the next job's claim and
+ingest overlapping the current render. The shard's progress is a Prefect progress artifact.
+
+Everything live (the catalogue connection, render slots, loaded engines) is built inside the
+process that renders; flow parameters stay plain data, and database passwords stay out of Prefect.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.devices import SlotPool, render_devices
+from flows.job_runner import RunContext, run_job
 from flows.outcomes import JobOutcome, RunSummary, redact_url
-from flows.tasks import RunContext, job_label, render_job
-from flows.transient import one_line
+
+log = logging.getLogger(__name__)
 
 # Live objects a caller in the same process hands to the flow run (not flow parameters, which
 # must be JSON): the open catalogue and a progress callback. Keyed by a token parameter.
 _handoff: dict[str, dict] = {}
 _handoff_lock = threading.Lock()
 
+PROGRESS_EVERY_SECONDS = 5.0  # how often a flow run's progress artifact is updated (one API call each)
 
-@flow(name="linstudio-batch", validate_parameters=False, log_prints=False,
-      task_runner=ThreadPoolTaskRunner(max_workers=4))
+
+@flow(name="linstudio-batch", validate_parameters=False, log_prints=False)
 def batch_flow(records: list[dict], worker: str | None = None, handoff_token: str | None = None,
                skipped: list[dict] | None = None, total: int | None = None) -> list[dict]:
     """Render and catalogue `records` (RenderJob records); returns one outcome dict per job.
 
     The catalogue, store, device and dtype come from the settings of the process running the
-    flow (a worker's environment), never from parameters: database passwords stay out of Prefect.
+    flow (a worker's environment), never from parameters.
     """
     from linstudio.settings import get_settings
 
-    from flows.batch import worker_id
-
     live = _handoff.get(handoff_token or "", {})
     settings = live.get("settings") or get_settings()
-    worker = worker or worker_id(settings)
     catalogue = live.get("catalogue")
     owns_catalogue = catalogue is None
     if owns_catalogue:
@@ -51,41 +54,114 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
 
         catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
         catalogue.migrate()
-    on_progress: Callable | None = live.get("on_progress")
-    devices, host = render_target(settings)
-    ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=worker,
-                     lease_seconds=settings.lease_seconds, dtype=settings.dtype, worker_name=settings.worker_name,
-                     renderer=host.render if host is not None else None)
     skipped_outcomes = [JobOutcome(**item) for item in skipped or []]
-    done_before = len(skipped_outcomes)
-    total = total or done_before + len(records)
-    # Tasks beyond the slot count would only queue on the slot lock: submit in windows so a
-    # 5000-job batch does not create 5000 threads and futures at once.
-    window = max(2 * len(devices), 2)
-    outcomes: list[JobOutcome] = []
-    pending: dict = {}
-    queue = list(records)
     try:
-        while queue or pending:
-            while queue and len(pending) < window:
-                record = queue.pop(0)
-                pending[render_job.submit(ctx, record)] = record
-            for future in as_completed(list(pending)):
-                record = pending.pop(future)
-                outcomes.append(_outcome_of(future, record, catalogue))
-                if on_progress:
-                    on_progress(outcomes[-1], done_before + len(outcomes), total)
-                break  # refill the window
+        outcomes = render_records(records, catalogue=catalogue, settings=settings, worker=worker,
+                                  on_progress=live.get("on_progress"), done_before=len(skipped_outcomes),
+                                  total=total)
     finally:
-        if host is not None:
-            host.close()
         if owns_catalogue:
             catalogue.close()
-    summary = RunSummary(outcomes=skipped_outcomes + outcomes, catalogue=redact_url(settings.resolved_database_url),
-                         store=settings.resolved_store_url)
+    publish_summary(RunSummary(outcomes=skipped_outcomes + outcomes,
+                               catalogue=redact_url(settings.resolved_database_url),
+                               store=settings.resolved_store_url))
+    return [o.__dict__ for o in outcomes]
+
+
+def render_records(records: list[dict], *, catalogue, settings, worker: str | None = None,
+                   on_progress: Callable | None = None, done_before: int = 0,
+                   total: int | None = None) -> list[JobOutcome]:
+    """Render and catalogue `records` in this process (or on the worker's render host); one outcome each.
+
+    Jobs run in `2 x slots` threads: each holds a render slot only around its render, so while one
+    job renders the next is claimed and the previous one ingested.
+    """
+    from flows.batch import worker_id
+
+    devices, host = render_target(settings)
+    ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=worker or worker_id(settings),
+                     lease_seconds=settings.lease_seconds, dtype=settings.dtype, worker_name=settings.worker_name,
+                     renderer=host.render if host is not None else None)
+    total = total or done_before + len(records)
+    progress = ProgressArtifact(total, done_before)
+    outcomes: list[JobOutcome] = []
+    window = max(2 * len(devices), 2)
+    queue = list(reversed(records))  # popped from the end: jobs start in manifest order
+    try:
+        with ThreadPoolExecutor(max_workers=window, thread_name_prefix="linstudio-job") as pool:
+            pending: set[Future] = set()
+            # Submitted a window at a time, so a 5000-job batch does not hold 5000 futures at once
+            # and a cancelled run stops after the jobs in flight.
+            while queue or pending:
+                while queue and len(pending) < window:
+                    pending.add(pool.submit(run_job, ctx, queue.pop()))
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    outcomes.append(future.result())
+                    log.info("%s: %s%s", outcomes[-1].label, outcomes[-1].status,
+                             f" ({outcomes[-1].reason})" if outcomes[-1].reason else "")
+                    progress.advance(done_before + len(outcomes))
+                    if on_progress:
+                        on_progress(outcomes[-1], done_before + len(outcomes), total)
+    finally:
+        progress.finish(done_before + len(outcomes))
+        if host is not None:
+            host.close()
+    return outcomes
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact for the current flow run, updated at most every few seconds.
+
+    Best effort: progress that cannot be reported (no flow run, the server blinked) is skipped, never
+    a reason to stop rendering; the catalogue has each job's state regardless.
+    """
+
+    def __init__(self, total: int, done: int) -> None:
+        self.total, self.artifact_id, self.last = max(total, 1), None, 0.0
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is None:
+            return
+        try:
+            from prefect.artifacts import create_progress_artifact
+
+            self.artifact_id = create_progress_artifact(progress=self._percent(done),
+                                                        description=f"{total} job(s) to render")
+            self.last = time.monotonic()
+        except Exception as exc:
+            log.debug("no progress artifact: %s", exc)
+
+    def _percent(self, done: int) -> float:
+        return round(100.0 * done / self.total, 1)
+
+    def advance(self, done: int) -> None:
+        if self.artifact_id is not None and time.monotonic() - self.last >= PROGRESS_EVERY_SECONDS:
+            self._update(done)
+
+    def finish(self, done: int) -> None:
+        if self.artifact_id is not None:
+            self._update(done)
+
+    def _update(self, done: int) -> None:
+        self.last = time.monotonic()
+        try:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(self.artifact_id, progress=self._percent(done))
+        except Exception as exc:
+            log.debug("progress not reported: %s", exc)
+
+
+def publish_summary(summary: RunSummary) -> None:
+    """Keep the run's summary as a markdown artifact of the current flow run (when there is one)."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return
     create_markdown_artifact(key="linstudio-batch-summary", markdown=summary.to_markdown(),
                              description=summary.headline())
-    return [o.__dict__ for o in outcomes]
 
 
 def render_target(settings) -> tuple[list[str | None], object]:
@@ -101,30 +177,26 @@ def render_target(settings) -> tuple[list[str | None], object]:
         try:
             return host.ping()["devices"], host
         except RenderHostUnavailable as exc:
-            logging.getLogger(__name__).warning("rendering in this process: %s", exc)
+            log.warning("rendering in this process: %s", exc)
     return render_devices(settings.device), None
-
-
-def _outcome_of(future, record: dict, catalogue) -> JobOutcome:
-    """The job's outcome; a task that exhausted its retries is recorded failed in the catalogue."""
-    try:
-        return future.result()
-    except Exception as exc:
-        reason = f"gave up after retries: {one_line(exc)}"
-        try:
-            catalogue.fail(record["key"], reason)
-        except Exception:  # the catalogue itself is down: the lease expires and a re-run takes it
-            pass
-        return JobOutcome(record["key"], job_label(record), "failed", reason=reason)
 
 
 def render_batch(records: list[dict], *, catalogue, settings, skipped: list[JobOutcome] = (),
                  total: int | None = None, on_progress: Callable | None = None) -> list[JobOutcome]:
-    """Run `batch_flow` in this process with the already-open catalogue; returns the rendered jobs' outcomes."""
+    """Render `records` with the already-open catalogue; returns the rendered jobs' outcomes.
+
+    Inside a flow run (a shard, the nightly run) the jobs render in that run; outside one, in a new
+    run of `batch_flow`.
+    """
     import uuid
+
+    from prefect.context import FlowRunContext
 
     from flows.batch import worker_id
 
+    if FlowRunContext.get() is not None:
+        return render_records(records, catalogue=catalogue, settings=settings, on_progress=on_progress,
+                              done_before=len(skipped), total=total)
     token = uuid.uuid4().hex
     with _handoff_lock:
         _handoff[token] = {"catalogue": catalogue, "on_progress": on_progress, "settings": settings}

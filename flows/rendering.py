@@ -1,6 +1,6 @@
 """One job record in, PNG bytes and metadata out: the render step on its own, without Prefect.
 
-Kept apart from the Prefect task (flows/tasks.py) because two kinds of process run it: a flow
+Kept apart from the job runner (flows/job_runner.py) because two kinds of process run it: a flow
 run that renders in its own process, and a GPU worker's long-lived render host
 (flows/render_host.py), which keeps models loaded between flow runs.
 """

@@ -140,7 +140,7 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None):
     from catalogue import Catalogue
     from flows.flow import render_batch
     from flows.outcomes import JobOutcome, RunSummary, redact_url
-    from flows.tasks import job_label
+    from flows.job_runner import job_label
     from linstudio.settings import get_settings
 
     settings = settings or get_settings()

@@ -51,6 +51,8 @@ class DispatchedShard:
     last_progress: float = field(default_factory=time.monotonic)
     finished_count: int = 0
     started: object = None  # when its flow run started running (None while scheduled or pending)
+    ended: bool = False  # its flow run reached a final state (completed, crashed, cancelled, failed)
+    checked: float = 0.0  # when its flow run's state was last read from Prefect (monotonic)
 
 
 def dispatch(shard_keys: list[str], *, large: bool, queue: str) -> object:
@@ -63,11 +65,17 @@ def dispatch(shard_keys: list[str], *, large: bool, queue: str) -> object:
     return flow_run.id
 
 
+FLOW_RUN_CHECK_SECONDS = 5.0  # how often a shard's flow run state is read from the Prefect server
+
+
 def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: int, poll_seconds: float = 1.0,
-                    redispatch=None, deadline_seconds: float | None = None) -> None:
+                    redispatch=None, deadline_seconds: float | None = None,
+                    flow_run_check_seconds: float = FLOW_RUN_CHECK_SECONDS) -> None:
     """Block until every job of every shard is done or failed in the catalogue.
 
-    `redispatch(keys) -> DispatchedShard` sends unfinished jobs of a dead shard out again.
+    `redispatch(keys) -> DispatchedShard` sends unfinished jobs of a dead shard out again. The
+    catalogue is read every `poll_seconds`; Prefect, which only tells a shard that died from one
+    that is slow, every `flow_run_check_seconds`, so a long batch does not keep the server busy.
     """
     started = time.monotonic()
     active = list(shards)
@@ -82,9 +90,12 @@ def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: 
             finished = len(shard.keys) - len(unfinished)
             if finished != shard.finished_count:
                 shard.finished_count, shard.last_progress = finished, time.monotonic()
-            ended, started_at = _flow_run_progress(shard.flow_run_id)
-            if started_at is not None and shard.started is None:
-                shard.started, shard.last_progress = started_at, time.monotonic()
+            if time.monotonic() - shard.checked >= flow_run_check_seconds:
+                shard.checked = time.monotonic()
+                shard.ended, started_at = _flow_run_progress(shard.flow_run_id)
+                if started_at is not None and shard.started is None:
+                    shard.started, shard.last_progress = started_at, time.monotonic()
+            ended = shard.ended
             # Only a shard whose flow run is running can stall; one still waiting for a worker is queued.
             stalled = shard.started is not None and time.monotonic() - shard.last_progress > lease_seconds * 1.5
             jobs = catalogue.jobs(unfinished) if (ended or stalled) else {}

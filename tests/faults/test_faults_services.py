@@ -4,8 +4,8 @@ Each test starts a real `linstudio run` of a batch of tiny jobs against the faul
 PostgreSQL and SeaweedFS (tests/faults/conftest.py), stops one of them once a few jobs are
 catalogued, brings the same one back on the same port and data, and then checks what a studio
 would: every job catalogued exactly once after at most one re-run, and `linstudio catalogue check`
-clean. Two outages per service: one shorter than the retry budget (flows/tasks.py: ingest
-attempts with backoff, then Prefect task retries), which the run itself must ride out, and one
+clean. Two outages per service: one shorter than the retry budget (flows/job_runner.py: ingest
+attempts with backoff, then whole-job attempts), which the run itself must ride out, and one
 longer, after which the affected jobs must have failed with a reason naming what was down.
 
 Figures go to `fault_log` for docs/reliability.md: jobs in flight when the fault hit (of the batch,

@@ -110,7 +110,7 @@ def test_fields_without_an_engine_feature_are_refused_not_ignored(prefect_api, t
 
 
 def test_one_failing_job_does_not_stop_the_others(prefect_api, backend, small_manifest, monkeypatch):
-    import flows.tasks as tasks
+    import flows.job_runner as tasks
 
     real = tasks.render_png
 
@@ -135,7 +135,7 @@ def test_one_failing_job_does_not_stop_the_others(prefect_api, backend, small_ma
 
 
 def test_a_store_that_blinks_mid_ingest_is_retried(prefect_api, backend, small_manifest, monkeypatch):
-    import flows.tasks as tasks
+    import flows.job_runner as tasks
     from catalogue import Catalogue
 
     monkeypatch.setattr(tasks, "INGEST_BACKOFF_SECONDS", (0.01,))
@@ -162,3 +162,22 @@ def test_a_model_loads_once_per_flow_run(prefect_api, backend, small_manifest):
     loaded = engines.loaded_engines()
     assert [engine.entry.name for engine in loaded] == ["tiny-sd15"]
     assert loaded[0].load_count == 1  # three jobs, one load
+
+
+def test_a_run_shows_its_progress_and_summary_in_prefect(prefect_api, backend, small_manifest):
+    """Jobs are not Prefect tasks (flows/job_runner.py), so the flow run carries what a person
+    watching it in the Prefect UI needs: a progress artifact that ends at 100%, and the summary."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
+                                                ArtifactFilterType)
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    summary = run_manifests([small_manifest])
+    assert summary.ok and summary.counts["rendered"] == 3
+    with get_client(sync_client=True) as client:
+        latest = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["linstudio-batch-summary"])),
+                                       sort=ArtifactSort.CREATED_DESC, limit=1)[0]
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[latest.flow_run_id]), type=ArtifactFilterType(any_=["progress"])))
+    assert latest.description.startswith("3 rendered, 0 skipped"), latest.description
+    assert [a.data for a in progress] == [100.0] and progress[0].description == "3 job(s) to render"

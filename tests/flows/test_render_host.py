@@ -169,7 +169,7 @@ def test_a_flow_run_renders_on_its_workers_host_without_loading_the_model(prefec
 
 def test_a_bad_input_file_from_the_host_is_still_an_input_error_naming_the_manifest_line(host_in_thread, tmp_path):
     from flows.conditioning_inputs import ConditioningInputError
-    from flows.tasks import failure_reason
+    from flows.job_runner import failure_reason
 
     broken = tmp_path / "map.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # a PNG header, then nothing readable

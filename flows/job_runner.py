@@ -1,31 +1,39 @@
-"""The render task: claim a job, render it, catalogue it. Retries are declared here.
+"""Rendering one job: claim it, render it, catalogue it — with the retry policy in one place.
 
-Retry policy, in one place:
-- The whole task is retried by Prefect (`JOB_RETRIES`, backoff `JOB_RETRY_DELAYS`) only when it
-  failed for a transient reason (`flows.transient.is_transient`): the database or the object
-  store was unreachable. Anything else (bad input, a missing model, an engine error) fails the
-  job at once with its reason, and the other jobs go on.
-- The catalogue ingest inside a task is retried on its own (`INGEST_ATTEMPTS`) before giving up,
-  so a blink of S3 after a long render does not throw the render away.
+Retry policy:
+- A job attempt that failed for a transient reason (`flows.transient.is_transient`: the database
+  or the object store was unreachable) is attempted again, `JOB_RETRIES` more times after
+  `JOB_RETRY_DELAYS`; then the job is recorded failed, "gave up after retries: ...". Anything else
+  (bad input, a missing model, an engine error) fails the job at once with its reason, and the
+  other jobs go on.
+- The catalogue ingest inside an attempt is retried on its own (`INGEST_ATTEMPTS`) before giving
+  up, so a blink of S3 after a long render does not throw the render away.
 - Concurrency: one render per render slot (one per GPU, one on a CPU), held only around the
-  engine call; the model is loaded once per process per device (`flows.engines`).
+  engine call, so one job's claim and ingest overlap the next job's render; the model is loaded
+  once per process per device (`flows.engines`), or kept by the worker's render host.
+
+Why a job is not a Prefect task: a Prefect task run cost about 30 ms of CPU in the flow run and
+20 ms in the server per job (measured, docs/benchmarks.md) — more than half of a tiny render, and
+all of it on the cores that feed the GPU. Prefect runs the shards (one flow run each, with pools,
+queues, priorities and retries); the catalogue, which is the source of truth anyway, holds each
+job's state, and a shard's progress shows in the Prefect UI as a progress artifact.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from flows.devices import SlotPool
 from flows.outcomes import JobOutcome
 from flows.rendering import render_png
 from flows.transient import is_transient, one_line
+
+log = logging.getLogger(__name__)
 
 JOB_RETRIES = 2
 JOB_RETRY_DELAYS = [2, 10]
@@ -79,14 +87,6 @@ def job_label(record: dict) -> str:
             f"{record['width']}x{record['height']} seed {record['seed']}")
 
 
-def _retry_if_transient(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # the task's own exception
-        return is_transient(exc)
-    return False
-
-
 def load_source_image(catalogue, record: dict):
     """The source render's image for a re-render (None for other jobs), checked against its sha256."""
     import hashlib
@@ -131,10 +131,34 @@ def failure_reason(exc: BaseException, record: dict) -> str:
     return reason
 
 
-@task(name="render-job", cache_policy=NO_CACHE, retries=JOB_RETRIES, retry_delay_seconds=JOB_RETRY_DELAYS,
-      retry_condition_fn=_retry_if_transient, task_run_name="render {record[asset_id]} seed {record[seed]}")
-def render_job(ctx: RunContext, record: dict) -> JobOutcome:
-    """Claim, render and catalogue one job. Non-transient failures end the job `failed` with a reason."""
+def run_job(ctx: RunContext, record: dict, sleep: Callable[[float], None] = time.sleep) -> JobOutcome:
+    """Claim, render and catalogue one job, attempting it again after transient failures.
+
+    Never raises for the job's own failures: a job that fails, or keeps failing transiently past
+    its retries, is recorded `failed` in the catalogue with its reason and returned as such.
+    """
+    for attempt in range(JOB_RETRIES + 1):
+        try:
+            return attempt_job(ctx, record)
+        except Exception as exc:  # transient (attempt_job handles the rest), or the claim itself failed
+            last_try = attempt == JOB_RETRIES or not is_transient(exc)
+            if not last_try:
+                delay = JOB_RETRY_DELAYS[min(attempt, len(JOB_RETRY_DELAYS) - 1)]
+                log.warning("%s: %s; attempting it again in %s s", job_label(record), one_line(exc), delay)
+                sleep(delay)
+                continue
+            reason = f"gave up after retries: {one_line(exc)}" if is_transient(exc) else failure_reason(exc, record)
+            try:
+                ctx.catalogue.fail(record["key"], reason)
+            except Exception:  # the catalogue itself is down: the lease expires and a re-run takes the job
+                pass
+            return JobOutcome(record["key"], job_label(record), "failed", reason=reason)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def attempt_job(ctx: RunContext, record: dict) -> JobOutcome:
+    """One attempt at a job. Non-transient failures end the job `failed` with a reason; transient
+    ones are raised, for `run_job` to attempt the job again (the lease is ours and is re-claimed)."""
     label = job_label(record)
     started = time.perf_counter()
     key = record["key"]
@@ -158,7 +182,7 @@ def render_job(ctx: RunContext, record: dict) -> JobOutcome:
         render_id = ingest_with_retries(ctx, record, png, engine_meta, timings)
     except Exception as exc:
         if is_transient(exc):
-            raise  # Prefect retries the task; the lease is ours and is re-claimed on retry
+            raise
         reason = failure_reason(exc, record)
         ctx.catalogue.fail(key, reason)
         return JobOutcome(key, label, "failed", reason=reason, seconds=time.perf_counter() - started)

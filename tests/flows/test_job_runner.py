@@ -1,0 +1,117 @@
+"""The job retry policy (flows/job_runner.py) as units: a stand-in catalogue and renderer, no Prefect.
+
+The real outages (a store or database down for seconds, then for longer than the retry budget)
+are in tests/faults/test_faults_services.py; these pin the policy itself: transient failures are
+attempted again after the declared delays, anything else fails at once, and every job ends with
+one outcome and, when it failed, a reason in the catalogue.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from flows import job_runner
+from flows.devices import SlotPool
+from flows.job_runner import JOB_RETRIES, JOB_RETRY_DELAYS, RunContext, run_job
+
+RECORD = {"key": "k" * 64, "team": "game", "project": "p", "asset_id": "crate", "width": 64, "height": 64,
+          "seed": 7, "model": "tiny-sd15"}
+
+
+class StandInCatalogue:
+    """Claims always succeed; ingest returns a render id; failures are recorded."""
+
+    def __init__(self) -> None:
+        self.claims, self.failed, self.ingested = 0, {}, []
+
+    def claim(self, key, worker, lease_seconds) -> bool:
+        self.claims += 1
+        return True
+
+    def rendered_keys(self, keys):
+        return set()
+
+    def ingest(self, key, png, record, worker, made_by=None) -> str:
+        self.ingested.append(key)
+        return "render-1"
+
+    def fail(self, key, reason) -> None:
+        self.failed[key] = reason
+
+
+def context(catalogue, renderer) -> RunContext:
+    return RunContext(catalogue=catalogue, slots=SlotPool([None]), worker="host/1", lease_seconds=60,
+                      renderer=renderer)
+
+
+def renderer_failing(times: int, error: Exception):
+    calls = {"n": 0}
+
+    def render(record, device, dtype, source_image=None):
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise error
+        return b"png", {"engine": "stand-in"}
+
+    render.calls = calls
+    return render
+
+
+def test_a_transient_failure_is_attempted_again_after_the_declared_delay():
+    catalogue, slept = StandInCatalogue(), []
+    render = renderer_failing(1, ConnectionError("render host went away"))
+    outcome = run_job(context(catalogue, render), RECORD, sleep=slept.append)
+    assert outcome.status == "rendered" and outcome.render_id == "render-1"
+    assert slept == [JOB_RETRY_DELAYS[0]] and render.calls["n"] == 2 and catalogue.claims == 2
+    assert catalogue.failed == {}
+
+
+def test_a_job_that_keeps_failing_transiently_gives_up_with_its_reason_in_the_catalogue():
+    catalogue, slept = StandInCatalogue(), []
+    render = renderer_failing(99, ConnectionError("object store unreachable"))
+    outcome = run_job(context(catalogue, render), RECORD, sleep=slept.append)
+    assert outcome.status == "failed"
+    assert outcome.reason == "gave up after retries: ConnectionError: object store unreachable"
+    assert catalogue.failed == {RECORD["key"]: outcome.reason}
+    assert render.calls["n"] == JOB_RETRIES + 1 and slept == JOB_RETRY_DELAYS[:JOB_RETRIES]
+
+
+def test_a_failure_that_is_not_transient_fails_at_once():
+    catalogue, slept = StandInCatalogue(), []
+    render = renderer_failing(99, ValueError("the engine refused this job"))
+    outcome = run_job(context(catalogue, render), RECORD, sleep=slept.append)
+    assert outcome.status == "failed" and outcome.reason == "ValueError: the engine refused this job"
+    assert render.calls["n"] == 1 and slept == [] and catalogue.failed == {RECORD["key"]: outcome.reason}
+
+
+def test_a_claim_that_fails_transiently_is_attempted_again():
+    class BlinkingClaims(StandInCatalogue):
+        def claim(self, key, worker, lease_seconds) -> bool:
+            self.claims += 1
+            if self.claims == 1:
+                raise TimeoutError("database did not answer")
+            return True
+
+    catalogue, slept = BlinkingClaims(), []
+    outcome = run_job(context(catalogue, renderer_failing(0, None)), RECORD, sleep=slept.append)
+    assert outcome.status == "rendered" and catalogue.claims == 2 and slept == [JOB_RETRY_DELAYS[0]]
+
+
+def test_a_job_leased_by_another_worker_is_skipped_with_the_reason():
+    class Leased(StandInCatalogue):
+        def claim(self, key, worker, lease_seconds) -> bool:
+            return False
+
+    outcome = run_job(context(Leased(), renderer_failing(0, None)), RECORD, sleep=pytest.fail)
+    assert outcome.status == "skipped" and outcome.reason == "running elsewhere (leased by another worker)"
+
+
+def test_the_failure_is_still_returned_when_the_catalogue_cannot_record_it(monkeypatch):
+    class Unrecordable(StandInCatalogue):
+        def fail(self, key, reason) -> None:
+            raise ConnectionError("database down")
+
+    monkeypatch.setattr(job_runner, "JOB_RETRY_DELAYS", [0, 0])
+    render = renderer_failing(99, ConnectionError("database down"))
+    outcome = run_job(context(Unrecordable(), render), RECORD, sleep=lambda _s: None)
+    assert outcome.status == "failed" and outcome.reason.startswith("gave up after retries")
