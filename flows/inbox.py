@@ -85,6 +85,13 @@ class Inbox:
         self.store.delete(source)
         return Ticket.from_bytes(data)
 
+    def taken_ticket(self, submission_id: str) -> Ticket | None:
+        """The ticket a run took for `submission_id`, or None when no run took it from this inbox."""
+        key = f"{TAKEN}{submission_id}.json"
+        if not self.store.exists(key):
+            return None
+        return Ticket.from_bytes(self.store.get(key))
+
     def withdraw(self, submission_id: str) -> bool:
         """Remove a queued ticket (cancel); False when it was no longer queued."""
         key = f"{QUEUED}{submission_id}.json"

@@ -2,6 +2,8 @@
 
 1. Take each queued submission: the catalogue's queued -> running transition is the atomic guard
    (two nightly runs never take one submission; a cancelled one is never taken), then its ticket.
+   Submissions an earlier nightly run took and left running (it was killed, or lost the database
+   before recording the outcome) are taken up again first.
 2. Refuse it with the reason if its manifest changed since it was submitted or is now invalid.
 3. Plan its jobs under that submission; skip what is already catalogued.
 4. Spread what remains over the GPU workers in shards (or render here without shard deployments).
@@ -72,6 +74,18 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
     return counts
 
 
+def orphaned_submissions(catalogue, inbox) -> list[str]:
+    """Submissions a nightly run took (their ticket is in the inbox's taken/) but left running.
+
+    The `nightly-batch` deployment runs one nightly run at a time (`concurrency_limit: 1`; Prefect
+    frees the slot of a run whose process died when its lease expires), so when a nightly run
+    starts, a submission still running with a taken ticket belongs to a run that ended without
+    recording its outcome. Submissions of `linstudio run` have no ticket and are never taken.
+    """
+    running = catalogue.submissions(status="running", limit=100_000)
+    return sorted(row["submission_id"] for row in running if inbox.taken_ticket(row["submission_id"]) is not None)
+
+
 def run_nightly(logger=None) -> dict:
     """Take the inbox, render it, record each submission's outcome; returns {submission id: status}."""
     from catalogue import Catalogue
@@ -90,12 +104,18 @@ def run_nightly(logger=None) -> dict:
         catalogue.migrate()
         catalogue.sweep_intents()
         release_leases_of_dead_local_runs(catalogue, settings)
-        taken: list[tuple[str, list[dict]]] = []
+        tickets = []
+        for submission_id in orphaned_submissions(catalogue, inbox):
+            logger.warning("taking up submission %s again: the nightly run that took it ended before finishing it",
+                           submission_id)
+            tickets.append((submission_id, inbox.taken_ticket(submission_id)))
         for submission_id in inbox.queued():
             if not catalogue.start_submission(submission_id):
                 inbox.withdraw(submission_id)  # cancelled, or another run has it
                 continue
-            ticket = inbox.take(submission_id)
+            tickets.append((submission_id, inbox.take(submission_id)))
+        taken: list[tuple[str, list[dict]]] = []
+        for submission_id, ticket in tickets:
             reason = ticket.changed_since_submitted() if ticket else "its inbox ticket disappeared"
             if reason is None:
                 try:
