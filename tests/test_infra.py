@@ -59,6 +59,9 @@ def test_prefect_yaml_declares_the_deployments():
     assert {"nightly-batch", "rerender", "render-shard", "render-shard-large"} <= set(names)
     assert names["nightly-batch"]["schedules"][0]["cron"] == "{{ $LINSTUDIO_NIGHTLY_CRON }}"
     for deployment in names.values():
+        # One interpreter start per flow run (see the comment in prefect.yaml); `linstudio worker` puts
+        # its own interpreter first on PATH so that `python` is the project's environment.
+        assert deployment["work_pool"]["job_variables"]["command"] == "python -m prefect.engine", deployment["name"]
         module, function = deployment["entrypoint"].split(":")
         source = (ROOT / module).read_text()
         assert f"def {function}(" in source, deployment["entrypoint"]

@@ -171,6 +171,8 @@ def worker(
     # The flow runs this worker starts inherit its environment: renders record this worker's name.
     env["LINSTUDIO_WORKER_NAME"] = worker_name
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
+    # Deployments start flow runs with `python -m prefect.engine` (prefect.yaml): `python` is this one.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
     command = [prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", worker_name,
                "--limit", str(limit)]
