@@ -13,8 +13,32 @@ _TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errn
                      errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED}
 
 
+_DISK_FULL_TEXTS = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc`, or what caused it, says a disk (the database's or the store's) is full."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(exc, "sqlstate", None) == "53100":  # PostgreSQL disk_full
+            return True
+        if any(text in str(exc).lower() for text in _DISK_FULL_TEXTS):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for network, object-store and database-availability errors; False for everything else."""
+    """True for network, object-store and database-availability errors; False for everything else.
+
+    A full disk is not transient even when the driver reports it as an operational error: it stays
+    full for longer than any retry waits, so the job fails at once with the reason.
+    """
+    if is_disk_full(exc):
+        return False
     try:
         from sqlalchemy import exc as sa_exc
 
