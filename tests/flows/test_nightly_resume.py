@@ -1,8 +1,9 @@
 """A nightly run that dies after taking submissions (killed, or the database gone when it records
 the outcome) leaves them `running`; the next nightly run takes them up again and finishes them.
 
-Runs the nightly logic in this process against the session's Prefect server, with no shard
-deployments registered, so it renders here, like a studio without GPU workers would.
+Runs the nightly logic in this process against the session's Prefect server, rendering here
+instead of dispatching shards (another test may have registered the shard deployments on that
+server, with no workers left to take them); the dispatch is tests/flows/test_distributed.py's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ def statuses(catalogue) -> dict[str, str]:
     return {row["submission_id"]: row["status"] for row in catalogue.submissions(limit=100)}
 
 
-def test_submissions_left_running_by_a_dead_nightly_run_are_finished_by_the_next(prefect_api, backend, small_manifest):
+def test_submissions_left_running_by_a_dead_nightly_run_are_finished_by_the_next(prefect_api, backend, small_manifest,
+                                                                                 monkeypatch):
     from flow_support import SMALL_MANIFEST, write_manifest
 
     from catalogue import Catalogue
@@ -24,6 +26,7 @@ def test_submissions_left_running_by_a_dead_nightly_run_are_finished_by_the_next
     from flows.nightly import run_nightly
     from linstudio.commands.production import submit
 
+    monkeypatch.setattr("flows.nightly.shard_deployments_available", lambda: False)
     other = write_manifest(small_manifest.parent, "other.yaml", SMALL_MANIFEST.replace("test-props", "other-props"))
     submit([small_manifest], as_json=False)  # taken by the run that dies
     submit([other], as_json=False)  # still queued when the next run starts
