@@ -59,7 +59,7 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
             return DispatchedShard(keys=list(keys), flow_run_id=flow_run_id)
 
         shards = [send([r["key"] for r in shard]) for shard in make_shards(todo, settings.shard_size)]
-        wait_for_shards(catalogue, shards, lease_seconds=settings.lease_seconds, redispatch=send)
+        wait_for_shards(catalogue, shards, lease_seconds=settings.lease_seconds, redispatch=send, logger=logger)
     elif todo:
         from flows.flow import render_batch
 

@@ -13,6 +13,7 @@ marked crashed so it stops holding a concurrency slot — a dead worker blocks n
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class DispatchedShard:
     started: object = None  # when its flow run started running (None while scheduled or pending)
     ended: bool = False  # its flow run reached a final state (completed, crashed, cancelled, failed)
     checked: float = 0.0  # when its flow run's state was last read from Prefect (monotonic)
+    dispatched: float = field(default_factory=time.monotonic)
+    warned: bool = False  # told the log that no worker has taken it yet
 
 
 def dispatch(shard_keys: list[str], *, large: bool, queue: str) -> object:
@@ -66,17 +69,22 @@ def dispatch(shard_keys: list[str], *, large: bool, queue: str) -> object:
 
 
 FLOW_RUN_CHECK_SECONDS = 5.0  # how often a shard's flow run state is read from the Prefect server
+NO_WORKER_WARNING_SECONDS = 600.0  # a shard no worker has started after this long is worth a warning
 
 
 def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: int, poll_seconds: float = 1.0,
                     redispatch=None, deadline_seconds: float | None = None,
-                    flow_run_check_seconds: float = FLOW_RUN_CHECK_SECONDS) -> None:
+                    flow_run_check_seconds: float = FLOW_RUN_CHECK_SECONDS,
+                    no_worker_warning_seconds: float = NO_WORKER_WARNING_SECONDS, logger=None) -> None:
     """Block until every job of every shard is done or failed in the catalogue.
 
     `redispatch(keys) -> DispatchedShard` sends unfinished jobs of a dead shard out again. The
     catalogue is read every `poll_seconds`; Prefect, which only tells a shard that died from one
     that is slow, every `flow_run_check_seconds`, so a long batch does not keep the server busy.
+    A shard that no worker has started within `no_worker_warning_seconds` is logged once (it keeps
+    waiting: a worker may yet come), so a nightly run that seems stuck says why.
     """
+    logger = logger or logging.getLogger(__name__)
     started = time.monotonic()
     active = list(shards)
     while active:
@@ -96,6 +104,11 @@ def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: 
                 if started_at is not None and shard.started is None:
                     shard.started, shard.last_progress = started_at, time.monotonic()
             ended = shard.ended
+            waiting = time.monotonic() - shard.dispatched
+            if shard.started is None and not ended and not shard.warned and waiting > no_worker_warning_seconds:
+                shard.warned = True
+                logger.warning("a shard of %d job(s) has waited %.0f s and no worker has started it: is a GPU "
+                               "worker running on its pool (`linstudio worker --pool NAME`)?", len(shard.keys), waiting)
             # Only a shard whose flow run is running can stall; one still waiting for a worker is queued.
             stalled = shard.started is not None and time.monotonic() - shard.last_progress > lease_seconds * 1.5
             jobs = catalogue.jobs(unfinished) if (ended or stalled) else {}
