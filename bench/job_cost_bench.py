@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,18 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
 from benchdocs import update_section  # noqa: E402
+from orchestration_bench import free_port, manifest_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def manifest_text(jobs: int, project: str) -> str:
-    body = (f"version: 1\nteam: game\nproject: {project}\n"
-            "defaults: {model: tiny-sd15, steps: 4, sizes: [64x64], attention: linear}\nassets:\n")
-    for start in range(0, jobs, 50):
-        seeds = ", ".join(str(s) for s in range(start, min(start + 50, jobs)))
-        body += f'  - id: prop-{start // 50}\n    prompt: "a prop"\n    seeds: [{seeds}]\n'
-    return body
 
 
 def plan(catalogue, work: Path, jobs: int, project: str) -> list[dict]:
@@ -61,9 +52,7 @@ def cpu_per_job(fn, records: list[dict]) -> float:
 
 
 def start_prefect_server(work: Path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false"}
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -41,15 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MANIFEST_HEAD = """version: 1
 team: game
-project: orchestration-bench
-defaults: {model: tiny-sd15, steps: 4, sizes: [64x64], attention: linear}
+project: {project}
+defaults: {{model: tiny-sd15, steps: 4, sizes: [64x64], attention: linear}}
 assets:
 """
 
 
-def manifest_text(jobs: int) -> str:
+def manifest_text(jobs: int, project: str = "orchestration-bench") -> str:
     """`jobs` jobs as assets of at most 50 seeds each (a manifest allows 64 seeds per asset)."""
-    body = MANIFEST_HEAD
+    body = MANIFEST_HEAD.format(project=project)
     for start in range(0, jobs, 50):
         seeds = ", ".join(str(s) for s in range(start, min(start + 50, jobs)))
         body += f'  - id: prop-{start // 50}\n    prompt: "a prop"\n    seeds: [{seeds}]\n'

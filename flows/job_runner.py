@@ -141,13 +141,13 @@ def run_job(ctx: RunContext, record: dict, sleep: Callable[[float], None] = time
         try:
             return attempt_job(ctx, record)
         except Exception as exc:  # transient (attempt_job handles the rest), or the claim itself failed
-            last_try = attempt == JOB_RETRIES or not is_transient(exc)
-            if not last_try:
+            transient = is_transient(exc)
+            if transient and attempt < JOB_RETRIES:
                 delay = JOB_RETRY_DELAYS[min(attempt, len(JOB_RETRY_DELAYS) - 1)]
                 log.warning("%s: %s; attempting it again in %s s", job_label(record), one_line(exc), delay)
                 sleep(delay)
                 continue
-            reason = f"gave up after retries: {one_line(exc)}" if is_transient(exc) else failure_reason(exc, record)
+            reason = f"gave up after retries: {one_line(exc)}" if transient else failure_reason(exc, record)
             try:
                 ctx.catalogue.fail(record["key"], reason)
             except Exception:  # the catalogue itself is down: the lease expires and a re-run takes the job

@@ -74,16 +74,21 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
     return counts
 
 
-def orphaned_submissions(catalogue, inbox) -> list[str]:
-    """Submissions a nightly run took (their ticket is in the inbox's taken/) but left running.
+def orphaned_submissions(catalogue, inbox) -> list[tuple[str, object]]:
+    """(submission id, ticket) of each submission a nightly run took (its ticket is in the inbox's
+    taken/) but left running, oldest first.
 
     The `nightly-batch` deployment runs one nightly run at a time (`concurrency_limit: 1`; Prefect
     frees the slot of a run whose process died when its lease expires), so when a nightly run
     starts, a submission still running with a taken ticket belongs to a run that ended without
     recording its outcome. Submissions of `linstudio run` have no ticket and are never taken.
     """
-    running = catalogue.submissions(status="running", limit=100_000)
-    return sorted(row["submission_id"] for row in running if inbox.taken_ticket(row["submission_id"]) is not None)
+    orphans = []
+    for row in sorted(catalogue.submissions(status="running", limit=100_000), key=lambda r: r["submission_id"]):
+        ticket = inbox.taken_ticket(row["submission_id"])
+        if ticket is not None:
+            orphans.append((row["submission_id"], ticket))
+    return orphans
 
 
 def run_nightly(logger=None) -> dict:
@@ -105,10 +110,10 @@ def run_nightly(logger=None) -> dict:
         catalogue.sweep_intents()
         release_leases_of_dead_local_runs(catalogue, settings)
         tickets = []
-        for submission_id in orphaned_submissions(catalogue, inbox):
+        for submission_id, ticket in orphaned_submissions(catalogue, inbox):
             logger.warning("taking up submission %s again: the nightly run that took it ended before finishing it",
                            submission_id)
-            tickets.append((submission_id, inbox.taken_ticket(submission_id)))
+            tickets.append((submission_id, ticket))
         for submission_id in inbox.queued():
             if not catalogue.start_submission(submission_id):
                 inbox.withdraw(submission_id)  # cancelled, or another run has it

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from flows import job_runner
 from flows.devices import SlotPool
 from flows.job_runner import JOB_RETRIES, JOB_RETRY_DELAYS, RunContext, run_job
 
@@ -106,12 +105,12 @@ def test_a_job_leased_by_another_worker_is_skipped_with_the_reason():
     assert outcome.status == "skipped" and outcome.reason == "running elsewhere (leased by another worker)"
 
 
-def test_the_failure_is_still_returned_when_the_catalogue_cannot_record_it(monkeypatch):
+def test_the_failure_is_still_returned_when_the_catalogue_cannot_record_it():
     class Unrecordable(StandInCatalogue):
         def fail(self, key, reason) -> None:
             raise ConnectionError("database down")
 
-    monkeypatch.setattr(job_runner, "JOB_RETRY_DELAYS", [0, 0])
     render = renderer_failing(99, ConnectionError("database down"))
     outcome = run_job(context(Unrecordable(), render), RECORD, sleep=lambda _s: None)
     assert outcome.status == "failed" and outcome.reason.startswith("gave up after retries")
+    assert render.calls["n"] == JOB_RETRIES + 1
