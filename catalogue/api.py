@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # uploading; a sweep at run start leaves it alone. (Sweeping it anyway would be safe — that ingest then
 # fails cleanly with IntentSweptError — but would waste its render.)
 DEFAULT_SWEEP_GRACE_SECONDS = 900.0
+# Asked once per ingest: built once (see catalogue.jobs for why the per-job statements are).
+_RENDER_OF_JOB = select(Render.id).where(Render.job_key == bindparam("job_key"))
 
 
 class Catalogue:
@@ -211,7 +213,7 @@ class Catalogue:
         now = self.clock()
         # 1. Already catalogued? Then there is nothing to do.
         with self.transaction() as session:
-            existing = session.scalar(select(Render.id).where(Render.job_key == job_key))
+            existing = session.scalar(_RENDER_OF_JOB, {"job_key": job_key})
             if existing is not None:
                 return existing
             job = jobs.require_job(session, job_key)
@@ -253,7 +255,7 @@ class Catalogue:
 
     def _render_id_of(self, job_key: str) -> str | None:
         with self.transaction() as session:
-            return session.scalar(select(Render.id).where(Render.job_key == job_key))
+            return session.scalar(_RENDER_OF_JOB, {"job_key": job_key})
 
     def _compensate_without_intent(self, job_key: str, object_keys: Sequence[str], worker: str) -> None:
         """`_compensate` for objects whose intent is gone: record a fresh one first, so a crash here is swept too."""
