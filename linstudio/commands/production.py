@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,11 +172,12 @@ def worker(
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
     # Deployments start flow runs with `python -m prefect.engine` (prefect.yaml): `python` is this one.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    command = [prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", worker_name,
+    # Prefect's process worker, except that it stops polling the server while all its slots are busy
+    # (flows/prefect_worker.py).
+    command = [sys.executable, "-m", "flows.prefect_worker", "--pool", pool, "--name", worker_name,
                "--limit", str(limit)]
     if not render_host:
-        os.execve(prefect, command, env)
+        os.execve(sys.executable, command, env)
     import logging
 
     from flows.worker_process import Supervisor, host_environment
