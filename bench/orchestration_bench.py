@@ -42,14 +42,17 @@ BIN = Path(sys.executable).parent
 MANIFEST_HEAD = """version: 1
 team: game
 project: {project}
-defaults: {{model: tiny-sd15, steps: 4, sizes: [64x64], attention: linear}}
+defaults: {{model: {model}, steps: {steps}, sizes: [{size}], attention: linear}}
 assets:
 """
+# What each job renders; a GPU session passes a real model and size (--model, --size, --steps).
+DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_STEPS = "tiny-sd15", "64x64", 4
 
 
-def manifest_text(jobs: int, project: str = "orchestration-bench") -> str:
+def manifest_text(jobs: int, project: str = "orchestration-bench", model: str = DEFAULT_MODEL,
+                  size: str = DEFAULT_SIZE, steps: int = DEFAULT_STEPS) -> str:
     """`jobs` jobs as assets of at most 50 seeds each (a manifest allows 64 seeds per asset)."""
-    body = MANIFEST_HEAD.format(project=project)
+    body = MANIFEST_HEAD.format(project=project, model=model, size=size, steps=steps)
     for start in range(0, jobs, 50):
         seeds = ", ".join(str(s) for s in range(start, min(start + 50, jobs)))
         body += f'  - id: prop-{start // 50}\n    prompt: "a prop"\n    seeds: [{seeds}]\n'
@@ -66,27 +69,31 @@ SCHEDULE_AHEAD_SECONDS = 12  # less than the workers' prefetch window (PREFECT_W
 ONE_DEVICE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one renderer = one device
 
 
-def bare_worker(jobs: list[int]) -> None:
+def bare_worker(jobs: list[int], model: str, size: str, steps: int) -> None:
     """Child process of the bare loop: load, say `ready`, wait for `go`, render, say the seconds."""
     import torch
 
     from linfusion_engine import Engine, RenderRequest
 
     torch.set_num_threads(1)
-    engine = Engine("tiny-sd15")
+    width, height = (int(v) for v in size.split("x"))
+    engine = Engine(model)
     engine.load()
     print("ready", flush=True)
     sys.stdin.readline()
     started, cpu_started = time.perf_counter(), time.process_time()
     for seed in jobs:
-        engine.render(RenderRequest(prompt="a prop", seed=seed, width=64, height=64, steps=4, attention="linear"))
+        engine.render(RenderRequest(prompt="a prop", seed=seed, width=width, height=height, steps=steps,
+                                    attention="linear"))
     print(f"done {time.perf_counter() - started:.3f} {time.process_time() - cpu_started:.3f}", flush=True)
 
 
-def bare_loop(jobs: int, devices: int) -> tuple[float, float]:
+def bare_loop(jobs: int, devices: int, workload: dict) -> tuple[float, float]:
     """(wall, CPU) seconds for `devices` plain loops sharing the jobs, started together after loading."""
     env = {**os.environ, **ONE_DEVICE_ENV}
-    children = [subprocess.Popen([sys.executable, __file__, "--bare-worker", ",".join(map(str, range(d, jobs, devices)))],
+    options = ["--model", workload["model"], "--size", workload["size"], "--steps", str(workload["steps"])]
+    children = [subprocess.Popen([sys.executable, __file__, "--bare-worker", ",".join(map(str, range(d, jobs, devices))),
+                                  *options],
                                  env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 for d in range(devices)]
     for child in children:
@@ -174,7 +181,7 @@ class ProcessSampler(threading.Thread):
         return {role: round(after[role] - before[role], 3) for role in ROLES}
 
 
-def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
+def orchestrated(jobs: int, shard_size: int, work: Path, workload: dict) -> dict:
     import psutil
 
     port = free_port()
@@ -208,13 +215,13 @@ def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
                 time.sleep(0.5)
         subprocess.run([str(BIN / "linstudio"), "deploy"], env=env, check=True, capture_output=True)
         manifest = work / "bench.yaml"
-        manifest.write_text(manifest_text(jobs))
+        manifest.write_text(manifest_text(jobs, **workload))
         out = subprocess.run([str(BIN / "linstudio"), "submit", str(manifest)], env=env, check=True,
                              capture_output=True, text=True).stdout
         submission = out.split()[1]
         workers = (("control", "bench-control", ["--no-render-host"]),
-                   ("worker-a", "bench-gpu", ["--preload", "tiny-sd15"]),
-                   ("worker-b", "bench-gpu", ["--preload", "tiny-sd15"]))
+                   ("worker-a", "bench-gpu", ["--preload", workload["model"]]),
+                   ("worker-b", "bench-gpu", ["--preload", workload["model"]]))
         for name, pool, extra in workers:
             proc = subprocess.Popen([str(BIN / "linstudio"), "worker", "--pool", pool, "--name", name, *extra],
                                     env=env, stdout=open(work / f"{name}.log", "w"), stderr=subprocess.STDOUT,
@@ -222,7 +229,7 @@ def orchestrated(jobs: int, shard_size: int, work: Path) -> dict:
             procs.append(proc)
             sampler.pids[name] = proc.pid
         deadline = time.time() + 300
-        while not all("preloaded tiny-sd15" in (work / f"{n}.log").read_text() for n in ("worker-a", "worker-b")):
+        while not all(f"preloaded {workload['model']}" in (work / f"{n}.log").read_text() for n in ("worker-a", "worker-b")):
             if time.time() > deadline:
                 raise RuntimeError("render hosts did not preload the model in 5 minutes")
             time.sleep(0.5)
@@ -298,7 +305,11 @@ def flow_run_timeline(api_url: str, trigger: dt.datetime, first_render: dt.datet
 
 def render_times(catalogue) -> list[dt.datetime]:
     """When each render of the bench's catalogue was recorded, sorted (UTC)."""
-    times = [dt.datetime.fromisoformat(r["created_at"]) for r in catalogue.renders(limit=1000)]
+    rows, after = [], None
+    while page := catalogue.renders(limit=1000, after=after):  # newest first, a page at a time
+        rows.extend(page)
+        after = page[-1]["render_id"]
+    times = [dt.datetime.fromisoformat(r["created_at"]) for r in rows]
     return sorted(t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc) for t in times)
 
 
@@ -306,7 +317,7 @@ def write_section(text: str) -> None:
     update_section("orchestration", text)
 
 
-def measure(jobs: int, shard_size: int, devices: int, keep: bool) -> dict:
+def measure(jobs: int, shard_size: int, devices: int, keep: bool, workload: dict) -> dict:
     """One size: the bare loop, then the pipeline, in a fresh work folder."""
     from linstudio.settings import get_settings
 
@@ -314,8 +325,8 @@ def measure(jobs: int, shard_size: int, devices: int, keep: bool) -> dict:
     os.environ["LINSTUDIO_HOME"] = str(work / "home")
     get_settings.cache_clear()  # each size has its own catalogue
     try:
-        bare, bare_cpu = bare_loop(jobs, devices)
-        orch = orchestrated(jobs, shard_size, work)
+        bare, bare_cpu = bare_loop(jobs, devices, workload)
+        orch = orchestrated(jobs, shard_size, work, workload)
     finally:
         if keep:
             print(f"logs kept in {work}")
@@ -324,6 +335,15 @@ def measure(jobs: int, shard_size: int, devices: int, keep: bool) -> dict:
     result = {"jobs": jobs, "shard_size": shard_size, "bare_s": bare, "bare_cpu_s": bare_cpu, **orch}
     print(json.dumps(result, indent=2, default=str), flush=True)
     return result
+
+
+def device_label() -> str:
+    """What rendered: `CPU`, or the GPU's name (both renderers share it, as two workers on one GPU would)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}, both renderers on it"
+    return "CPU"
 
 
 def row(r: dict) -> str:
@@ -355,23 +375,32 @@ def main() -> None:
                         help="jobs per shard (default: the batch split evenly over the two workers)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server and worker logs)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="the model every job renders (a GPU session: a real one)")
+    parser.add_argument("--size", default=DEFAULT_SIZE, help="WxH of every job")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps of every job")
     parser.add_argument("--bare-worker", help=argparse.SUPPRESS)  # internal: one bare-loop process
     args = parser.parse_args()
     if args.bare_worker is not None:
-        bare_worker([int(seed) for seed in args.bare_worker.split(",") if seed])
+        bare_worker([int(seed) for seed in args.bare_worker.split(",") if seed], args.model, args.size, args.steps)
         return
     devices = 2
-    results = [measure(jobs, args.shard_size or -(-jobs // devices), devices, args.keep) for jobs in args.jobs]
+    workload = {"model": args.model, "size": args.size, "steps": args.steps}
+    results = [measure(jobs, args.shard_size or -(-jobs // devices), devices, args.keep, workload)
+               for jobs in args.jobs]
     peaks = {k: max(r["peaks"].get(k, 0) for r in results) / 2**20 for k in results[0]["peaks"]}
-    command = "`.venv/bin/python bench/orchestration_bench.py --jobs " + " ".join(map(str, args.jobs)) + (
-        f" --shard-size {args.shard_size}`" if args.shard_size else "`")
+    options = [f"--shard-size {args.shard_size}"] if args.shard_size else []
+    options += [f"--{name} {value}" for name, value in workload.items()
+                if value != {"model": DEFAULT_MODEL, "size": DEFAULT_SIZE, "steps": DEFAULT_STEPS}[name]]
+    command = "`.venv/bin/python bench/orchestration_bench.py --jobs " + " ".join(map(str, args.jobs)) + "".join(
+        f" {option}" for option in options) + "`"
     text = (
-        "## Orchestration overhead: Prefect server + two workers vs the bare engine loop on two devices (CPU)\n\n"
+        "## Orchestration overhead: Prefect server + two workers vs the bare engine loop on two devices "
+        f"({device_label()})\n\n"
         f"Command: {command}  \n"
         f"Machine: {dt.date.today()}, {platform.processor() or platform.machine()}, nproc {os.cpu_count()}. Each "
         "renderer (a bare-loop process or a worker's render host) is held to one torch thread, so each stands for "
-        "one device. tiny-sd15, 64 px, 4 steps, linear attention. Bare: two processes load the model, then "
-        "render half the jobs each in a plain loop, timed from a common start. Pipeline: `linstudio submit`, "
+        f"one device. {args.model}, {args.size} px, {args.steps} steps, linear attention. Bare: two processes load "
+        "the model, then render half the jobs each in a plain loop, timed from a common start. Pipeline: `linstudio submit`, "
         f"then a `nightly-batch` run created {SCHEDULE_AHEAD_SECONDS} s ahead of its start time (as its cron schedule "
         "creates it: the control worker prefetches it and Prefect holds it until that time), timed from that "
         "time to the submission being done in the catalogue, with a control worker and two GPU-pool workers "
