@@ -259,6 +259,15 @@ def release_leases_of(session: Session, worker: str, now: datetime) -> list[str]
     return keys
 
 
+def planned_of(session: Session, submission_ids: Sequence[str], limit: int, before: int | None = None) -> list[Job]:
+    """Up to `limit` planned (never claimed) jobs of these submissions, last planned first; `before`
+    (a job id) continues after the previous page."""
+    query = select(Job).where(Job.submission_id.in_(list(submission_ids)), Job.state == PLANNED)
+    if before is not None:
+        query = query.where(Job.id < before)
+    return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
+
+
 def job_states(session: Session, keys: Iterable[str]) -> dict[str, str]:
     """{key: state} for the keys that are planned here (unknown keys are left out)."""
     states: dict[str, str] = {}

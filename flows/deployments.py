@@ -23,11 +23,12 @@ configure_prefect_defaults()
 
 @flow(name="linstudio-render-jobs", validate_parameters=True)
 def render_jobs(job_keys: list[str]) -> dict:
-    """Render planned jobs by key (one shard) with this worker's settings; returns the summary."""
+    """Render planned jobs by key (one shard) with this worker's settings, then help with the rest of
+    their batch (flows/helping.py); returns the summary."""
     from flows.flow import publish_summary
     from flows.rerender import render_planned_jobs
 
-    summary = render_planned_jobs(job_keys)
+    summary = render_planned_jobs(job_keys, help_batch=True)
     publish_summary(summary)
     return summary.to_json()
 

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable
+from typing import Callable, Iterable
 
 from prefect import flow
 
@@ -68,13 +68,14 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
     return [o.__dict__ for o in outcomes]
 
 
-def render_records(records: list[dict], *, catalogue, settings, worker: str | None = None,
+def render_records(records: Iterable[dict], *, catalogue, settings, worker: str | None = None,
                    on_progress: Callable | None = None, done_before: int = 0,
                    total: int | None = None) -> list[JobOutcome]:
     """Render and catalogue `records` in this process (or on the worker's render host); one outcome each.
 
     Jobs run in `2 x slots` threads: each holds a render slot only around its render, so while one
-    job renders the next is claimed and the previous one ingested.
+    job renders the next is claimed and the previous one ingested. `records` is read as jobs start,
+    so it may be a lazy iterable (`flows.helping.BatchHelp`); pass `total` then.
     """
     from flows.batch import worker_id
 
@@ -86,15 +87,17 @@ def render_records(records: list[dict], *, catalogue, settings, worker: str | No
     progress = ProgressArtifact(total, done_before)
     outcomes: list[JobOutcome] = []
     window = max(2 * len(devices), 2)
-    queue = list(reversed(records))  # popped from the end: jobs start in manifest order
+    upcoming = iter(records)  # in manifest order
     try:
         with ThreadPoolExecutor(max_workers=window, thread_name_prefix="linstudio-job") as pool:
             pending: set[Future] = set()
             # Submitted a window at a time, so a 5000-job batch does not hold 5000 futures at once
             # and a cancelled run stops after the jobs in flight.
-            while queue or pending:
-                while queue and len(pending) < window:
-                    pending.add(pool.submit(run_job, ctx, queue.pop()))
+            while True:
+                while len(pending) < window and (record := next(upcoming, None)) is not None:
+                    pending.add(pool.submit(run_job, ctx, record))
+                if not pending:
+                    break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     outcomes.append(future.result())
@@ -133,7 +136,7 @@ class ProgressArtifact:
             log.debug("no progress artifact: %s", exc)
 
     def _percent(self, done: int) -> float:
-        return round(100.0 * done / self.total, 1)
+        return min(round(100.0 * done / self.total, 1), 100.0)  # a shard helping its batch renders more
 
     def advance(self, done: int) -> None:
         if self.artifact_id is not None and time.monotonic() - self.last >= PROGRESS_EVERY_SECONDS:
@@ -181,7 +184,7 @@ def render_target(settings) -> tuple[list[str | None], object]:
     return render_devices(settings.device), None
 
 
-def render_batch(records: list[dict], *, catalogue, settings, skipped: list[JobOutcome] = (),
+def render_batch(records: Iterable[dict], *, catalogue, settings, skipped: list[JobOutcome] = (),
                  total: int | None = None, on_progress: Callable | None = None) -> list[JobOutcome]:
     """Render `records` with the already-open catalogue; returns the rendered jobs' outcomes.
 
@@ -201,7 +204,7 @@ def render_batch(records: list[dict], *, catalogue, settings, skipped: list[JobO
     with _handoff_lock:
         _handoff[token] = {"catalogue": catalogue, "on_progress": on_progress, "settings": settings}
     try:
-        raw = batch_flow(records, worker_id(settings), handoff_token=token,
+        raw = batch_flow(list(records), worker_id(settings), handoff_token=token,
                          skipped=[o.__dict__ for o in skipped], total=total)
     finally:
         with _handoff_lock:

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Fields of a stored job record that describe one run of it, not the job: never copied to a re-render.
 _RUN_ONLY = ("engine", "timings", "key", "parent_render_id", "manifest_line")
@@ -135,8 +138,12 @@ def _run_deployment(job_keys: list[str]) -> bool:
         return False
 
 
-def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None):
-    """Render jobs already planned in the catalogue (by key) through the batch flow; returns a RunSummary."""
+def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, help_batch: bool = False):
+    """Render jobs already planned in the catalogue (by key) through the batch flow; returns a RunSummary.
+
+    With `help_batch` (a shard on a worker), the run goes on with its batch's unclaimed jobs once its
+    own are done (`flows.helping`); the summary then counts what it rendered for the others too.
+    """
     from catalogue import Catalogue
     from flows.flow import render_batch
     from flows.outcomes import JobOutcome, RunSummary, redact_url
@@ -163,8 +170,21 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None):
                 records.append({**job["record"], "key": key})
         summary = RunSummary(outcomes=list(skipped), catalogue=redact_url(settings.resolved_database_url),
                              store=settings.resolved_store_url)
-        summary.outcomes.extend(render_batch(records, catalogue=catalogue, settings=settings, skipped=skipped,
-                                             total=len(job_keys), on_progress=on_progress))
+        work = records
+        if help_batch:
+            from flows.helping import BatchHelp, may_render_here
+
+            work = BatchHelp(records, catalogue, [job["submission_id"] for job in planned.values()],
+                             may_render=may_render_here(settings))
+        outcomes = render_batch(work, catalogue=catalogue, settings=settings, skipped=skipped,
+                                total=len(job_keys), on_progress=on_progress)
+        if help_batch and work.helped:
+            # A job taken for the batch that another worker claimed first is not this run's to report.
+            outcomes = [o for o in outcomes if not (o.key in work.helped and o.status == "skipped")]
+            helped = sum(1 for o in outcomes if o.key in work.helped)
+            if helped:
+                log.info("helped the batch with %d job(s) of other shards", helped)
+        summary.outcomes.extend(outcomes)
         return summary
     finally:
         catalogue.close()

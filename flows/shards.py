@@ -94,6 +94,9 @@ def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: 
             states = catalogue.job_states(shard.keys)
             unfinished = [k for k in shard.keys if states.get(k) not in ("done", "failed")]
             if not unfinished:
+                if shard.started is None and not shard.ended and _cancel_if_waiting(shard.flow_run_id):
+                    logger.info("cancelled a shard of %d job(s) no worker had started: other shards of the "
+                                "batch rendered its jobs", len(shard.keys))
                 continue
             finished = len(shard.keys) - len(unfinished)
             if finished != shard.finished_count:
@@ -154,6 +157,28 @@ def _flow_run_progress(flow_run_id) -> tuple[bool, object]:
     ended = state is not None and state.is_final()
     started = flow_run.start_time if (ended or (state is not None and state.is_running())) else None
     return ended, started
+
+
+def _cancel_if_waiting(flow_run_id) -> bool:
+    """Cancel a shard's flow run that is still waiting for a worker (its jobs were all rendered by
+    shards helping their batch, flows/helping.py), so no worker starts it for nothing; True if done.
+    A run a worker has already taken is left to find its jobs done and end at once."""
+    if flow_run_id is None:
+        return False
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.states import Cancelled
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+            if state is None or not state.is_scheduled():
+                return False
+            result = client.set_flow_run_state(flow_run_id, Cancelled(
+                message="not needed: other shards of the batch rendered its jobs"))
+            return result.status == SetStateStatus.ACCEPT
+    except Exception:  # best effort: a worker that starts it finds its jobs done
+        return False
 
 
 def _mark_crashed(flow_run_id, message: str) -> None:

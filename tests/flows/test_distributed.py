@@ -27,8 +27,9 @@ defaults: {model: tiny-sd15, steps: 6, sizes: [128x128]}
 assets:
   - id: street
     prompt: "a street at night"
-    variants: 8
+    variants: 16
 """
+JOBS = 16
 
 
 def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -101,11 +102,16 @@ def test_nightly_batch_survives_a_killed_worker(prefect_api, fresh_postgres_url,
     workers = {
         "control": _start([str(BIN / "linstudio"), "worker", "--pool", env["LINSTUDIO_CONTROL_POOL"],
                            "--name", "control", "--no-render-host"], env, logs[0]),
-        "gpu-a": _start([str(BIN / "linstudio"), "worker", "--pool", env["LINSTUDIO_WORK_POOL"], "--name", "gpu-a"],
-                        env, logs[1]),
-        "gpu-b": _start([str(BIN / "linstudio"), "worker", "--pool", env["LINSTUDIO_WORK_POOL"], "--name", "gpu-b"],
-                        env, logs[2]),
+        "gpu-a": _start([str(BIN / "linstudio"), "worker", "--pool", env["LINSTUDIO_WORK_POOL"], "--name", "gpu-a",
+                         "--preload", "tiny-sd15"], env, logs[1]),
+        "gpu-b": _start([str(BIN / "linstudio"), "worker", "--pool", env["LINSTUDIO_WORK_POOL"], "--name", "gpu-b",
+                         "--preload", "tiny-sd15"], env, logs[2]),
     }
+    # Both GPU workers polling with a warm model before the batch starts: a shard that finishes its own
+    # jobs helps with the rest of the batch (flows/helping.py), so a worker that started seconds late
+    # could otherwise find nothing left to render.
+    _wait(lambda: all(b"started!" in log.read_bytes() and b"preloaded tiny-sd15" in log.read_bytes()
+                      for log in logs[1:]), 180, "both GPU workers to start and preload the model", logs)
     catalogue = Catalogue.open(fresh_postgres_url, fresh_s3_store_url)
     try:
         from prefect.deployments import run_deployment
@@ -132,7 +138,7 @@ def test_nightly_batch_survives_a_killed_worker(prefect_api, fresh_postgres_url,
         row = _wait(finished, 400, "the nightly submission to finish", logs)
         assert row["status"] == "done", row
         renders = catalogue.renders(limit=100)
-        assert len(renders) == 8 and len({r["job_key"] for r in renders}) == 8  # exactly once each
+        assert len(renders) == JOBS and len({r["job_key"] for r in renders}) == JOBS  # exactly once each
         assert {"gpu-a", "gpu-b"} <= {r["worker"] for r in renders}
         report = catalogue.check()
         assert report.ok, str(report)
