@@ -346,6 +346,30 @@ def device_label() -> str:
     return "CPU"
 
 
+def added(r: dict) -> float:
+    """Whole-batch wall time the pipeline adds over the bare loop, as a fraction of the bare loop."""
+    return (r["seconds"] - r["bare_s"]) / r["bare_s"]
+
+
+def steady_added(r: dict) -> float:
+    """Steady-state time between renders the pipeline adds over the bare loop's, as a fraction."""
+    bare = r["bare_s"] / r["jobs"]
+    return (r["steady_s_per_job"] - bare) / bare
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median whole-batch overhead, carrying every run's overheads for the table."""
+    chosen = dict(sorted(runs, key=added)[len(runs) // 2])
+    chosen["all_added"] = sorted(added(r) for r in runs)
+    chosen["all_steady_added"] = sorted(steady_added(r) for r in runs)
+    return chosen
+
+
+def spread(values: list[float]) -> str:
+    """` (3 runs: +52% / +68% / +72%)` when a size was measured more than once."""
+    return "" if len(values) < 2 else f" ({len(values)} runs: " + " / ".join(f"{100 * v:+.0f}%" for v in values) + ")"
+
+
 def row(r: dict) -> str:
     jobs = r["jobs"]
     overhead = r["seconds"] - r["bare_s"]
@@ -354,9 +378,9 @@ def row(r: dict) -> str:
     cpu = {role: 1000 * seconds / intervals for role, seconds in r["steady_cpu_s"].items()}
     orchestration = sum(v for k, v in cpu.items() if k != "render hosts")
     return (f"| {jobs} | {r['shards']} x {r['shard_size']} | {r['bare_s']:.1f} s | {r['seconds']:.1f} s ({r['status']}) | "
-            f"**{100 * overhead / r['bare_s']:+.0f}%** | {r['first_render_s']:.1f} s | "
+            f"**{100 * overhead / r['bare_s']:+.0f}%**{spread(r.get('all_added', []))} | {r['first_render_s']:.1f} s | "
             f"{steady_ms:.1f} vs {bare_ms:.1f} ms (**{100 * (steady_ms - bare_ms) / bare_ms:+.0f}%**, "
-            f"{steady_ms - bare_ms:+.1f} ms) | {cpu['render hosts']:.0f} ms | **{orchestration:.1f} ms** "
+            f"{steady_ms - bare_ms:+.1f} ms){spread(r.get('all_steady_added', []))} | {cpu['render hosts']:.0f} ms | **{orchestration:.1f} ms** "
             f"({cpu['flow runs']:.1f} / {cpu['workers']:.1f} / {cpu['server']:.1f}) |")
 
 
@@ -378,6 +402,8 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the model every job renders (a GPU session: a real one)")
     parser.add_argument("--size", default=DEFAULT_SIZE, help="WxH of every job")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps of every job")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each size this many times and report the run with the median overhead")
     parser.add_argument("--bare-worker", help=argparse.SUPPRESS)  # internal: one bare-loop process
     args = parser.parse_args()
     if args.bare_worker is not None:
@@ -385,10 +411,12 @@ def main() -> None:
         return
     devices = 2
     workload = {"model": args.model, "size": args.size, "steps": args.steps}
-    results = [measure(jobs, args.shard_size or -(-jobs // devices), devices, args.keep, workload)
+    results = [median_run([measure(jobs, args.shard_size or -(-jobs // devices), devices, args.keep, workload)
+                           for _ in range(args.repeat)])
                for jobs in args.jobs]
     peaks = {k: max(r["peaks"].get(k, 0) for r in results) / 2**20 for k in results[0]["peaks"]}
     options = [f"--shard-size {args.shard_size}"] if args.shard_size else []
+    options += [f"--repeat {args.repeat}"] if args.repeat > 1 else []
     options += [f"--{name} {value}" for name, value in workload.items()
                 if value != {"model": DEFAULT_MODEL, "size": DEFAULT_SIZE, "steps": DEFAULT_STEPS}[name]]
     command = "`.venv/bin/python bench/orchestration_bench.py --jobs " + " ".join(map(str, args.jobs)) + "".join(
@@ -417,7 +445,11 @@ def main() -> None:
         "every 2 s, and each shard flow run's process start: Prefect starts every flow run as a fresh Python "
         "process, which imports Prefect) plus a steady per-job cost (the lease, the render-host round trip, PNG "
         "metadata, WebP thumbnail, store writes, database rows; jobs are not Prefect task runs, see "
-        "flows/job_runner.py). Steady figures are taken between the first and the last render. On this 2-core "
+        "flows/job_runner.py; busy workers do not poll the server, see flows/prefect_worker.py; a shard done with "
+        "its own jobs helps with its sibling's, see flows/helping.py). Steady figures are taken between the first "
+        "and the last render; they include the later shard's process start when it lands after the first render. "
+        + (f"Each size was measured {args.repeat} times; the row is the run with the median whole-batch overhead, "
+           "and the brackets give every run's. " if args.repeat > 1 else "") + "On this 2-core "
         "machine the orchestration's CPU comes out of the same cores that render, so it shows up in the wall "
         "time; on a GPU host it runs on CPU cores beside the GPU (one job's claim and ingest overlap the next "
         "one's render), so the steady orchestration CPU per job is the figure to set against a real render's "
