@@ -22,13 +22,16 @@ configure_prefect_defaults()
 
 
 @flow(name="linstudio-render-jobs", validate_parameters=True)
-def render_jobs(job_keys: list[str]) -> dict:
-    """Render planned jobs by key (one shard) with this worker's settings, then help with the rest of
-    their batch (flows/helping.py); returns the summary."""
+def render_jobs(job_keys: list[str], help_batch: bool = False, help_max_gib: float | None = None) -> dict:
+    """Render planned jobs by key (one shard) with this worker's settings; returns the summary.
+
+    With `help_batch`, a shard done with its own jobs goes on with unclaimed jobs of its batch (of at
+    most `help_max_gib` planned memory), flows/helping.py.
+    """
     from flows.flow import publish_summary
     from flows.rerender import render_planned_jobs
 
-    summary = render_planned_jobs(job_keys, help_batch=True)
+    summary = render_planned_jobs(job_keys, help_batch=help_batch, help_max_gib=help_max_gib)
     publish_summary(summary)
     return summary.to_json()
 

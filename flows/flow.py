@@ -83,7 +83,7 @@ def render_records(records: Iterable[dict], *, catalogue, settings, worker: str 
     ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=worker or worker_id(settings),
                      lease_seconds=settings.lease_seconds, dtype=settings.dtype, worker_name=settings.worker_name,
                      renderer=host.render if host is not None else None)
-    total = total or done_before + len(records)
+    total = done_before + len(records) if total is None else total
     progress = ProgressArtifact(total, done_before)
     outcomes: list[JobOutcome] = []
     window = max(2 * len(devices), 2)

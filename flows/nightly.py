@@ -54,7 +54,9 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
         def send(keys: list[str]) -> DispatchedShard:
             shard_records = [by_key[k] for k in keys]
             large = large_pool and needs_large_gpu(shard_records, settings.large_job_gib)
-            flow_run_id = dispatch(keys, large=large, queue=queue)
+            # A default-pool shard beside a large-GPU pool leaves the jobs that need one to that pool.
+            help_max_gib = settings.large_job_gib if large_pool and not large else None
+            flow_run_id = dispatch(keys, large=large, queue=queue, help_max_gib=help_max_gib)
             logger.info("dispatched shard of %d job(s) to %s", len(keys), "large-GPU pool" if large else "pool")
             return DispatchedShard(keys=list(keys), flow_run_id=flow_run_id)
 

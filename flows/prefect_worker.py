@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import time
 import warnings
@@ -25,6 +26,7 @@ import warnings
 from prefect.workers.process import ProcessWorker
 
 BUSY_POLL_SECONDS = 30.0
+say = functools.partial(print, flush=True)  # "Worker ... started!" reaches a log file or journald at once
 
 # Prefect registers every worker class under its `type`; this one keeps "process" on purpose (it is
 # Prefect's process worker, for pools of that type) and Prefect warns that it takes that key over.
@@ -54,11 +56,11 @@ async def serve(pool: str, name: str, limit: int) -> None:
     from prefect.utilities.processutils import setup_signal_handlers_worker
 
     # First SIGTERM or SIGINT: stop taking runs and let the running ones finish; a second one kills.
-    setup_signal_handlers_worker(os.getpid(), "the process worker", print)
+    setup_signal_handlers_worker(os.getpid(), "the process worker", say)
     worker = ShardWorker(name=name, work_pool_name=pool, limit=limit,
                          prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
                          heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()))
-    await worker.start(printer=print)
+    await worker.start(printer=say)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -138,11 +138,13 @@ def _run_deployment(job_keys: list[str]) -> bool:
         return False
 
 
-def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, help_batch: bool = False):
+def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, help_batch: bool = False,
+                        help_max_gib: float | None = None):
     """Render jobs already planned in the catalogue (by key) through the batch flow; returns a RunSummary.
 
-    With `help_batch` (a shard on a worker), the run goes on with its batch's unclaimed jobs once its
-    own are done (`flows.helping`); the summary then counts what it rendered for the others too.
+    With `help_batch` (a shard on a worker), the run goes on with its batch's unclaimed jobs of at
+    most `help_max_gib` planned memory once its own are done (`flows.helping`); the summary then
+    counts what it rendered for the others too.
     """
     from catalogue import Catalogue
     from flows.flow import render_batch
@@ -172,10 +174,10 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
                              store=settings.resolved_store_url)
         work = records
         if help_batch:
-            from flows.helping import BatchHelp, may_render_here
+            from flows.helping import BatchHelp
 
             work = BatchHelp(records, catalogue, [job["submission_id"] for job in planned.values()],
-                             may_render=may_render_here(settings))
+                             max_gib=help_max_gib)
         outcomes = render_batch(work, catalogue=catalogue, settings=settings, skipped=skipped,
                                 total=len(job_keys), on_progress=on_progress)
         if help_batch and work.helped:

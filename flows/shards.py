@@ -58,13 +58,15 @@ class DispatchedShard:
     warned: bool = False  # told the log that no worker has taken it yet
 
 
-def dispatch(shard_keys: list[str], *, large: bool, queue: str) -> object:
-    """Start one `render-shard` flow run for `shard_keys`; returns its flow run id."""
+def dispatch(shard_keys: list[str], *, large: bool, queue: str, help_max_gib: float | None = None) -> object:
+    """Start one `render-shard` flow run for `shard_keys`; returns its flow run id. The shard helps with
+    the rest of its batch once done with its own jobs (flows/helping.py), with jobs of at most
+    `help_max_gib` planned memory (None: any)."""
     from prefect.deployments import run_deployment
 
     name = RENDER_SHARD_LARGE_DEPLOYMENT if large else RENDER_SHARD_DEPLOYMENT
-    flow_run = run_deployment(name, parameters={"job_keys": shard_keys}, timeout=0, work_queue_name=queue,
-                              as_subflow=False)
+    parameters = {"job_keys": shard_keys, "help_batch": True, "help_max_gib": help_max_gib}
+    flow_run = run_deployment(name, parameters=parameters, timeout=0, work_queue_name=queue, as_subflow=False)
     return flow_run.id
 
 

@@ -41,6 +41,7 @@ def worker(monkeypatch):
     async def make_limiter():  # anyio's limiter belongs to an event loop, as in the running worker
         return anyio.CapacityLimiter(1)
 
+    assert hasattr(shard_worker, "_limiter"), "ShardWorker reads Prefect's private _limiter: check it after an upgrade"
     shard_worker._limiter = asyncio.run(make_limiter())
     return shard_worker, clock, queries
 
