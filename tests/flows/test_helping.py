@@ -91,10 +91,22 @@ def test_a_catalogue_that_cannot_be_read_ends_the_help_not_the_shard(caplog):
     assert "stopped helping the batch: ConnectionError: connection refused" in caplog.text
 
 
-def test_a_shard_run_helping_its_batch_leaves_every_job_catalogued_once(prefect_api, backend, tmp_path):
+def test_a_shard_run_helping_its_batch_leaves_every_job_catalogued_once(prefect_api, backend, tmp_path,
+                                                                        monkeypatch):
     from prefect import flow
 
+    from flows import flow as flow_module
     from flows.rerender import render_planned_jobs
+
+    reported = []  # (done, total) at every progress report of the shard runs
+
+    class RecordedProgress(flow_module.ProgressArtifact):
+        def _update(self, done: int) -> None:
+            reported.append((done, self.total))
+            super()._update(done)
+
+    monkeypatch.setattr(flow_module, "ProgressArtifact", RecordedProgress)
+    monkeypatch.setattr(flow_module, "PROGRESS_EVERY_SECONDS", 0.0)
 
     catalogue = open_catalogue()
     try:
@@ -108,6 +120,8 @@ def test_a_shard_run_helping_its_batch_leaves_every_job_catalogued_once(prefect_
 
         first = shard(crates[:2])  # the shard a worker started first
         assert sorted(o.key for o in first.outcomes if o.status == "rendered") == sorted(crates)
+        # Its progress counts the jobs it took on (4 of 4 at the end), never more done than to do.
+        assert reported[-1] == (4, 4) and all(done <= total for done, total in reported), reported
         late = shard(crates[2:])  # its sibling, started after all was done
         assert [o.status for o in late.outcomes] == ["skipped", "skipped"]
         rendered = catalogue.rendered_keys(crates + [r["key"] for r in records])
