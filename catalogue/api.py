@@ -173,7 +173,7 @@ class Catalogue:
         """Planned jobs of these submissions that nobody has claimed yet, last planned first, a page at a
         time (pass the last one's `id` as `before`): what a shard done with its own jobs can help with."""
         with self.transaction() as session:
-            return [{"id": job.id, "key": job.key, "submission_id": job.submission_id, "record": dict(job.record or {})}
+            return [{"id": job.id, "key": job.key, "record": dict(job.record or {})}
                     for job in jobs.planned_of(session, submission_ids, limit, before)]
 
     def claim(self, job_key: str, worker: str, lease_seconds: int) -> bool:

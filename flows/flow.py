@@ -88,7 +88,6 @@ def render_records(records: Iterable[dict], *, catalogue, settings, worker: str 
     outcomes: list[JobOutcome] = []
     window = max(2 * len(devices), 2)
     upcoming = iter(records)  # in manifest order
-    started = 0
     try:
         with ThreadPoolExecutor(max_workers=window, thread_name_prefix="linstudio-job") as pool:
             pending: set[Future] = set()
@@ -97,9 +96,8 @@ def render_records(records: Iterable[dict], *, catalogue, settings, worker: str 
             while True:
                 while len(pending) < window and (record := next(upcoming, None)) is not None:
                     pending.add(pool.submit(run_job, ctx, record))
-                    started += 1
                     # A shard that helps its batch (flows/helping.py) renders more than it was given.
-                    progress.total = max(progress.total, done_before + started)
+                    progress.total = max(progress.total, done_before + len(outcomes) + len(pending))
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)

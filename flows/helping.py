@@ -40,10 +40,6 @@ class BatchHelp:
         self.limit = len(own) if limit is None else limit
         self.helped: set[str] = set()
 
-    def __len__(self) -> int:
-        """The shard's own jobs: what its progress counts (help comes on top)."""
-        return len(self.own)
-
     def __iter__(self) -> Iterator[dict]:
         yield from self.own
         for record in self._unclaimed():

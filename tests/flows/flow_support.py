@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from manifest_files import write_manifest  # noqa: F401  (shared with the other test folder)
 
+
+def open_catalogue():
+    """The catalogue the test's settings name (the `backend` fixture), migrated."""
+    from catalogue import Catalogue
+
+    catalogue = Catalogue.from_settings()
+    catalogue.migrate()
+    return catalogue
+
 SMALL_MANIFEST = """
 version: 1
 team: game

@@ -10,22 +10,12 @@ from __future__ import annotations
 import io
 
 import pytest
-from flow_support import write_manifest
+from flow_support import open_catalogue, write_manifest
 from PIL import Image
 
 from flows.batch import ManifestsInvalid, run_manifests
 
 pytestmark = pytest.mark.services
-
-
-def open_catalogue():
-    from catalogue import Catalogue
-    from linstudio.settings import get_settings
-
-    settings = get_settings()
-    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
-    catalogue.migrate()
-    return catalogue
 
 
 def test_run_catalogues_every_job_and_a_rerun_renders_nothing(prefect_api, backend, small_manifest):

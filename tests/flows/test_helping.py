@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flow_support import write_manifest
+from flow_support import open_catalogue, write_manifest
 
 BATCH = """
 version: 1
@@ -37,16 +37,7 @@ def plan(catalogue, folder: Path, name: str, text: str):
     from flows.batch import load_and_expand, plan_run
 
     planned = plan_run(catalogue, load_and_expand([write_manifest(folder, name, text)]), force=False)
-    records = planned.to_render
-    return catalogue.jobs([records[0]["key"]])[records[0]["key"]]["submission_id"], records
-
-
-def open_catalogue():
-    from catalogue import Catalogue
-
-    catalogue = Catalogue.from_settings()
-    catalogue.migrate()
-    return catalogue
+    return planned.submissions[0], planned.to_render
 
 
 def test_a_shard_offers_its_own_jobs_then_up_to_as_many_unclaimed_ones_of_its_batch_and_model_from_the_end(
