@@ -9,6 +9,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The CPU wheel that lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+# CLIP's BPE vocabulary for single-file checkpoints (linfusion_engine/tokenizers.py). --no-deps: its
+# requirements (torchvision, timm) would pull a CUDA torch; only its vocabulary file is read.
+OPEN_CLIP ?= open-clip-torch==3.3.0
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast test-faults bench clean
@@ -20,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(OPEN_CLIP)
 	@touch $(STAMP)
 
 demo: setup

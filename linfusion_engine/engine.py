@@ -276,6 +276,8 @@ class Engine:
             pipe.set_progress_bar_config(disable=True)
             self.linfusion = self._load_linfusion(pipe.unet)
             self._scheduler_config = dict(pipe.scheduler.config)
+            if entry.prediction_type:  # e.g. an SD-2.1-base fine-tune (epsilon) in one file
+                self._scheduler_config["prediction_type"] = entry.prediction_type
             self.pipeline = pipe
             self.load_count += 1
             self.load_seconds = time.perf_counter() - started
@@ -284,21 +286,66 @@ class Engine:
         with quiet_transformers():
             return self._load_pipeline_quietly(folder)
 
-    def _load_pipeline_quietly(self, folder: Path):
+    def _load_pipeline_quietly(self, location: Path):
+        """The base pipeline from a diffusers folder or a single-file checkpoint, with the entry's VAE.
+
+        A single file is read by diffusers' `from_single_file` against the component configs the
+        project carries (`linfusion_engine/configs/FAMILY`), so nothing is fetched; it has no
+        tokenizer, so CLIP's is built from open_clip's vocabulary (`linfusion_engine.tokenizers`).
+        A diffusers folder's own tokenizer always wins.
+        """
         from linfusion_engine.tiny import quiet_progress_bars
 
-        if self.entry.family == "sdxl":
+        entry = self.entry
+        if entry.family == "sdxl":
             from diffusers import StableDiffusionXLPipeline as pipeline_class
 
             # The tiny model has no watermark to add; real SD-XL keeps diffusers' default.
-            extra = {"add_watermarker": False} if self.entry.is_tiny else {}
+            extra = {"add_watermarker": False} if entry.is_tiny else {}
         else:
             from diffusers import StableDiffusionPipeline as pipeline_class
 
             extra = {}
+        dtype = {_dtype_kwarg(): self.dtype}
         with hub_offline(), quiet_progress_bars():
+            if entry.vae:
+                extra["vae"] = self._load_vae(self.registry.vae_path(entry))
+            if location.is_file():
+                from linfusion_engine.checkpoints import config_folder
+
+                return pipeline_class.from_single_file(
+                    str(location), config=str(config_folder(entry.family)), local_files_only=True,
+                    **self._built_tokenizers(None), **dtype, **extra)
             return pipeline_class.from_pretrained(
-                folder, local_files_only=True, **{_dtype_kwarg(): self.dtype}, **extra)
+                location, local_files_only=True, **self._built_tokenizers(location), **dtype, **extra)
+
+    def _built_tokenizers(self, folder: Path | None) -> dict:
+        """CLIP tokenizers for the pipeline parts a model lacks (a single file has none).
+
+        SD-1.5 and SD-XL's first tokenizer pad with the end token; SD-2.1's OpenCLIP tokenizer and
+        SD-XL's second pad with "!" (id 0), as the published models' own tokenizers do.
+        """
+        from linfusion_engine.tokenizers import clip_tokenizer
+
+        pads = {"tokenizer": "!" if self.entry.family == "sd21" else "<|endoftext|>"}
+        if self.entry.family == "sdxl":
+            pads["tokenizer_2"] = "!"
+        cache = self.registry.models_dir / "tokenizers" / "clip-bpe-16e6"
+        return {name: clip_tokenizer(cache, pad_token=pad) for name, pad in pads.items()
+                if folder is None or not (folder / name).is_dir()}
+
+    def _load_vae(self, location: Path):
+        """The entry's own VAE: one file (original or diffusers keys) or a folder (or a pipeline's vae/)."""
+        from diffusers import AutoencoderKL
+
+        dtype = {_dtype_kwarg(): self.dtype}
+        if location.is_file():
+            from linfusion_engine.checkpoints import config_folder
+
+            return AutoencoderKL.from_single_file(str(location), config=str(config_folder(self.entry.family)),
+                                                  subfolder="vae", local_files_only=True, **dtype)
+        subfolder = "vae" if (location / "vae" / "config.json").is_file() else None
+        return AutoencoderKL.from_pretrained(location, subfolder=subfolder, local_files_only=True, **dtype)
 
     def _load_linfusion(self, unet):
         """The entry's LinFusion layers, mounted on `unet` (already on the render device); None for `none`.
@@ -370,14 +417,28 @@ class Engine:
         else:
             LinFusion.unmount(self.pipeline.unet)
 
+    def _prompt_truncation(self, request: RenderRequest) -> dict:
+        """{prompt / negative_prompt: what CLIP's 77-token window cut off}; {} when both fit.
+
+        diffusers truncates silently; artists want to know that the end of a long prompt was not
+        seen by the model (see `linfusion_engine.tokenizers.prompt_truncation`).
+        """
+        from linfusion_engine.tokenizers import clean_prompt, prompt_truncation
+
+        cut = {field: prompt_truncation(self.pipeline.tokenizer, clean_prompt(getattr(request, field)))
+               for field in ("prompt", "negative_prompt")}
+        return {field: report for field, report in cut.items() if report is not None}
+
     # -- rendering ---------------------------------------------------------------------------
     def render(self, request: RenderRequest) -> RenderResult:
         """Render one request; see RenderResult. Metadata keys:
 
         engine_version, versions {python, torch, diffusers, transformers, accelerate, safetensors},
         device, device_name, dtype, attention (backend used), attention_requested, model, family,
-        model_identity, base, linfusion, weights {file: sha256} (empty for tiny models), prompt,
-        negative_prompt, seed, width, height, steps, guidance, scheduler,
+        model_identity, base, base_format (builtin, single file, folder, hub), linfusion,
+        weights {file: sha256} (empty for tiny models), prompt, negative_prompt, prompt_truncated
+        ({prompt / negative_prompt: {tokens, kept, dropped_text}} for those CLIP cut at 77 tokens;
+        {} when both fit), seed, width, height, steps, guidance, scheduler,
         timings {load_s (loading done by this call, 0.0 once loaded), render_s, total_s},
         peak_memory_bytes (CUDA: torch.cuda.max_memory_allocated during the render; None on the
         CPU), peak_memory_source, process_peak_rss_bytes (lifetime ru_maxrss of the process),
@@ -431,6 +492,7 @@ class Engine:
             stages_meta["conditioning"] = conditioned.metadata()
             render_s = time.perf_counter() - render_started
             used = self.attention_backend
+            truncated = self._prompt_truncation(request)
 
         # 6. Metadata
         metadata = {
@@ -445,10 +507,12 @@ class Engine:
             "family": self.entry.family,
             "model_identity": self._identity,
             "base": self.entry.base,
+            "base_format": self.entry.base_format,
             "linfusion": self.entry.linfusion,
             "weights": dict(self._weights),
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt,
+            "prompt_truncated": truncated,
             "seed": request.seed,
             "width": width,
             "height": height,

@@ -14,7 +14,9 @@ Where things are
 `base` and `linfusion` are locations:
 - `builtin:tiny-sd15` / `builtin:tiny-sdxl`: built deterministically on first use under
   HOME/models (see `linfusion_engine.tiny`);
-- an absolute or `~` path: a local folder in diffusers layout;
+- an absolute or `~` path: a local folder in diffusers layout, or (for `base`) a single-file
+  checkpoint (`.safetensors` / `.ckpt`) in the original SD layout, read with the component configs
+  the project carries (`linfusion_engine/checkpoints.py`);
 - an `owner/name` hub id: looked up in the local Hugging Face cache only, never downloaded;
 - `from_unet` (linfusion only): untrained layers built from the UNet's own attn1 weights;
 - `none` (linfusion only): never mount LinFusion (softmax only).
@@ -34,6 +36,7 @@ import yaml
 
 Family = Literal["sd15", "sd21", "sdxl"]
 FAMILIES: tuple[str, ...] = ("sd15", "sd21", "sdxl")
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 BUILTIN_PREFIX = "builtin:"
@@ -70,7 +73,11 @@ class ModelEntry:
         controlnets: control-map type (canny, depth...) -> ControlNet location (a folder, a cached
             hub id, or `builtin:` for the tiny models), for manifests' `controlnet:` field.
         ip_adapter: IP-Adapter location for manifests' `ip_adapter:` field: a folder (or cached hub
-            id) holding `models/<weights>.safetensors` and `models/image_encoder/`; None: none.
+            id) holding `models/<weights>.safetensors` and `models/image_encoder/`, or one weights
+            file with `image_encoder/` beside it; None: none.
+        vae: a VAE that replaces the base's own (a single file or a folder); None: the base's.
+        prediction_type: `epsilon` or `v_prediction` laid over the base's scheduler config; None:
+            the base's own (single files record what was detected or assumed when added).
     """
 
     name: str
@@ -83,10 +90,17 @@ class ModelEntry:
     builtin: bool = False
     controlnets: dict[str, str] = field(default_factory=dict)
     ip_adapter: str | None = None
+    vae: str | None = None
+    prediction_type: str | None = None
 
     @property
     def is_tiny(self) -> bool:
         return self.base.startswith(BUILTIN_PREFIX)
+
+    @property
+    def base_format(self) -> str:
+        """How the base is stored: `builtin`, `single file`, `folder` or `hub` (a cached hub id)."""
+        return location_format(self.base)
 
     def to_yaml_dict(self) -> dict:
         data = asdict(self)
@@ -99,6 +113,9 @@ class ModelEntry:
             data.pop("controlnets")
         if data["ip_adapter"] is None:
             data.pop("ip_adapter")
+        for optional in ("vae", "prediction_type"):  # likewise: older entries keep their identity
+            if data[optional] is None:
+                data.pop(optional)
         return data
 
 
@@ -160,6 +177,31 @@ def resolve_location(location: str, models_dir: Path) -> Path | None:
     return None
 
 
+def is_single_file(location: str) -> bool:
+    """True for a path location naming a weights file (a single-file checkpoint, VAE, ControlNet...)."""
+    return location.startswith(("/", "~", ".")) and Path(location).suffix.lower() in WEIGHT_SUFFIXES
+
+
+def location_format(location: str) -> str:
+    """`builtin`, `single file`, `folder` or `hub`: how a location is stored, told from its spelling."""
+    if location.startswith(BUILTIN_PREFIX):
+        return "builtin"
+    if is_single_file(location):
+        return "single file"
+    if location.startswith(("/", "~", ".")):
+        return "folder"
+    return "hub"
+
+
+def size_on_disk(path: Path | None) -> int | None:
+    """Bytes a file or folder holds (symlinks followed, as the HF cache's snapshots are links), or None."""
+    if path is None or not path.exists():
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def how_to_provide(location: str, option: str = "--base") -> str:
     """A sentence telling a user how to make a missing location available offline.
 
@@ -169,6 +211,9 @@ def how_to_provide(location: str, option: str = "--base") -> str:
         return (f"'{location}' is not in the local Hugging Face cache ({hf_cache_dir()}). Copy the cache "
                 f"from a machine that has it, or run `huggingface-cli download {location}` where the network "
                 f"is allowed, or register a local folder with `linstudio models add NAME {option} /path ...`.")
+    if is_single_file(location):
+        return (f"the file '{location}' does not exist on this machine. Copy it there, or re-register the "
+                f"entry with `linstudio models add NAME {option} /path ...`.")
     return (f"the folder '{location}' does not exist on this machine. Copy it there (diffusers folder "
             f"layout), or re-register the entry with `linstudio models add NAME {option} /path ...`.")
 
@@ -228,6 +273,9 @@ class ModelRegistry:
                 raise ValueError(f"{self.registry_file}: models.{name}: {exc}") from exc
             if entries[name].family not in FAMILIES:
                 raise ValueError(f"{self.registry_file}: models.{name}.family: must be one of {FAMILIES}")
+            if entries[name].prediction_type not in (None, *PREDICTION_TYPES):
+                raise ValueError(f"{self.registry_file}: models.{name}.prediction_type: must be one of "
+                                 f"{', '.join(PREDICTION_TYPES)}")
         return entries
 
     def add(self, entry: ModelEntry) -> None:
@@ -261,6 +309,9 @@ class ModelRegistry:
 
     def base_path(self, entry: ModelEntry) -> Path | None:
         return resolve_location(entry.base, self.models_dir)
+
+    def vae_path(self, entry: ModelEntry) -> Path | None:
+        return resolve_location(entry.vae, self.models_dir) if entry.vae else None
 
     def linfusion_path(self, entry: ModelEntry) -> Path | None:
         if entry.linfusion in ("from_unet", "none"):
@@ -315,6 +366,8 @@ class ModelRegistry:
         problems = []
         if self.base_path(entry) is None:
             problems.append(f"base model: {how_to_provide(entry.base)}")
+        if entry.vae and self.vae_path(entry) is None:
+            problems.append(f"VAE: {how_to_provide(entry.vae, '--vae')}")
         if entry.linfusion not in ("from_unet", "none") and self.linfusion_path(entry) is None:
             problems.append(f"LinFusion weights: {how_to_provide(entry.linfusion, '--linfusion')}")
         for lora, path in entry.loras.items():
@@ -347,20 +400,26 @@ class ModelRegistry:
             cache = {}
         before = dict(cache)
         weights = {}
-        for role, folder in (("base", self.base_path(entry)), ("linfusion", self.linfusion_path(entry))):
-            if folder is None:
-                continue
-            for path in sorted(folder.rglob("*")):
+
+        def add(role: str, location_path: Path | None) -> None:
+            """A single file counts under its role alone (renaming or moving it changes nothing);
+            a folder's weight files count by their path inside it."""
+            if location_path is None:
+                return  # absent parts count by location only (an error if used)
+            if location_path.is_file():
+                weights[role] = _file_digest(location_path.resolve(), cache)
+                return
+            for path in sorted(location_path.rglob("*")):
                 if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
-                    weights[f"{role}/{path.relative_to(folder)}"] = _file_digest(path.resolve(), cache)
-        conditioning = [(f"controlnet/{kind}", self.conditioning_path(location))
-                        for kind, location in sorted(entry.controlnets.items())]
+                    weights[f"{role}/{path.relative_to(location_path)}"] = _file_digest(path.resolve(), cache)
+
+        add("base", self.base_path(entry))
+        add("vae", self.vae_path(entry))
+        add("linfusion", self.linfusion_path(entry))
+        for kind, location in sorted(entry.controlnets.items()):
+            add(f"controlnet/{kind}", self.conditioning_path(location))
         if entry.ip_adapter is not None:
-            conditioning.append(("ip_adapter", self.conditioning_path(entry.ip_adapter)))
-        for role, folder in conditioning:  # absent ones count by location only (an error if used)
-            for path in sorted(folder.rglob("*")) if folder is not None else ():
-                if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
-                    weights[f"{role}/{path.relative_to(folder)}"] = _file_digest(path.resolve(), cache)
+            add("ip_adapter", self.conditioning_path(entry.ip_adapter))
         for lora, path in sorted(entry.loras.items()):
             lora_path = Path(path).expanduser()
             if lora_path.is_file():
@@ -376,10 +435,15 @@ class ModelRegistry:
         """A stable hash of what this entry renders with: the entry and the hashes of its weights.
 
         Part of every job key, so that re-pointing `sd15` at new weights re-renders, while an engine
-        upgrade does not. Tiny models are identified by their deterministic build version; missing
+        upgrade does not. A single-file base or VAE counts by its sha256 only, so moving or renaming
+        the file (or registering it under another name) re-renders nothing. Tiny models are identified by their deterministic build version; missing
         files contribute their location only (the job fails later with a clear error).
         """
         record: dict = {"entry": entry.to_yaml_dict()}
+        # A single file is its contents (its sha256 is in `weights`), wherever it lies on disk.
+        for part in ("base", "vae"):
+            if record["entry"].get(part) and is_single_file(record["entry"][part]):
+                record["entry"][part] = "single file"
         if entry.is_tiny:
             record["tiny_build"] = TINY_BUILD_VERSION
         else:

@@ -33,8 +33,9 @@ class ControlNetLayoutError(ValueError):
 def load_controlnet(registry, entry, kind: str, *, device, dtype):
     """The ControlNet of control type `kind` for registry `entry`, on `device` in `dtype`.
 
-    Tiny (`builtin:`) ones are built on first use; others come from a local folder or the local
-    Hugging Face cache (never downloaded). Raises ValueError when the entry has no ControlNet of
+    Tiny (`builtin:`) ones are built on first use; others come from a local folder, a single file
+    (original `control_model.*` or diffusers keys, read against the family's carried ControlNet
+    config) or the local Hugging Face cache (never downloaded). Raises ValueError when the entry has no ControlNet of
     that type, ModelNotAvailableError when its files are not here.
     """
     from diffusers import ControlNetModel
@@ -53,7 +54,14 @@ def load_controlnet(registry, entry, kind: str, *, device, dtype):
 
     with hub_offline(), quiet_progress_bars():
         # Loaded straight into the render dtype: a later `.to(dtype)` makes diffusers warn.
-        controlnet = ControlNetModel.from_pretrained(folder, local_files_only=True, **{_dtype_kwarg(): dtype})
+        if folder.is_file():
+            from linfusion_engine.checkpoints import config_folder
+
+            controlnet = ControlNetModel.from_single_file(
+                str(folder), config=str(config_folder(entry.family)), subfolder="controlnet", local_files_only=True,
+                **{_dtype_kwarg(): dtype})
+        else:
+            controlnet = ControlNetModel.from_pretrained(folder, local_files_only=True, **{_dtype_kwarg(): dtype})
     return controlnet.to(device=device).eval()
 
 

@@ -80,7 +80,10 @@ class IpAdapterState:
 
         unet = pipeline.unet
         folder = Path(folder)
-        subfolder, weight_name = ip_adapter_files(folder)
+        if folder.is_file():  # one weights file, its image_encoder/ beside it (the published models/ layout)
+            folder, subfolder, weight_name = folder.parent, "", folder.name
+        else:
+            subfolder, weight_name = ip_adapter_files(folder)
         cross = [name for name in unet.attn_processors if not name.endswith("attn1.processor")]
         plain = {name: unet.attn_processors[name] for name in cross}
         was_mounted = is_mounted(unet)

@@ -60,10 +60,14 @@ def render_stages(engine, request, width: int, height: int, generator, condition
         engine._use_attention(backend)
         return backend
 
+    from linfusion_engine.tokenizers import clean_prompt
+
     # issue 6: `conditioned` (a linfusion_engine.conditioning.session.RenderSession) builds a
     # StrategyContext subclass that conditions every stage; None renders from the prompt alone.
     ctx = (conditioned.context if conditioned is not None else StrategyContext)(
-        pipelines=_pipelines(engine), prompt=request.prompt, negative_prompt=request.negative_prompt,
+        # OpenAI CLIP's own clean-up (ftfy, HTML entities), which transformers 5 no longer applies
+        pipelines=_pipelines(engine), prompt=clean_prompt(request.prompt),
+        negative_prompt=clean_prompt(request.negative_prompt),
         steps=request.steps, guidance=float(request.guidance),
         new_scheduler=lambda: make_scheduler(request.scheduler, engine._scheduler_config),
         generator=generator, axes=tiling.wrap_axes(request.tileable), vae_tile_px=vae_tile_px,
