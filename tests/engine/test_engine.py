@@ -193,6 +193,22 @@ def test_metadata_is_complete_and_json_serialisable(sdxl_engine):
     assert meta["timings"]["load_s"] == 0.0 and meta["timings"]["render_s"] > 0
     assert meta["peak_memory_bytes"] is None  # no per-render peak on the CPU
     assert meta["process_peak_rss_bytes"] > 0
+    assert meta["prompt_truncated"] == {} and meta["base_format"] == "builtin"
+
+
+def test_a_prompt_cut_at_77_tokens_is_reported_in_the_metadata(sd15_engine):
+    """diffusers drops what does not fit CLIP's window silently; the render says what was dropped.
+
+    The tiny model's tokenizer is byte-level (one token per non-space character), so 75 of them fit.
+    """
+    long_prompt = "a castle on a hill at dusk, " * 3 + "with a red dragon circling the tallest tower"
+    negative = "blurry"
+    meta = sd15_engine.render(RenderRequest(long_prompt, negative_prompt=negative, seed=1, width=64, height=64,
+                                            steps=1)).metadata
+    cut = meta["prompt_truncated"]
+    assert set(cut) == {"prompt"}  # the short negative prompt fits
+    assert cut["prompt"]["kept"] == 75 and cut["prompt"]["tokens"] == len(long_prompt.replace(" ", ""))
+    assert long_prompt.endswith(cut["prompt"]["dropped_text"]) and "tallest tower" in cut["prompt"]["dropped_text"]
 
 
 def test_first_render_reports_the_load_and_close_frees_then_reloads(tmp_path, capfd):
