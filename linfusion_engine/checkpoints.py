@@ -40,6 +40,7 @@ _TEXT_ENCODER_PREFIXES = {
     "sd21": ("cond_stage_model.model.",),
     "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
 }
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _NATIVE_SIZES = {"sd15": 512, "sd21": 768, "sdxl": 1024}
 
 
@@ -85,6 +86,10 @@ def read_shapes(path: str | Path) -> tuple[str, dict[str, tuple[int, ...]]]:
         raise CheckpointError(f"{path}: not a file (a diffusers model is a folder with model_index.json)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
+    with path.open("rb") as handle:
+        if handle.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            raise CheckpointError(f"{path}: a git-lfs pointer, not the weights: fetch the real file (`git lfs pull` "
+                                  "in the repository it came from)")
     if path.suffix.lower() == ".safetensors":
         return "safetensors", _safetensors_shapes(path)
     if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
