@@ -9,6 +9,10 @@ and deleted as soon as their test is done.
 
 Order matters for memory: the SD-2.1 and SD-XL tests come first, before the module-scoped SD-1.5
 components (2.1 GB) exist.
+
+The module takes ~3 minutes without SD-XL and ~5 with it on a quiet 2-core machine, so all of it
+is `heavy`: `make test-heavy` (and .ci/run) runs it; `make test` keeps tests/fullsize/, which loads
+and renders these files through the product itself.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from safetensors.torch import load_file
 import model_files
 from model_files import CONFIGS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(autouse=True)
