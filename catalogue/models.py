@@ -286,6 +286,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
     password_hash: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+    # Set by `linstudio users disable` (migration 0004): sign-in and existing sessions are refused.
+    disabled_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class ApiToken(Base):
@@ -297,3 +299,63 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
+    # Set by `linstudio tokens revoke` (migration 0004). The row stays so the name is never reused:
+    # review history's `token:NAME` keeps meaning one token.
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+# --- hardening (migration 0004): sign-in back-off and background exports ---------------------------
+
+# Export states: queued -> running -> done | failed (a running export whose lease expired is queued again).
+EXPORT_QUEUED, EXPORT_RUNNING, EXPORT_DONE, EXPORT_FAILED = "queued", "running", "done", "failed"
+EXPORT_STATES = (EXPORT_QUEUED, EXPORT_RUNNING, EXPORT_DONE, EXPORT_FAILED)
+
+
+class SignInFailure(Base):
+    """Failed sign-ins in a row for one account name or one client address (catalogue.web.throttle).
+
+    Kept in the database rather than in a gallery process's memory so every gallery process behind
+    a load balancer sees the same count: an attacker cannot multiply their guesses by the number of
+    processes. `key` is `account:NAME` or `address:IP`.
+    """
+
+    __tablename__ = "sign_in_failures"
+
+    key: Mapped[str] = mapped_column(String(NAME_LEN + 16), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Export(Base):
+    """A delivery asked for in the gallery, run in the background by an export worker (catalogue.web.exports).
+
+    `active_key` is the selection's hash while the export is queued or running and NULL after, and
+    it is unique: a second request for the same selection finds the first instead of starting
+    another. `worker` and `lease_expires_at` say who runs it; a lease that runs out (a gallery
+    process died) lets another worker take it over.
+    """
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    selection_sha256: Mapped[str] = mapped_column(String(64))
+    active_key: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    requested_by: Mapped[str] = mapped_column(String(NAME_LEN))
+    destination: Mapped[str] = mapped_column(Text)
+    options: Mapped[dict[str, Any]]
+    render_ids: Mapped[list[Any]]
+    total: Mapped[int] = mapped_column(Integer)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    written: Mapped[list[Any] | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {EXPORT_STATES!r}", name="state"),
+        Index("ix_exports_state_lease_expires_at", "state", "lease_expires_at"),
+    )
