@@ -20,15 +20,13 @@ by manifest validation without paying for torch.
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from linfusion_engine.loading import _dtype_kwarg, hub_offline, load_base_pipeline, quiet_transformers  # noqa: F401
 from linfusion_engine.registry import (
     BUILTIN_PREFIX,
     ModelEntry,
@@ -165,59 +163,6 @@ def choose_attention(request: RenderRequest, width: int, height: int, entry: Mod
     return "softmax" if width <= native and height <= native else "linear"
 
 
-@contextlib.contextmanager
-def hub_offline():
-    """Switch the Hugging Face hub client offline while loading.
-
-    The engine only ever passes local folders with `local_files_only=True`, so nothing should try
-    the network; this makes sure a component that would (a remote config, a missing file looked
-    up by id) fails at once instead of waiting on a network that a render worker may not have.
-    huggingface_hub reads HF_HUB_OFFLINE once at import, hence the constant as well as the variable.
-    """
-    from huggingface_hub import constants
-
-    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    saved_const = constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved_const
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Hide transformers' warnings while a pipeline loads.
-
-    Importing a pipeline makes transformers warn that its CLIP image processor falls back to PIL
-    because torchvision is absent; the engine never uses that processor (no safety checker on the
-    tiny models, and real ones work with the PIL fallback), so the warning only confuses users.
-    Errors still show.
-    """
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def _dtype_kwarg() -> str:
-    """diffusers 0.42 renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)."""
-    import diffusers
-    from packaging.version import Version
-
-    return "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
-
-
 class Engine:
     """A base model with LinFusion, loaded once, rendering `RenderRequest`s.
 
@@ -271,81 +216,14 @@ class Engine:
             self._identity = self.registry.identity(entry)
             self._weights = self.registry.weight_digests(entry)
 
-            pipe = self._load_pipeline(Path(base))
+            pipe = load_base_pipeline(self.registry, entry, dtype=self.dtype)
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
             self.linfusion = self._load_linfusion(pipe.unet)
             self._scheduler_config = dict(pipe.scheduler.config)
-            if entry.prediction_type:  # e.g. an SD-2.1-base fine-tune (epsilon) in one file
-                self._scheduler_config["prediction_type"] = entry.prediction_type
             self.pipeline = pipe
             self.load_count += 1
             self.load_seconds = time.perf_counter() - started
-
-    def _load_pipeline(self, folder: Path):
-        with quiet_transformers():
-            return self._load_pipeline_quietly(folder)
-
-    def _load_pipeline_quietly(self, location: Path):
-        """The base pipeline from a diffusers folder or a single-file checkpoint, with the entry's VAE.
-
-        A single file is read by diffusers' `from_single_file` against the component configs the
-        project carries (`linfusion_engine/configs/FAMILY`), so nothing is fetched; it has no
-        tokenizer, so CLIP's is built from open_clip's vocabulary (`linfusion_engine.tokenizers`).
-        A diffusers folder's own tokenizer always wins.
-        """
-        from linfusion_engine.tiny import quiet_progress_bars
-
-        entry = self.entry
-        if entry.family == "sdxl":
-            from diffusers import StableDiffusionXLPipeline as pipeline_class
-
-            # The tiny model has no watermark to add; real SD-XL keeps diffusers' default.
-            extra = {"add_watermarker": False} if entry.is_tiny else {}
-        else:
-            from diffusers import StableDiffusionPipeline as pipeline_class
-
-            extra = {}
-        dtype = {_dtype_kwarg(): self.dtype}
-        with hub_offline(), quiet_progress_bars():
-            if entry.vae:
-                extra["vae"] = self._load_vae(self.registry.vae_path(entry))
-            if location.is_file():
-                from linfusion_engine.checkpoints import config_folder
-
-                return pipeline_class.from_single_file(
-                    str(location), config=str(config_folder(entry.family)), local_files_only=True,
-                    **self._built_tokenizers(None), **dtype, **extra)
-            return pipeline_class.from_pretrained(
-                location, local_files_only=True, **self._built_tokenizers(location), **dtype, **extra)
-
-    def _built_tokenizers(self, folder: Path | None) -> dict:
-        """CLIP tokenizers for the pipeline parts a model lacks (a single file has none).
-
-        SD-1.5 and SD-XL's first tokenizer pad with the end token; SD-2.1's OpenCLIP tokenizer and
-        SD-XL's second pad with "!" (id 0), as the published models' own tokenizers do.
-        """
-        from linfusion_engine.tokenizers import clip_tokenizer
-
-        pads = {"tokenizer": "!" if self.entry.family == "sd21" else "<|endoftext|>"}
-        if self.entry.family == "sdxl":
-            pads["tokenizer_2"] = "!"
-        cache = self.registry.models_dir / "tokenizers" / "clip-bpe-16e6"
-        return {name: clip_tokenizer(cache, pad_token=pad) for name, pad in pads.items()
-                if folder is None or not (folder / name).is_dir()}
-
-    def _load_vae(self, location: Path):
-        """The entry's own VAE: one file (original or diffusers keys) or a folder (or a pipeline's vae/)."""
-        from diffusers import AutoencoderKL
-
-        dtype = {_dtype_kwarg(): self.dtype}
-        if location.is_file():
-            from linfusion_engine.checkpoints import config_folder
-
-            return AutoencoderKL.from_single_file(str(location), config=str(config_folder(self.entry.family)),
-                                                  subfolder="vae", local_files_only=True, **dtype)
-        subfolder = "vae" if (location / "vae" / "config.json").is_file() else None
-        return AutoencoderKL.from_pretrained(location, subfolder=subfolder, local_files_only=True, **dtype)
 
     def _load_linfusion(self, unet):
         """The entry's LinFusion layers, mounted on `unet` (already on the render device); None for `none`.

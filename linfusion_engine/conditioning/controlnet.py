@@ -40,7 +40,7 @@ def load_controlnet(registry, entry, kind: str, *, device, dtype):
     """
     from diffusers import ControlNetModel
 
-    from linfusion_engine.engine import hub_offline
+    from linfusion_engine.loading import hub_offline
     from linfusion_engine.registry import BUILTIN_PREFIX
     from linfusion_engine.tiny import quiet_progress_bars
 
@@ -50,7 +50,7 @@ def load_controlnet(registry, entry, kind: str, *, device, dtype):
         from linfusion_engine.tiny_conditioning import ensure_tiny_conditioning
 
         ensure_tiny_conditioning(location[len(BUILTIN_PREFIX):], folder, registry.models_dir)
-    from linfusion_engine.engine import _dtype_kwarg
+    from linfusion_engine.loading import _dtype_kwarg
 
     with hub_offline(), quiet_progress_bars():
         # Loaded straight into the render dtype: a later `.to(dtype)` makes diffusers warn.

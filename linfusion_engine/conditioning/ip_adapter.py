@@ -74,7 +74,7 @@ class IpAdapterState:
         Whatever attention the UNet's attn1 ran before (softmax, or LinFusion mounted) it runs
         again afterwards, LinFusion's trained layers included.
         """
-        from linfusion_engine.engine import hub_offline, quiet_transformers
+        from linfusion_engine.loading import hub_offline, quiet_transformers
         from linfusion_engine.linfusion import LinFusion, is_mounted
         from linfusion_engine.tiny import quiet_progress_bars
 

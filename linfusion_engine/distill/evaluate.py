@@ -110,7 +110,7 @@ def load_student(location: str, unet, registry=None) -> LinFusion:
     """LinFusion weights from a folder, or `from_unet` (the untrained starting point, as a baseline)."""
     if location == "from_unet":
         return LinFusion.from_unet(unet)
-    from linfusion_engine.engine import hub_offline
+    from linfusion_engine.loading import hub_offline
 
     with hub_offline():
         return LinFusion.from_pretrained(location, torch_dtype=unet.dtype, device=unet.device)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,10 @@ class BaseModel:
     folder: Path
     family: str
     native_size: int
+    # A registry entry (and its registry) loads the way the renderer loads it: single files, the
+    # entry's VAE and prediction type included (`linfusion_engine.loading`). None for a bare folder.
+    entry: Any = field(default=None, compare=False)
+    registry: Any = field(default=None, compare=False)
 
 
 def family_of_folder(folder: Path) -> str:
@@ -58,6 +62,9 @@ def resolve_base(base: str, registry=None) -> BaseModel:
         family = family_of_folder(path)
         native = 1024 if family == "sdxl" else 512
         return BaseModel(path.resolve(), family, native)
+    if path.is_file():
+        raise DistillSetupError(f"{path}: a single-file checkpoint: register it first "
+                                f"(`linstudio models add NAME --base {path}`) and distil NAME")
     registry = registry if registry is not None else ModelRegistry.from_settings()
     entry = registry.get(base)  # UnknownModelError names the registered models
     folder = registry.base_path(entry)
@@ -67,13 +74,20 @@ def resolve_base(base: str, registry=None) -> BaseModel:
         ensure_tiny_model(entry.base[len(BUILTIN_PREFIX):], folder)
     if folder is None:
         registry.require_available(entry)  # raises ModelNotAvailableError saying how to provide it
-    return BaseModel(Path(folder), "sdxl" if entry.family == "sdxl" else "sd15", entry.native_size)
+    return BaseModel(Path(folder), "sdxl" if entry.family == "sdxl" else "sd15", entry.native_size,
+                     entry=entry, registry=registry)
 
 
 def load_pipeline(base: BaseModel):
     """The base pipeline on the CPU in fp32, offline, without progress bars."""
-    from linfusion_engine.engine import hub_offline
+    from linfusion_engine.loading import hub_offline, load_base_pipeline
     from linfusion_engine.tiny import quiet_progress_bars
+
+    if base.entry is not None:
+        base.registry.require_available(base.entry)
+        pipe = load_base_pipeline(base.registry, base.entry, dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     if base.family == "sdxl":
         from diffusers import StableDiffusionXLPipeline as pipeline_class
