@@ -3,28 +3,32 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from catalogue import auth, review, search
 from catalogue import export as exporting
 from catalogue.models import REVIEW_STATUSES
-from catalogue.web import actions, downloads, service
+from catalogue.web import actions, downloads, service, throttle
 from catalogue.web.security import SESSION_COOKIE, Viewer, csrf_token, reader, require_csrf, viewer, writer
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 Reader = Annotated[Viewer | None, Depends(reader)]
 Writer = Annotated[Viewer, Depends(writer)]
 
 
-def page(request: Request, template: str, who: Viewer | None, status: int = 200, **context) -> HTMLResponse:
+def page(request: Request, template: str, who: Viewer | None, status: int = 200, headers: dict | None = None,
+         **context) -> HTMLResponse:
     html = request.app.state.templates.get_template(template).render(
         request=request, viewer=who, csrf_token=csrf_token(request), **context)
-    return HTMLResponse(html, status_code=status)
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 def back_to(target: str | None, default: str) -> RedirectResponse:
@@ -163,22 +167,49 @@ def submission_page(request: Request, submission_id: str, who: Reader):
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "/"):
-    return page(request, "login.html", viewer(request), next=next, failed=False)
+    return page(request, "login.html", viewer(request), next=next, failed=False, refused=None)
 
 
 @router.post("/login")
 async def login(request: Request):
+    """Sign in with a password, slowed by catalogue.web.throttle: an attempt while the account or the
+    address must wait is answered 429 with Retry-After and a page saying when to try again."""
     await require_csrf(request)  # login CSRF: another site must not sign an artist in as someone else
     form = await request.form()
     name, password, target = (str(form.get(k, "")) for k in ("name", "password", "next"))
+    return await run_in_threadpool(_sign_in, request, name, password, target)
+
+
+def _sign_in(request: Request, name: str, password: str, target: str):
+    # Three short transactions, scrypt (~50 ms) outside them: SQLite's single writer is never held by a KDF.
     catalogue = request.app.state.catalogue
+    address = request.client.host if request.client else "unknown"
+    now = catalogue.clock()
     with catalogue.transaction() as session:
-        user = auth.authenticate(session, name, password)
-    if user is None:
+        verdict = throttle.charge(session, name, address, now)
+    if not verdict.allowed:
+        wait = verdict.retry_after(now)
+        log.warning("sign-in as %r from %s refused for %d s (%s; %d failures for the account, %d from the "
+                    "address)", name[:200], address, wait, " and ".join(verdict.reasons), verdict.account_failures,
+                    verdict.address_failures)
+        return page(request, "login.html", None, status=429, next=target, failed=False,
+                    refused=verdict.message(now), headers={"Retry-After": str(wait)})
+    with catalogue.transaction() as session:
+        record = auth.sign_in_record(session, name)
+    if not auth.password_matches(record, password):
+        log.info("failed sign-in as %r from %s (%d in a row for the account, %d from the address)", name[:200],
+                 address, verdict.account_failures, verdict.address_failures)
         return page(request, "login.html", None, status=401, next=target, failed=True)
+    if record.disabled:  # said only to someone who knows the password; the attempt stays charged
+        log.warning("sign-in as disabled user %r from %s refused", record.name, address)
+        return page(request, "login.html", None, status=403, next=target, failed=False,
+                    refused=f"User {record.name} is disabled in this gallery.")
+    with catalogue.transaction() as session:
+        throttle.succeeded(session, name, address)
     response = back_to(target, "/")
-    response.set_cookie(SESSION_COOKIE, request.app.state.signer.session_cookie(user), max_age=auth.SESSION_SECONDS,
-                        httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    response.set_cookie(SESSION_COOKIE, request.app.state.signer.session_cookie(record.name, binding=record.binding),
+                        max_age=auth.SESSION_SECONDS, httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https")
     return response
 
 

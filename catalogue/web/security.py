@@ -37,7 +37,12 @@ class Viewer:
 
 
 def viewer(request: Request) -> Viewer | None:
-    """The authenticated requester, or None. A bearer token that is wrong is an error, not anonymity."""
+    """The authenticated requester, or None. A bearer token that is wrong is an error, not anonymity.
+
+    Every credential is checked against the database on every request, so `linstudio tokens
+    revoke` and `users disable` / `users remove` take effect on the next one — signed session
+    cookies included (their signature covers the user's current row; see catalogue.auth).
+    """
     state = request.app.state
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
@@ -45,13 +50,21 @@ def viewer(request: Request) -> Viewer | None:
         with state.catalogue.transaction() as session:
             name = auth.token_owner(session, token)
         if name is None:
-            raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, "invalid or revoked API token", headers={"WWW-Authenticate": "Bearer"})
         return Viewer(f"token:{name}", "token")
     if state.settings.auth_header:
-        sso_user = request.headers.get(state.settings.auth_header, "").strip()
+        sso_user = request.headers.get(state.settings.auth_header, "").strip()[:200]
         if sso_user:
-            return Viewer(sso_user[:200], "header")
-    user = state.signer.session_user(request.cookies.get(SESSION_COOKIE))
+            with state.catalogue.transaction() as session:
+                disabled = auth.is_disabled(session, sso_user)
+            if disabled:  # `users disable` refuses a name however it arrives
+                raise HTTPException(403, f"user {sso_user} is disabled in this gallery")
+            return Viewer(sso_user, "header")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    with state.catalogue.transaction() as session:
+        user = state.signer.session_user(cookie, binding_of=lambda name: auth.session_binding(session, name))
     return Viewer(user, "session") if user else None
 
 

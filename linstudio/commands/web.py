@@ -1,4 +1,4 @@
-"""`linstudio serve`, `users add`, `tokens create`, `export`: the gallery and what goes with it.
+"""`linstudio serve`, `users add|ls|disable|remove`, `tokens create|ls|revoke`, `export`: the gallery and what goes with it.
 
 The catalogue, FastAPI and uvicorn are imported inside the commands only (see linstudio.cli).
 """
@@ -60,6 +60,86 @@ def users_add(
     finally:
         catalogue.close()
     typer.echo(f"user {name} can sign in")
+
+
+def _auth_change(change, done: str) -> None:
+    """Run `change(session, now)` in one transaction; a refused change is `error: ...` and exit 2."""
+    from catalogue.auth import AuthError
+
+    catalogue = _open()
+    try:
+        with catalogue.transaction() as session:
+            change(session, catalogue.clock())
+    except AuthError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        catalogue.close()
+    typer.echo(done)
+
+
+def _listing(read, columns: tuple[str, ...], as_json: bool) -> None:
+    import json
+
+    catalogue = _open()
+    try:
+        with catalogue.transaction() as session:
+            rows = read(session)
+    finally:
+        catalogue.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("(none)")
+        return
+    typer.echo("  ".join(columns))
+    for row in rows:
+        name, created, ended = (row[c] for c in columns)
+        typer.echo(f"{name}  {created}  {ended or '-'}")
+
+
+@users_app.command("ls")
+def users_ls(as_json: Annotated[bool, typer.Option("--json", help="JSON list instead of lines.")] = False) -> None:
+    """Gallery users: name, when added, when disabled (- when not)."""
+    from catalogue.auth import list_users
+
+    _listing(list_users, ("name", "created_at", "disabled_at"), as_json)
+
+
+@users_app.command("disable")
+def users_disable(name: Annotated[str, typer.Argument(help="The user to refuse from now on.")]) -> None:
+    """Refuse a user's sign-ins and end their sessions on their next request; `users add NAME` enables them again."""
+    from catalogue.auth import disable_user
+
+    _auth_change(lambda session, now: disable_user(session, name, now),
+                 f"user {name} disabled: signed-in sessions end on their next request; their reviews keep their name")
+
+
+@users_app.command("remove")
+def users_remove(name: Annotated[str, typer.Argument(help="The user to delete.")]) -> None:
+    """Delete a user; their sessions end on their next request and their reviews stay attributed to them."""
+    from catalogue.auth import remove_user
+
+    _auth_change(lambda session, _now: remove_user(session, name),
+                 f"user {name} removed: signed-in sessions end on their next request; their reviews keep their name")
+
+
+@tokens_app.command("ls")
+def tokens_ls(as_json: Annotated[bool, typer.Option("--json", help="JSON list instead of lines.")] = False) -> None:
+    """API tokens: name, when created, when revoked (- when live). Tokens themselves are never shown."""
+    from catalogue.auth import list_tokens
+
+    _listing(list_tokens, ("name", "created_at", "revoked_at"), as_json)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name (see `linstudio tokens ls`).")]) -> None:
+    """Refuse an API token from its next request on (its name stays taken; reviews keep token:NAME)."""
+    from catalogue.auth import revoke_token
+
+    _auth_change(lambda session, now: revoke_token(session, name, now),
+                 f"token {name} revoked: refused from its next request; reviews keep token:{name}")
 
 
 @tokens_app.command("create")

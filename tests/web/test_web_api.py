@@ -6,24 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from web_support import make_render, record, seed_catalogue
+from web_support import bearer, csrf_of, make_render, record, seed_catalogue, sign_in
 
 from catalogue.models import FAILED, PLANNED
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def csrf_of(client, path="/") -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text).group(1)
-
-
-def sign_in(client, name="alice", password="correct horse battery"):
-    response = client.post("/login", data={"name": name, "password": password, "next": "/",
-                                           "csrf_token": csrf_of(client, "/login")}, follow_redirects=False)
-    assert response.status_code == 303, response.text
-    return response
 
 
 def test_list_uses_the_cli_field_names_and_pages_with_next(client, web_cat):

@@ -1,9 +1,10 @@
-"""Helpers for the gallery tests: a stepping clock, tiny PNGs, job records and a seeded catalogue."""
+"""Helpers for the gallery tests: clocks, tiny PNGs, job records, a seeded catalogue, signing in."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 from datetime import datetime, timedelta
 
 from PIL import Image
@@ -20,6 +21,40 @@ class StepClock:
     def __call__(self) -> datetime:
         self.now += timedelta(seconds=1)
         return self.now
+
+
+class ManualClock:
+    """A clock that stands still until the test moves it (`advance`): for waits measured in seconds."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def csrf_of(client, path="/") -> str:
+    """The CSRF token a page of ours gives this client's browser cookie."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text).group(1)
+
+
+def try_sign_in(client, name="alice", password="correct horse battery", next_path="/"):
+    """POST the sign-in form as a browser would (CSRF token from the sign-in page); returns the response."""
+    return client.post("/login", data={"name": name, "password": password, "next": next_path,
+                                       "csrf_token": csrf_of(client, "/login")}, follow_redirects=False)
+
+
+def sign_in(client, name="alice", password="correct horse battery"):
+    response = try_sign_in(client, name, password)
+    assert response.status_code == 303, response.text
+    return response
 
 
 def png(color=(200, 30, 30), size=(64, 64)) -> bytes:
