@@ -88,7 +88,9 @@ class IpAdapterState:
         plain = {name: unet.attn_processors[name] for name in cross}
         was_mounted = is_mounted(unet)
         with hub_offline(), quiet_transformers(), quiet_diffusers(), quiet_progress_bars():
-            pipeline.load_ip_adapter(str(folder), subfolder=subfolder or None, weight_name=weight_name,
+            # subfolder "" (not None) for weights at the root: diffusers finds the image encoder at
+            # Path(subfolder, "image_encoder"), which None breaks.
+            pipeline.load_ip_adapter(str(folder), subfolder=subfolder, weight_name=weight_name,
                                      local_files_only=True)
         if was_mounted:
             if linfusion is None:

@@ -154,9 +154,11 @@ def test_a_single_file_checkpoint_renders_with_two_commands(studio_env, sd15_fil
     assert row[1:6] == ["sd15", "512", "single-file", "2.0GiB", "untrained"], ls.stdout
 
 
-def test_an_hf_cache_snapshot_renders_by_its_hub_id(studio_env, sd15_hub_cache, tmp_path):
+def test_an_hf_cache_snapshot_renders_by_its_hub_id_with_a_vae_file(studio_env, sd15_hub_cache, tmp_path):
+    """A cached hub id, and a favourite VAE as one standalone file (original keys, no prefix)."""
     env = {**studio_env, "HF_HUB_CACHE": str(sd15_hub_cache)}
-    added = linstudio(env, "models", "add", "dreamy-hub", "--base", "studio/dreamy-diffusers")
+    vae = model_files.write_vae_file(tmp_path / "vae", seed=9)
+    added = linstudio(env, "models", "add", "dreamy-hub", "--base", "studio/dreamy-diffusers", "--vae", str(vae))
     assert added.returncode == 0, added.stderr
     assert "(sd15, hub)" in added.stdout and added.stderr == ""
     renders = _render_and_read(env, tmp_path / "manifests", "dreamy-hub")
@@ -164,6 +166,7 @@ def test_an_hf_cache_snapshot_renders_by_its_hub_id(studio_env, sd15_hub_cache, 
     assert meta["base"] == "studio/dreamy-diffusers" and meta["base_format"] == "hub"
     assert set(meta["weights"]) >= {"base/unet/diffusion_pytorch_model.safetensors",
                                     "base/text_encoder/model.safetensors"}
+    assert meta["weights"]["vae"] == file_sha256(vae)  # the VAE file counts in the identity, by contents
     assert meta["prompt_truncated"]["prompt"]["kept"] == 75  # the folder's own tokenizer, also real CLIP
 
 
