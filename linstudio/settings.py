@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         description="S3 endpoint URL artists' machines can reach, used to sign download URLs when the internal "
         "endpoint (AWS_ENDPOINT_URL) is not reachable from them.",
     )
+    export_workers: int = Field(
+        default=2, ge=1, le=64,
+        description="Exports one gallery process runs at once, in background threads outside the web workers; "
+        "further exports wait in the queue (shared by every gallery process, in the catalogue database).",
+    )
 
     inbox_url: str | None = Field(
         default=None,

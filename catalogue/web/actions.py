@@ -17,7 +17,7 @@ from catalogue.api import Catalogue
 from catalogue.errors import CatalogueError
 from catalogue.models import APPROVED, Render
 from catalogue.queries import render_dict
-from catalogue.web import service
+from catalogue.web import exports, service
 
 MAX_SIDE = 16384
 MAX_SIZES = 8
@@ -118,29 +118,61 @@ def delete_render(catalogue: Catalogue, render_id: str, who: str) -> None:
         service.cancel_job(session, render["job_key"], who, catalogue.clock(), reason="render deleted")
 
 
+def select_renders(session, render_ids: list[str] | None = None, project: str | None = None,
+                   team: str | None = None) -> list[dict[str, Any]]:
+    """The renders `render_ids`, or every approved render of `project` (optionally of `team`), as export
+    wants them; refuses an unknown id, an empty project and more than EXPORT_MAX renders."""
+    if render_ids:
+        if len(set(render_ids)) > EXPORT_MAX:
+            raise ActionError(f"export of {len(set(render_ids))} renders: at most {EXPORT_MAX} at a time")
+        rows = list(session.scalars(select(Render).where(Render.id.in_(render_ids)).order_by(Render.id)))
+        missing = sorted(set(render_ids) - {r.id for r in rows})
+        if missing:
+            raise NotFound(f"export: no render {', '.join(missing[:5])} in the catalogue")
+    elif project:
+        query = select(Render).where(Render.project == project, Render.review_status == APPROVED)
+        if team:
+            query = query.where(Render.team == team)
+        rows = list(session.scalars(query.order_by(Render.id).limit(EXPORT_MAX + 1)))
+        if len(rows) > EXPORT_MAX:
+            raise ActionError(f"export of project {project!r}: more than {EXPORT_MAX} approved renders; "
+                              "export them in parts with `linstudio export --render`")
+        if not rows:
+            raise ActionError(f"export of project {project!r}: nothing approved yet")
+    else:
+        raise ActionError("export: choose renders, or a project to export everything approved in it")
+    return [render_dict(r, full=True) | {"review_status": r.review_status} for r in rows]
+
+
 def export_selection(catalogue: Catalogue, options: exporting.ExportOptions, render_ids: list[str] | None = None,
                      project: str | None = None, team: str | None = None) -> list[str]:
-    """Export the renders `render_ids`, or every approved render of `project` (optionally of `team`)."""
+    """Export the renders `render_ids`, or every approved render of `project`, here and now (`linstudio
+    export`, which runs as the person typing it); returns the URIs written."""
     with catalogue.transaction() as session:
-        if render_ids:
-            rows = list(session.scalars(select(Render).where(Render.id.in_(render_ids[:EXPORT_MAX]))))
-            missing = sorted(set(render_ids) - {r.id for r in rows})
-            if missing:
-                raise NotFound(f"export: no render {', '.join(missing[:5])} in the catalogue")
-        elif project:
-            query = select(Render).where(Render.project == project, Render.review_status == APPROVED)
-            if team:
-                query = query.where(Render.team == team)
-            rows = list(session.scalars(query.order_by(Render.id).limit(EXPORT_MAX + 1)))
-            if len(rows) > EXPORT_MAX:
-                raise ActionError(f"export of project {project!r}: more than {EXPORT_MAX} approved renders; "
-                                  "export them in parts with `linstudio export --render`")
-        else:
-            raise ActionError("export: choose renders, or a project to export everything approved in it")
-        renders: list[dict[str, Any]] = [render_dict(r, full=True) | {"review_status": r.review_status} for r in rows]
-    if not renders:
-        raise ActionError(f"export of project {project!r}: nothing approved yet")
+        renders = select_renders(session, render_ids, project, team)
     return exporting.export_renders(catalogue.store, renders, options)
+
+
+def queue_export(catalogue: Catalogue, runner, options: exporting.ExportOptions, who: str,
+                 render_ids: list[str] | None = None, project: str | None = None,
+                 team: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Check the selection (renders, names, sizes) and queue it for the export workers, or join the
+    export of the same selection already queued or running; returns (export, joined).
+
+    Everything that can be refused is refused here, in the request; the files are written by
+    `runner` (catalogue.web.export_runner) in the background.
+    """
+    with catalogue.transaction() as session:
+        renders = select_renders(session, render_ids, project, team)
+        exporting.plan_names(renders, options)
+        try:
+            export, joined = exports.queue(session, options, [r["render_id"] for r in renders], who,
+                                           catalogue.clock())
+        except exports.QueueFull as exc:
+            raise Unavailable(str(exc)) from None
+    if not joined:
+        runner.wake()
+    return export, joined
 
 
 def check_web_destination(destination: str, allowed_roots: list[Path]) -> str:

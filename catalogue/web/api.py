@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from catalogue import export as exporting
 from catalogue import review, search
 from catalogue.models import REVIEW_STATUSES
-from catalogue.web import actions, service
+from catalogue.web import actions, exports, service
 from catalogue.web.security import Viewer, reader, writer
 
 router = APIRouter(prefix="/api", tags=["catalogue"])
@@ -134,10 +134,29 @@ def get_submission(request: Request, submission_id: str, _who: Reader) -> dict:
     return found
 
 
-@router.post("/export", summary="Export renders to a folder or S3 prefix")
+@router.post("/export", status_code=202, summary="Queue an export of renders to a folder or S3 prefix",
+             description="Checks the selection and answers at once; the files are written in the background. "
+                         "Follow `url` for progress (`state`: queued, running, done with `written`, failed with "
+                         "`error`). The same selection asked for again while it runs joins it (`joined`: true).")
 def post_export(request: Request, body: ExportIn, who: Writer) -> dict:
     destination = actions.check_web_destination(body.destination, request.app.state.export_roots)
     options = exporting.ExportOptions(destination=destination, format=body.format, template=body.template,
                                       keep_metadata=body.keep_metadata)
-    written = actions.export_selection(request.app.state.catalogue, options, body.render_ids, body.project, body.team)
-    return {"written": written}
+    export, joined = actions.queue_export(request.app.state.catalogue, request.app.state.exports, options, who.name,
+                                          body.render_ids, body.project, body.team)
+    return export | {"joined": joined}
+
+
+@router.get("/exports", summary="Recent exports, newest first, with their progress")
+def list_exports(request: Request, _who: Reader, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
+    with request.app.state.catalogue.transaction() as session:
+        return {"items": exports.recent(session, limit)}
+
+
+@router.get("/exports/{export_id}", summary="One export: state, files done of total, the files once done")
+def get_export(request: Request, export_id: str, _who: Reader) -> dict:
+    with request.app.state.catalogue.transaction() as session:
+        found = exports.get(session, export_id)
+    if found is None:
+        raise actions.NotFound(f"export {export_id}: not in the catalogue")
+    return found

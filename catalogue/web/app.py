@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -21,6 +22,7 @@ from catalogue import auth
 from catalogue.api import Catalogue
 from catalogue.errors import CatalogueError, ObjectNotFoundError
 from catalogue.web import actions, security
+from catalogue.web.export_runner import ExportRunner
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -38,8 +40,19 @@ def create_app(catalogue: Catalogue, settings) -> FastAPI:
     """The gallery over an open, migrated `catalogue`, configured by `settings` (linstudio.settings.Settings)."""
     from catalogue.web import api, pages
 
+    runner = ExportRunner(catalogue, settings.export_workers)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        # Start the export workers with the server: they also resume exports left queued by a stopped one.
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+
     # No /docs or /redoc: they load scripts from a CDN (no network in the studio, and our CSP forbids it).
-    app = FastAPI(title="LinFusion Studio catalogue", version="1", docs_url=None, redoc_url=None,
+    app = FastAPI(title="LinFusion Studio catalogue", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Browse, search, review, export and re-render catalogued renders. "
                               "Reads are open unless LINSTUDIO_READ_REQUIRES_LOGIN; changes need "
                               "`Authorization: Bearer TOKEN` (`linstudio tokens create NAME`).")
@@ -47,6 +60,7 @@ def create_app(catalogue: Catalogue, settings) -> FastAPI:
     app.state.settings = settings
     app.state.signer = auth.Signer(auth.load_secret(settings.secret_key, settings.home))
     app.state.export_roots = [settings.home / "exports", *settings.shared_roots]
+    app.state.exports = runner
     app.state.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                       autoescape=select_autoescape(default=True), trim_blocks=True,
                                       lstrip_blocks=True)
@@ -102,7 +116,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CatalogueError)
     async def catalogue_error(request: Request, exc: CatalogueError):
-        if isinstance(exc, (actions.NotFound, ObjectNotFoundError)):
+        if isinstance(exc, (LookupError, ObjectNotFoundError)):  # actions.NotFound, unknown renders and jobs
             status = 404
         elif isinstance(exc, actions.Unavailable):
             status = 503

@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from catalogue import auth, review, search
 from catalogue import export as exporting
-from catalogue.models import REVIEW_STATUSES
-from catalogue.web import actions, downloads, service, throttle
+from catalogue.models import EXPORT_QUEUED, EXPORT_RUNNING, REVIEW_STATUSES
+from catalogue.web import actions, downloads, exports, service, throttle
 from catalogue.web.security import SESSION_COOKIE, Viewer, csrf_token, reader, require_csrf, viewer, writer
 
 log = logging.getLogger(__name__)
@@ -135,16 +135,35 @@ def cancel_form(request: Request, job_key: str, who: Writer, next: Annotated[str
     return back_to(next, "/submissions")
 
 
-@router.post("/export", response_class=HTMLResponse)
+@router.post("/export")
 def export_form(request: Request, who: Writer, destination: Annotated[str, Form()],
                 render_ids: Annotated[list[str], Form()] = [], project: Annotated[str, Form()] = "",  # noqa: B006
                 format: Annotated[str, Form()] = "png8", template: Annotated[str, Form()] = exporting.DEFAULT_TEMPLATE,
                 metadata: Annotated[str, Form()] = "keep"):
+    """Queue the delivery (or join the same one already running) and show its progress page."""
     target = actions.check_web_destination(destination, request.app.state.export_roots)
     options = exporting.ExportOptions(destination=target, format=format, template=template,
                                       keep_metadata=metadata == "keep")
-    written = actions.export_selection(request.app.state.catalogue, options, render_ids or None, project or None)
-    return page(request, "exported.html", who, written=written, destination=target)
+    export, _joined = actions.queue_export(request.app.state.catalogue, request.app.state.exports, options, who.name,
+                                           render_ids or None, project or None)
+    return back_to(export["page"], "/exports")
+
+
+@router.get("/exports", response_class=HTMLResponse)
+def exports_page(request: Request, who: Reader):
+    with request.app.state.catalogue.transaction() as session:
+        items = exports.recent(session, 50)
+    return page(request, "exports.html", who, exports=items,
+                refresh=any(e["state"] in (EXPORT_QUEUED, EXPORT_RUNNING) for e in items))
+
+
+@router.get("/exports/{export_id}", response_class=HTMLResponse)
+def export_page(request: Request, export_id: str, who: Reader):
+    with request.app.state.catalogue.transaction() as session:
+        found = exports.get(session, export_id)
+    if found is None:
+        raise actions.NotFound(f"export {export_id}: not in the catalogue")
+    return page(request, "export.html", who, export=found, refresh=found["state"] in (EXPORT_QUEUED, EXPORT_RUNNING))
 
 
 @router.get("/submissions", response_class=HTMLResponse)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from web_support import bearer, csrf_of, make_render, record, seed_catalogue, sign_in
@@ -232,20 +231,6 @@ def test_status_is_derived_from_jobs_when_a_submission_has_none():
     assert derived_status(Counter(done=3)) == "done"
 
 
-def test_export_from_the_api_writes_only_where_allowed(client, web_cat, token, settings, tmp_path):
-    ids = seed_catalogue(web_cat)
-    outside = client.post("/api/export", json={"destination": str(tmp_path / "elsewhere"), "render_ids": [ids["hero1"]]},
-                          headers=bearer(token))
-    assert outside.status_code == 400 and "may only write under" in outside.json()["detail"]
-    target = settings.home / "exports" / "delivery"
-    made = client.post("/api/export", json={"destination": str(target), "render_ids": [ids["hero1"], ids["hero2"]],
-                                            "format": "jpeg", "template": "{asset_id}_{seed}"}, headers=bearer(token))
-    assert made.status_code == 200, made.text
-    assert sorted(p.name for p in target.iterdir()) == ["hero_1.jpg", "hero_2.jpg"]
-    nothing = client.post("/api/export", json={"destination": str(target), "project": "elves"}, headers=bearer(token))
-    assert nothing.status_code == 400 and "nothing approved" in nothing.json()["detail"]
-
-
 @pytest.mark.parametrize("path", ["/renders/NOPE", "/submissions/NOPE", "/api/renders/NOPE"])
 def test_unknown_things_are_404(client, path):
     assert client.get(path).status_code == 404
@@ -271,19 +256,3 @@ def test_downloads_on_both_backends_stream_or_presign(both_cat, catalogue_urls, 
     with TestClient(create_app(both_cat, public)) as client:
         location = client.get(f"/renders/{render_id}/download", follow_redirects=False).headers["location"]
         assert location.startswith("https://s3.studio.example/") and "Signature" in location
-
-
-def test_gallery_export_form_delivers_the_selection(client, web_cat, user, settings):
-    ids = seed_catalogue(web_cat)
-    sign_in(client)
-    target = settings.home / "exports" / "client-a"
-    page = client.post("/export", data={"csrf_token": csrf_of(client), "render_ids": [ids["hero1"], ids["forest"]],
-                                        "destination": str(target), "format": "png16", "metadata": "strip",
-                                        "template": "{team}/{asset_id}_{seed}"})
-    assert page.status_code == 200 and "Exported 2 files" in page.text
-    assert sorted(str(p.relative_to(target)) for p in target.rglob("*.png")) == ["film/hero_1.png",
-                                                                                 "games/tree_5.png"]
-    assert b"neon" not in (target / "film" / "hero_1.png").read_bytes()  # metadata stripped
-    refused = client.post("/export", data={"csrf_token": csrf_of(client), "render_ids": [ids["hero1"]],
-                                           "destination": "/etc/cron.d"})
-    assert refused.status_code == 400 and not Path("/etc/cron.d/film").exists()

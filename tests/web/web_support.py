@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import time
 from datetime import datetime, timedelta
 
 from PIL import Image
@@ -100,3 +101,14 @@ def seed_catalogue(cat: Catalogue) -> dict[str, str]:
     ids["evil"] = make_render(cat, record("evil", 9, prompt='<script>alert("x")</script> castle', tags=["<b>bold</b>"]),
                               (90, 90, 90))
     return ids
+
+
+def wait_for_export(client, export_id: str, timeout: float = 60.0, **headers) -> dict:
+    """Poll the API until the export has finished (done or failed); returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        export = client.get(f"/api/exports/{export_id}", headers=headers).json()
+        if export["state"] in ("done", "failed"):
+            return export
+        assert time.monotonic() < deadline, f"export still {export['state']} after {timeout} s: {export}"
+        time.sleep(0.05)
