@@ -25,6 +25,10 @@ class ReviewError(CatalogueError, ValueError):
     """A review that cannot be recorded (unknown render, unknown status, note too long)."""
 
 
+class UnknownRenderError(ReviewError, LookupError):
+    """A review of a render that is not in the catalogue (the gallery answers 404)."""
+
+
 def record_review(session: Session, render_id: str, status: str, note: str, reviewer: str,
                   now: datetime) -> dict[str, Any]:
     """Record `reviewer`'s decision on `render_id`; returns it as `review_dict` shapes it."""
@@ -36,7 +40,7 @@ def record_review(session: Session, render_id: str, status: str, note: str, revi
         raise ReviewError(f"review of {render_id}: no reviewer (sign in or use an API token)")
     updated = session.execute(update(Render).where(Render.id == render_id).values(review_status=status))
     if updated.rowcount != 1:
-        raise ReviewError(f"review of {render_id}: no such render in the catalogue")
+        raise UnknownRenderError(f"review of {render_id}: no such render in the catalogue")
     review = Review(render_id=render_id, status=status, note=note, reviewer=reviewer, created_at=now)
     session.add(review)
     session.flush()

@@ -84,6 +84,8 @@ def get_render(request: Request, render_id: str, _who: Reader) -> dict:
 @router.get("/renders/{render_id}/reviews", summary="Review history, newest first")
 def get_reviews(request: Request, render_id: str, _who: Reader) -> list[dict]:
     with request.app.state.catalogue.transaction() as session:
+        if not service.render_exists(session, render_id):
+            raise actions.NotFound(f"render {render_id}: not in the catalogue")
         return review.history(session, render_id)
 
 

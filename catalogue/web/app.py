@@ -1,4 +1,9 @@
-"""The gallery application: wiring, error pages, cookies and security headers.
+"""The gallery application: wiring, error pages, cookies, security headers and request limits.
+
+Every response carries SECURITY_HEADERS, and `Cache-Control: no-store` unless its route chose
+otherwise (thumbnails) or it is a static file: pages hold the signed-in user's view and a CSRF
+token bound to one browser, neither of which a shared cache may keep. Request bodies are limited
+by catalogue.web.limits.
 
 Errors never leak internals: the catalogue's own errors (which name the parameter, render or
 option at fault, and never a credential) become 400/404/503 with their message; anything else is
@@ -21,7 +26,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from catalogue import auth
 from catalogue.api import Catalogue
 from catalogue.errors import CatalogueError, ObjectNotFoundError
-from catalogue.web import actions, security
+from catalogue.web import actions, limits, security
 from catalogue.web.export_runner import ExportRunner
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,8 @@ def create_app(catalogue: Catalogue, settings) -> FastAPI:
 
 
 def _install_middleware(app: FastAPI) -> None:
+    app.add_middleware(limits.BodyLimits)  # inside the one below, so its refusals get the headers too
+
     @app.middleware("http")
     async def browser_cookie_and_headers(request: Request, call_next):
         known = request.cookies.get(security.BROWSER_COOKIE)
@@ -83,6 +90,8 @@ def _install_middleware(app: FastAPI) -> None:
                                 secure=request.url.scheme == "https")
         for header, value in SECURITY_HEADERS.items():
             response.headers.setdefault(header, value)
+        if not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
         return response
 
 

@@ -27,8 +27,8 @@ def object_response(store, key: str, filename: str, media_type: str, public_endp
     chunks = store.stream(key)
     first = next(chunks)  # raises ObjectNotFoundError now, while a 404 can still be sent
     headers = {"Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"}
-    if cache:  # thumbnails of a render id never change
-        headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    if cache:  # thumbnails of a render id never change; private: reading may need a sign-in
+        headers["Cache-Control"] = "private, max-age=31536000, immutable"
 
     def body():
         yield first

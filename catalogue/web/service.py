@@ -28,6 +28,10 @@ def render_full(session: Session, render_id: str) -> dict[str, Any] | None:
     return render_dict(render, full=True) | {"review_status": render.review_status, "asset_pk": render.asset_pk}
 
 
+def render_exists(session: Session, render_id: str) -> bool:
+    return session.scalar(select(Render.id).where(Render.id == render_id)) is not None
+
+
 def siblings(session: Session, asset_pk: int) -> list[dict[str, Any]]:
     """Every render of one asset (seeds, sizes, models), newest first, for side-by-side comparison."""
     renders = session.scalars(select(Render).where(Render.asset_pk == asset_pk).order_by(Render.id.desc())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
+import socket
+import threading
 import time
 from datetime import datetime, timedelta
 
@@ -112,3 +115,25 @@ def wait_for_export(client, export_id: str, timeout: float = 60.0, **headers) ->
             return export
         assert time.monotonic() < deadline, f"export still {export['state']} after {timeout} s: {export}"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def served_over_http(app):
+    """`app` served by uvicorn on a free 127.0.0.1 port in a thread of this process; yields (host, port)."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "gallery server did not start"
+        time.sleep(0.05)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(10)
