@@ -11,8 +11,9 @@ for passwords): the token has 256 bits of entropy, so there is nothing to guess.
 Sessions are a cookie `name|expiry|hmac`, signed with the secret key: the server keeps no session
 table. The HMAC also covers the user's row id and password hash (`session_binding`), read back on
 every request, so a session ends the moment its user is disabled, removed (a new user of the same
-name has a new id) or given a new password. CSRF tokens are an HMAC of a random per-browser cookie (double submit, signed), so a form
-post from another site — which cannot read our cookies — cannot forge one.
+name gets a new hash, with a fresh salt) or given a new password. CSRF tokens are an HMAC of a
+random per-browser cookie (double submit, signed), so a form post from another site — which
+cannot read our cookies — cannot forge one.
 
 Functions that touch the database take the caller's session and never commit.
 """

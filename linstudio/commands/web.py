@@ -1,4 +1,4 @@
-"""`linstudio serve`, `users add|ls|disable|remove`, `tokens create|ls|revoke`, `export`: the gallery and what goes with it.
+"""`linstudio serve`, `users add|ls|disable|remove`, `tokens create|ls|revoke`, `export`: the gallery and its people.
 
 The catalogue, FastAPI and uvicorn are imported inside the commands only (see linstudio.cli).
 """

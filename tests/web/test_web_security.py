@@ -78,8 +78,8 @@ def fill(path: str, values: dict) -> str:
 
 def plausible_body(path: str, ids: dict, settings) -> dict:
     """Fields that would make each change succeed if the request were let through."""
-    fields = {"status": "approved", "note": "forged", "sizes": ["128x128"], "destination": str(settings.home / "exports"),
-              "render_ids": [ids["hero1"]], "name": "alice", "password": "correct horse battery", "next": "/"}
+    fields = {"status": "approved", "note": "forged", "sizes": ["128x128"],
+              "destination": str(settings.home / "exports"), "render_ids": [ids["hero1"]], "name": "alice", "password": "correct horse battery", "next": "/"}
     if path.startswith("/api/"):
         return {"json": fields}
     return {"data": {**fields, "sizes": "128x128"}}
