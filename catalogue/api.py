@@ -112,6 +112,36 @@ class Catalogue:
             submissions.set_queued(session, submission_id, submitted_by)
             return submission_id
 
+    def queue_manifest(self, team: str, project: str, manifest_path: str, manifest_sha256: str, job_count: int,
+                       submitted_by: str) -> tuple[str, bool, list[str]]:
+        """Queue a manifest for the nightly batch once: (submission id, newly queued?, superseded ids).
+
+        If the same file with the same contents is already queued, that submission is returned and
+        nothing is queued. Queued submissions of the same file with other contents (it was edited
+        since) are cancelled: they would be refused tonight as changed, and this one replaces them.
+        One transaction, serialised per path (`submissions.lock_manifest`), so two submits at once
+        queue it once.
+        """
+        with self.transaction() as session:
+            submissions.lock_manifest(session, manifest_path)
+            queued = submissions.queued_for_manifest(session, manifest_path)
+            same = [row.id for row in queued if row.manifest_sha256 == manifest_sha256]
+            if same:
+                return same[0], False, []
+            superseded = [row.id for row in queued]
+            for submission_id in superseded:
+                submissions.transition(session, submission_id, "queued", "cancelled", self.clock())
+            submission_id = jobs.create_submission(session, team, project, manifest_path, manifest_sha256,
+                                                   job_count, self.clock())
+            submissions.set_queued(session, submission_id, submitted_by)
+            return submission_id, True, superseded
+
+    def settle_submission(self, submission_id: str, job_keys: Sequence[str]) -> tuple[str, str | None] | None:
+        """Finish a submission a run left `running` from its jobs' states (see `submissions.settle`):
+        (status, error) when settled, None when left running."""
+        with self.transaction() as session:
+            return submissions.settle(session, submission_id, job_keys, self.clock())
+
     def start_submission(self, submission_id: str) -> bool:
         """queued -> running, atomically; False when it was not queued (cancelled, or taken by another run)."""
         with self.transaction() as session:
@@ -185,6 +215,31 @@ class Catalogue:
         """Mark a job failed with `reason` (a done job stays done)."""
         with self.transaction() as session:
             jobs.fail(session, job_key, reason, self.clock())
+
+    def fail_leased(self, job_key: str, worker: str, reason: str) -> bool:
+        """Mark a job failed with `reason` only while `worker` holds its lease; True when written."""
+        with self.transaction() as session:
+            return jobs.fail_leased(session, job_key, worker, reason, self.clock())
+
+    def renew_leases(self, job_keys: Sequence[str], worker: str, lease_seconds: int) -> set[str]:
+        """A run's heartbeat: renew `worker`'s leases on `job_keys`; returns the keys it still holds."""
+        if not job_keys:
+            return set()
+        with self.transaction() as session:
+            return jobs.renew_leases(session, job_keys, worker, lease_seconds, self.clock())
+
+    def lease_sightings(self, job_keys: Iterable[str] | None = None) -> list[jobs.LeaseSighting]:
+        """The unexpired leases of running jobs (of `job_keys`, or all), as they are now."""
+        with self.transaction() as session:
+            return jobs.live_leases(session, self.clock(), job_keys)
+
+    def release_silent_leases(self, job_keys: Iterable[str] | None = None, skip_owners: Sequence[str] = (),
+                              sleep: Callable[[float], None] | None = None) -> list[repairs.RepairAction]:
+        """Release the unexpired leases whose owners have gone silent, after watching them for their silence
+        window (see `catalogue.repair.release_silent_leases`); returns what was released. Returns at once
+        when no lease looks silent."""
+        kwargs = {} if sleep is None else {"sleep": sleep}
+        return repairs.release_silent_leases(self, job_keys, skip_owners, **kwargs)
 
     def lease_owners(self) -> set[str]:
         """Who holds the leases of running jobs (expired or not): lets a starting run find its dead predecessors."""

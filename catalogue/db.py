@@ -4,6 +4,8 @@ SQLite needs three things PostgreSQL gives for free, set on every new connection
 - WAL journal, so readers (the gallery, `catalogue ls`) never block the writer;
 - a busy timeout, so concurrent workers wait for the write lock instead of failing at once;
 - foreign keys, which SQLite ignores unless asked.
+A full disk under the SQLite file is turned into `DatabaseFullError` naming the file (`_name_a_full_disk`),
+so a job fails at once saying where space ran out instead of "database or disk is full".
 It also needs write transactions to take the write lock when they *begin* (`BEGIN IMMEDIATE`):
 a deferred transaction that reads and then writes can fail with "database is locked" even with a
 busy timeout, because its snapshot went stale. Taking the lock up front makes every transaction
@@ -13,6 +15,8 @@ rendering all happen outside them).
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -22,9 +26,12 @@ from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from catalogue.errors import CatalogueError
+from catalogue.errors import CatalogueError, DatabaseFullError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# An I/O error is taken for a full disk when less than this is left on the database's file system (a
+# failed WAL append reports SQLITE_IOERR, not SQLITE_FULL, on some file systems).
+SQLITE_NEARLY_FULL_BYTES = 1 << 20
 # SQLite caps bound parameters per statement (32766 in current builds, 999 in old ones).
 IN_CHUNK = 500
 
@@ -50,6 +57,7 @@ def make_engine(database_url: str) -> Engine:
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
+        _name_a_full_disk(engine, url.database)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -69,6 +77,38 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _name_a_full_disk(engine: Engine, database: str | None) -> None:
+    """Raise `DatabaseFullError` naming the database file instead of SQLite's bare "database or disk is full"."""
+    if not database or database == ":memory:":
+        return
+    path = Path(database).expanduser().absolute()
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context):
+        error = context.original_exception
+        if not _sqlite_disk_full(error, path):
+            return None
+        return DatabaseFullError(
+            f"no space left on device for the catalogue database at {path} (SQLite: {str(error).strip()}); "
+            "free space or grow the disk, then run again")
+
+
+def _sqlite_disk_full(error: BaseException, path: Path) -> bool:
+    """SQLITE_FULL, or an I/O error while the file system under `path` is (nearly) out of space."""
+    if not isinstance(error, sqlite3.Error):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in str(error):
+        return True
+    if code is None or code & 0xFF != sqlite3.SQLITE_IOERR:
+        return False
+    try:
+        stat = os.statvfs(path.parent)
+    except OSError as exc:
+        return exc.errno == errno.ENOSPC
+    return stat.f_bavail * stat.f_frsize < SQLITE_NEARLY_FULL_BYTES
 
 
 def _enable_wal(cursor) -> None:

@@ -1,7 +1,9 @@
 """The catalogue's own exceptions, so callers can tell "your input is wrong" from "a service blinked".
 
 Database and network failures are deliberately *not* wrapped: the flow decides what to retry by
-looking at SQLAlchemy / botocore / OSError types, and wrapping them would hide that.
+looking at SQLAlchemy / botocore / OSError types, and wrapping them would hide that. A full disk is
+the exception: it is a capacity problem, not a blink, and the bare driver error does not say whose
+disk (`DatabaseFullError`, like the file store's `StoreError`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ class InvalidRecordError(CatalogueError, ValueError):
 
 class IntentSweptError(CatalogueError):
     """An ingest's upload intent was swept while it was uploading: its objects are gone, so no row may be written."""
+
+
+class DatabaseFullError(CatalogueError):
+    """The disk under the embedded (SQLite) catalogue database is full: said once, naming the file.
+
+    Not an availability error: space does not come back in seconds, so the flow fails the job at once
+    with this reason instead of retrying (flows/transient.py), as it does for a full file store.
+    """
 
 
 class StoreError(CatalogueError):

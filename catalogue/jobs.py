@@ -3,6 +3,14 @@
 Every function takes the caller's session and never commits: `catalogue.api.Catalogue` decides
 where transactions begin and end. Lease changes are single conditional UPDATEs (`... WHERE state
 IN (...)`), so two workers racing for one job cannot both win on SQLite or PostgreSQL.
+
+Whether a lease's owner is still alive, seen from any host (see `silence_seconds`): a run renews
+every lease it holds every `heartbeat_seconds`, from the claim to the job's end, so a running job's
+`updated_at` is its owner's last heartbeat and `lease_expires_at - updated_at` the lease length the
+owner asked for. A lease that stays exactly as it was for `silence_seconds` while the database
+answers belongs to a run that is gone (killed, finished, or cut off from the database): only then
+may someone else release it before it expires (`release_unrenewed`, a compare-and-set on the very
+heartbeat observed, so a live owner's next renewal always wins).
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, or_, select, update
@@ -218,6 +227,24 @@ def claim(session: Session, key: str, worker: str, lease_seconds: int, now: date
     return False
 
 
+def fail_leased(session: Session, key: str, worker: str, reason: str, now: datetime) -> bool:
+    """Mark job `key` failed with `reason` only while `worker` still holds its lease; True when written.
+
+    What a run records about a job it rendered: if its lease was released meanwhile (the run went
+    silent and another host took the job back), the job is no longer this run's to fail.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.key == key, Job.state == RUNNING, Job.lease_owner == worker)
+        .values(state=FAILED, error=reason[:REASON_LIMIT], lease_owner=None, lease_expires_at=None,
+                finished_at=now, updated_at=now)
+    )
+    if result.rowcount == 1:
+        return True
+    require_job(session, key)
+    return False
+
+
 def fail(session: Session, key: str, reason: str, now: datetime) -> None:
     """Mark job `key` failed with `reason` and drop its lease; a job already done stays done."""
     result = session.execute(
@@ -290,3 +317,88 @@ def expired_leases(session: Session, now: datetime) -> list[Job]:
     return list(session.scalars(
         select(Job).where(Job.state == RUNNING, Job.lease_expires_at < now).order_by(Job.lease_expires_at)
     ))
+
+
+# -- whether a lease's owner is alive (see the module docstring) ---------------------------------------------
+
+# A lease is taken for abandoned after this fraction of its length without a renewal, within bounds: long
+# enough that a run's heartbeat (three per window) survives a slow database, short enough that a dead run's
+# jobs come back in seconds, not after the lease (15 minutes by default).
+SILENCE_FRACTION = 1 / 30
+SILENCE_MIN_SECONDS, SILENCE_MAX_SECONDS = 3.0, 30.0
+HEARTBEATS_PER_SILENCE = 3
+
+
+def silence_seconds(lease_seconds: float) -> float:
+    """How long a lease of `lease_seconds` may go unrenewed, while the database answers, before its owner is
+    taken for gone: 30 s for the default 900 s lease."""
+    return min(max(lease_seconds * SILENCE_FRACTION, SILENCE_MIN_SECONDS), SILENCE_MAX_SECONDS)
+
+
+def heartbeat_seconds(lease_seconds: float) -> float:
+    """How often a run renews the leases it holds (10 s for the default lease)."""
+    return silence_seconds(lease_seconds) / HEARTBEATS_PER_SILENCE
+
+
+@dataclass(frozen=True)
+class LeaseSighting:
+    """A running job's lease as read at one moment: who holds it, when they last renewed it, until when."""
+
+    key: str
+    owner: str
+    renewed_at: datetime
+    expires_at: datetime
+
+    @property
+    def lease_seconds(self) -> float:
+        """The lease length its owner asked for at its last renewal."""
+        return (self.expires_at - self.renewed_at).total_seconds()
+
+    @property
+    def silence_seconds(self) -> float:
+        return silence_seconds(self.lease_seconds)
+
+    def looks_silent(self, now: datetime) -> bool:
+        """Not renewed for longer than its silence window (by this host's clock): worth watching."""
+        return (now - self.renewed_at).total_seconds() > self.silence_seconds
+
+
+def live_leases(session: Session, now: datetime, keys: Iterable[str] | None = None) -> list[LeaseSighting]:
+    """The unexpired leases of running jobs (of `keys`, or all), as they are now."""
+    query = select(Job.key, Job.lease_owner, Job.updated_at, Job.lease_expires_at).where(
+        Job.state == RUNNING, Job.lease_owner.is_not(None), Job.lease_expires_at >= now)
+    if keys is None:
+        return [LeaseSighting(*row) for row in session.execute(query.order_by(Job.key))]
+    found: list[LeaseSighting] = []
+    for chunk in chunked(sorted(set(keys))):
+        found.extend(LeaseSighting(*row) for row in session.execute(query.where(Job.key.in_(chunk))))
+    return found
+
+
+def renew_leases(session: Session, keys: Sequence[str], worker: str, lease_seconds: int, now: datetime) -> set[str]:
+    """Renew `worker`'s leases on `keys` (its heartbeat); returns the keys it still holds.
+
+    Unlike `claim`, a renewal never takes a job back and does not count as an attempt.
+    """
+    kept: set[str] = set()
+    expires = now + timedelta(seconds=lease_seconds)
+    for chunk in chunked(sorted(set(keys))):
+        owned = and_(Job.key.in_(chunk), Job.state == RUNNING, Job.lease_owner == worker)
+        result = session.execute(update(Job).where(owned).values(lease_expires_at=expires, updated_at=now))
+        if result.rowcount == len(chunk):
+            kept.update(chunk)
+        elif result.rowcount:
+            kept.update(session.scalars(select(Job.key).where(owned)))
+    return kept
+
+
+def release_unrenewed(session: Session, sighting: LeaseSighting, now: datetime) -> bool:
+    """Send the job of `sighting` back to planned if its lease is still exactly as seen (same owner, same
+    last renewal); True when released. A renewal in between makes this a no-op."""
+    result = session.execute(
+        update(Job)
+        .where(Job.key == sighting.key, Job.state == RUNNING, Job.lease_owner == sighting.owner,
+               Job.updated_at == sighting.renewed_at)
+        .values(state=PLANNED, lease_owner=None, lease_expires_at=None, updated_at=now)
+    )
+    return result.rowcount == 1

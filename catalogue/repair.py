@@ -3,6 +3,13 @@
 Each problem `check` reports has one safe repair:
 - an expired lease: the job goes back to `planned`, so the next run takes it (its worker stopped
   renewing; if it was only stalled, the ingest protocol already copes with a second worker);
+- a lease not expired yet whose owner has gone silent — its run was killed, or ended while the
+  database was down and could not record the job's failure: the repair watches it while the
+  database answers, and if it stays exactly as it was for its silence window (`jobs.silence_seconds`,
+  30 s for a 15-minute lease) its job goes back to `planned`. A live run renews its leases several
+  times in that window, so its leases are never taken; this works from any host, because the
+  heartbeat is in the job row itself (`release_silent_leases`, also run by every `linstudio run`
+  and nightly run as it starts);
 - an upload intent whose ingest is over (killed, failed, lease gone): the usual `sweep_intents`
   deletes the objects no row references and drops the intent;
 - a render whose PNG is missing or corrupt: the render is unusable, so its row goes (its objects
@@ -30,16 +37,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from catalogue import intents
+from catalogue import intents, jobs
 from catalogue.check import CheckReport
-from catalogue.jobs import REASON_LIMIT, expired_leases
+from catalogue.jobs import REASON_LIMIT, LeaseSighting, expired_leases
 from catalogue.errors import ObjectNotFoundError
 from catalogue.models import DONE, FAILED, FORGET, PLANNED, RUNNING, Job, Render, Review
 from catalogue.store import ObjectStore
@@ -57,6 +67,7 @@ RERENDER_PREFIX = "rerender:"
 
 # What an action did, as `kind` in the report (stable strings: scripts read the JSON).
 RELEASE_LEASE = "release-lease"
+RELEASE_SILENT_LEASE = "release-silent-lease"
 SWEEP_INTENT = "sweep-intent"
 REMOVE_RENDER = "remove-render"
 REMAKE_THUMBNAIL = "remake-thumbnail"
@@ -109,6 +120,8 @@ def repair(catalogue: Catalogue, verify_hashes: bool, orphan_grace_seconds: floa
     # 1. Expired leases back to planned: a run takes them, and their workers' intents become sweepable.
     with catalogue.transaction() as session:
         actions += release_expired_leases(session, catalogue.clock())
+    # 1b. Leases not expired yet whose owner has gone silent (killed, or ended with the database down).
+    actions += release_silent_leases(catalogue)
     # 2. Intents whose ingest is over: the usual sweep deletes their unreferenced objects.
     for line in catalogue.sweep_intents():
         target, _, detail = line.partition(": ")
@@ -145,6 +158,67 @@ def release_expired_leases(session: Session, now: datetime) -> list[RepairAction
                                         f"lease of {worker} expired {expired_at.isoformat()}; job planned again",
                                         data={"job_key": job_key, "worker": worker}))
     return actions
+
+
+# How often a silence watch reads the leases it watches, and how many silence windows it may spend
+# restarting because the database stopped answering, before it leaves the leases to expire.
+WATCH_POLL_SECONDS = 1.0
+WATCH_MAX_WINDOWS = 5
+
+
+def release_silent_leases(catalogue: Catalogue, keys: Iterable[str] | None = None, skip_owners: Collection[str] = (),
+                          sleep: Callable[[float], None] = time.sleep) -> list[RepairAction]:
+    """Send back to planned the unexpired leases (of `keys`, or all) whose owners have gone silent.
+
+    1. Sightings: leases not renewed for longer than their silence window, by this host's clock (a
+       prefilter: with none, this returns at once; a live run's leases never qualify).
+    2. Watch them while the database answers, for one silence window (timed by this process's own
+       waits, so no clock is compared across hosts): a lease that changes (renewed, released, done)
+       is dropped. A read that fails (the database is down again) starts the window over, since the
+       owner could not renew meanwhile either; after `WATCH_MAX_WINDOWS` windows the rest is left.
+    3. Release what stayed unchanged with a compare-and-set on the very renewal observed.
+    """
+    now = catalogue.clock()
+    watched = {s.key: s for s in catalogue.lease_sightings(keys)
+               if s.owner not in skip_owners and s.looks_silent(now)}
+    if not watched:
+        return []
+    window = max(s.silence_seconds for s in watched.values())
+    log.info("watching %d lease(s) not renewed for a while (for %.0f s): are their runs still alive?",
+             len(watched), window)
+    # Time is the sum of the waits (never less than what passed), so no clock is compared across hosts.
+    watched_for, spent = 0.0, 0.0
+    while watched and watched_for < window:
+        step = min(WATCH_POLL_SECONDS, window - watched_for)
+        sleep(step)
+        spent += step
+        try:
+            seen = {s.key: s for s in catalogue.lease_sightings(list(watched))}
+        except SQLAlchemyError as exc:
+            if spent > window * WATCH_MAX_WINDOWS:
+                log.warning("left %d silent lease(s) to expire: the database kept failing (%s)", len(watched),
+                            type(exc).__name__)
+                return []
+            watched_for = 0.0  # nobody could renew while the database was down: watch again
+            continue
+        watched_for += step
+        watched = {key: s for key, s in watched.items() if seen.get(key) == s}
+    actions = []
+    for sighting in watched.values():
+        with catalogue.transaction() as session:
+            released = jobs.release_unrenewed(session, sighting, catalogue.clock())
+        if released:
+            actions.append(silent_lease_action(sighting, window))
+    return actions
+
+
+def silent_lease_action(sighting: LeaseSighting, watched_seconds: float) -> RepairAction:
+    return RepairAction(
+        RELEASE_SILENT_LEASE, f"job {sighting.key}",
+        f"lease of {sighting.owner} (until {sighting.expires_at.isoformat()}) not renewed since "
+        f"{sighting.renewed_at.isoformat()}, nor in {watched_seconds:.0f} s of watching while the database "
+        "answered: its run is gone; job planned again",
+        data={"job_key": sighting.key, "worker": sighting.owner})
 
 
 # -- renders whose objects are missing or corrupt ------------------------------------------------------------------

@@ -2,16 +2,19 @@
 
 `run_manifests` is what `linstudio run` calls:
 1. validate every manifest (nothing renders if any is invalid or asks for an unsupported feature);
-2. plan the jobs in the catalogue (one submission per manifest) and sweep unfinished ingests left
-   by a crashed run;
+2. plan the jobs in the catalogue (one submission per manifest), sweep unfinished ingests left
+   by a crashed run, and free the leases of runs that are gone (`release_abandoned_leases`);
 3. skip jobs whose key is already catalogued (unless forced);
 4. render the rest in one Prefect flow run (`render_batch`), one render slot per GPU, each model
-   loaded once, each result catalogued as it lands;
-5. summarise (printed, returned, and kept as a Prefect artifact).
+   loaded once, each result catalogued as it lands; jobs another live run holds are reported
+   `running_elsewhere`, or with `wait` waited for (flows/waiting.py);
+5. record each submission's outcome and summarise (printed, returned, and kept as a Prefect
+   artifact).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,8 @@ from typing import Callable
 
 from flows.outcomes import JobOutcome, RunSummary, redact_url
 from flows.transient import one_line
+
+log = logging.getLogger(__name__)
 
 # Engine features that exist today; manifest fields asking for others are refused before
 # anything renders (see `manifests.unsupported_errors`).
@@ -65,6 +70,18 @@ def release_leases_of_dead_local_runs(catalogue, settings) -> list[str]:
         pid = owner[len(prefix):]
         if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
             released.extend(catalogue.release_dead_leases(owner))
+    return released
+
+
+def release_abandoned_leases(catalogue, settings) -> list[str]:
+    """Free the leases of runs that are gone, before this run plans: this host's dead processes at once
+    (their process ids), any host's once their leases have stayed silent for their silence window while
+    the database answered (`Catalogue.release_silent_leases`; it returns at once when no lease looks
+    silent). Returns the released jobs' keys."""
+    released = release_leases_of_dead_local_runs(catalogue, settings)
+    for action in catalogue.release_silent_leases(skip_owners=[worker_id(settings)]):
+        log.warning("released %s: %s", action.target, action.detail)
+        released.append(action.data["job_key"])
     return released
 
 
@@ -132,21 +149,42 @@ def plan_run(catalogue, expanded: list[tuple[object, list]], force: bool,
 
 
 def finish_submissions(catalogue, submission_ids: list[str], summary: RunSummary) -> None:
-    """Record each submission of a run done, or failed with its failed jobs' reasons."""
+    """Record each submission of a run done, or failed with its failed jobs' reasons.
+
+    A submission with jobs still rendering in another run is left `running` (that run, the next
+    nightly or `linstudio submissions ls` settles it from the catalogue once they land). One whose
+    outcome cannot be written (the database went down) is listed in `summary.unrecorded_submissions`
+    and settled the same way later: the renders are catalogued, only the submission's status waits.
+    """
     failed_keys = {o.key: o.reason for o in summary.failed}
-    for submission_id in submission_ids:
-        keys = [k for k in catalogue.submission_job_keys(submission_id)]
-        reasons = sorted({failed_keys[k] or "failed" for k in keys if k in failed_keys})
-        if reasons:
-            catalogue.finish_submission(submission_id, "failed",
-                                        f"{sum(k in failed_keys for k in keys)} job(s) failed: " + "; ".join(reasons[:5]))
-        else:
-            catalogue.finish_submission(submission_id, "done", None)
+    elsewhere = {o.key for o in summary.running_elsewhere}
+    for index, submission_id in enumerate(submission_ids):
+        try:
+            keys = [k for k in catalogue.submission_job_keys(submission_id)]
+            reasons = sorted({failed_keys[k] or "failed" for k in keys if k in failed_keys})
+            if reasons:
+                catalogue.finish_submission(submission_id, "failed", f"{sum(k in failed_keys for k in keys)} "
+                                            "job(s) failed: " + "; ".join(reasons[:5]))
+            elif not elsewhere.intersection(keys):
+                catalogue.finish_submission(submission_id, "done", None)
+        except Exception as exc:
+            from flows.transient import is_transient
+
+            if not is_transient(exc):
+                raise
+            summary.unrecorded_submissions.extend(submission_ids[index:])
+            log.warning("could not record the outcome of submission(s) %s: %s", ", ".join(submission_ids[index:]),
+                        one_line(exc))
+            return
 
 
-def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
+def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False, settings=None,
                   on_progress: Callable[[JobOutcome, int, int], None] | None = None) -> RunSummary:
-    """Validate, plan, render and catalogue; returns the summary. Raises ManifestsInvalid first if any error."""
+    """Validate, plan, render and catalogue; returns the summary. Raises ManifestsInvalid first if any error.
+
+    With `wait`, jobs another live run holds are waited for until they land, or rendered here once
+    their lease comes free (flows/waiting.py); without it they are reported `running_elsewhere`.
+    """
     from linstudio.settings import get_settings
 
     settings = settings or get_settings()
@@ -161,7 +199,7 @@ def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
     try:
         catalogue.migrate()
         catalogue.sweep_intents()
-        release_leases_of_dead_local_runs(catalogue, settings)
+        release_abandoned_leases(catalogue, settings)
         planned = plan_run(catalogue, expanded, force)
         summary = RunSummary(outcomes=list(planned.skipped), catalogue=redact_url(settings.resolved_database_url),
                              store=settings.resolved_store_url)
@@ -172,6 +210,14 @@ def run_manifests(paths: list[Path], *, force: bool = False, settings=None,
 
         summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
                                              skipped=planned.skipped, total=total, on_progress=on_progress))
+        if wait and summary.running_elsewhere:
+            from flows.waiting import wait_for_elsewhere
+
+            by_key = {r["key"]: r for r in planned.to_render}
+            summary.outcomes = wait_for_elsewhere(
+                catalogue, summary.outcomes, by_key, worker=worker_id(settings),
+                render=lambda records: render_batch(records, catalogue=catalogue, settings=settings,
+                                                    on_progress=on_progress))
         finish_submissions(catalogue, planned.submissions, summary)
         sweep_after_run(catalogue)
         return summary

@@ -17,12 +17,14 @@ import logging
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from typing import Callable, Iterable
 
 from prefect import flow
 
 from flows.devices import SlotPool, render_devices
 from flows.job_runner import RunContext, run_job
+from flows.leases import LeaseKeeper
 from flows.outcomes import JobOutcome, RunSummary, redact_url
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,11 @@ def render_records(records: Iterable[dict], *, catalogue, settings, worker: str 
     from flows.batch import worker_id
 
     devices, host = render_target(settings)
-    ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=worker or worker_id(settings),
+    owner = worker or worker_id(settings)
+    keeper = LeaseKeeper(catalogue, owner, settings.lease_seconds)
+    ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=owner,
                      lease_seconds=settings.lease_seconds, dtype=settings.dtype, worker_name=settings.worker_name,
-                     renderer=host.render if host is not None else None)
+                     renderer=host.render if host is not None else None, keeper=keeper)
     total = done_before + len(records) if total is None else total
     progress = ProgressArtifact(total, done_before)
     outcomes: list[JobOutcome] = []
@@ -109,10 +113,11 @@ def render_records(records: Iterable[dict], *, catalogue, settings, worker: str 
                     if on_progress:
                         on_progress(outcomes[-1], done_before + len(outcomes), total)
     finally:
+        unrecorded = keeper.close()  # failures the catalogue could not take: written now, or reported
         progress.finish(done_before + len(outcomes))
         if host is not None:
             host.close()
-    return outcomes
+    return [replace(o, recorded=o.key not in unrecorded) if o.status == "failed" else o for o in outcomes]
 
 
 class ProgressArtifact:

@@ -43,12 +43,18 @@ class Ticket:
 
     def changed_since_submitted(self) -> str | None:
         """Why the manifest on disk is no longer what was submitted, or None when it is the same."""
-        path = Path(self.manifest_path)
-        if not path.is_file():
-            return f"{self.manifest_path}: the submitted manifest no longer exists"
-        if hashlib.sha256(path.read_bytes()).hexdigest() != self.manifest_sha256:
-            return f"{self.manifest_path}: the manifest changed after it was submitted; submit it again"
-        return None
+        return changed_since_submitted(self.manifest_path, self.manifest_sha256)
+
+
+def changed_since_submitted(manifest_path: str, manifest_sha256: str) -> str | None:
+    """Why the manifest at `manifest_path` is no longer the one submitted (sha256), or None when it is: what the
+    nightly refuses a submission for, and what `linstudio submissions ls` warns of before it does."""
+    path = Path(manifest_path)
+    if not path.is_file():
+        return f"{manifest_path}: the submitted manifest no longer exists"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != manifest_sha256:
+        return f"{manifest_path}: the manifest changed after it was submitted; submit it again"
+    return None
 
 
 class Inbox:

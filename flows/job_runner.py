@@ -11,6 +11,10 @@ Retry policy:
 - Concurrency: one render per render slot (one per GPU, one on a CPU), held only around the
   engine call, so one job's claim and ingest overlap the next job's render; the model is loaded
   once per process per device (`flows.engines`), or kept by the worker's render host.
+- Leases: from its claim to its end a job's lease is renewed by the run's `LeaseKeeper`
+  (flows/leases.py), and a failure the catalogue cannot take when it happens (database down, disk
+  full) is kept there and written as soon as it can be, so the job does not stay leased for the
+  whole lease.
 
 Why a job is not a Prefect task: a Prefect task run cost about 30 ms of CPU in the flow run and
 20 ms in the server per job (measured, docs/benchmarks.md) — more than half of a tiny render, and
@@ -23,13 +27,13 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from flows.devices import SlotPool
-from flows.outcomes import JobOutcome
+from flows.leases import LeaseKeeper
+from flows.outcomes import RUNNING_ELSEWHERE, JobOutcome
 from flows.rendering import render_png
 from flows.transient import is_transient, one_line
 
@@ -53,32 +57,28 @@ class RunContext:
     dtype: str | None = None
     # Renders elsewhere with render_png's contract (the worker's render host); None: in this process.
     renderer: Callable[..., tuple[bytes, dict]] | None = None
+    # Renews the leases this run holds and keeps failures the catalogue could not take (flows/leases.py);
+    # None: failures are written at once or not at all, and leases are not renewed (unit tests).
+    keeper: LeaseKeeper | None = None
 
+    def hold(self, key: str) -> None:
+        if self.keeper is not None:
+            self.keeper.hold(key)
 
-class LeaseHeartbeat:
-    """Renews a job's lease while it renders, so a 16K render longer than the lease is not taken
-    by another worker; a dead worker stops renewing and its lease expires on time."""
+    def let_go(self, key: str) -> None:
+        if self.keeper is not None:
+            self.keeper.let_go(key)
 
-    def __init__(self, ctx: "RunContext", key: str) -> None:
-        self.ctx, self.key = ctx, key
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{key[:8]}", daemon=True)
-
-    def _beat(self) -> None:
-        interval = max(self.ctx.lease_seconds / 3, 1.0)
-        while not self._stop.wait(interval):
-            try:
-                self.ctx.catalogue.claim(self.key, self.ctx.worker, self.ctx.lease_seconds)
-            except Exception:  # the database blinked: the next beat tries again
-                pass
-
-    def __enter__(self) -> "LeaseHeartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def record_failure(self, key: str, reason: str) -> bool:
+        """Write a job's failure (only while this run holds its lease); False when the catalogue could not
+        take it now (the keeper then writes it once it can)."""
+        if self.keeper is not None:
+            return self.keeper.record_failure(key, reason)
+        try:
+            self.catalogue.fail_leased(key, self.worker, reason)
+        except Exception:  # no keeper: the lease expires and a later run takes the job
+            return False
+        return True
 
 
 def job_label(record: dict) -> str:
@@ -135,25 +135,38 @@ def run_job(ctx: RunContext, record: dict, sleep: Callable[[float], None] = time
     """Claim, render and catalogue one job, attempting it again after transient failures.
 
     Never raises for the job's own failures: a job that fails, or keeps failing transiently past
-    its retries, is recorded `failed` in the catalogue with its reason and returned as such.
+    its retries, is recorded `failed` in the catalogue with its reason (now, or by the run's keeper
+    once the catalogue takes it) and returned as such. The lease, once claimed, is renewed through
+    the retries' delays too, so a live run's job never looks abandoned.
     """
-    for attempt in range(JOB_RETRIES + 1):
-        try:
-            return attempt_job(ctx, record)
-        except Exception as exc:  # transient (attempt_job handles the rest), or the claim itself failed
-            transient = is_transient(exc)
-            if transient and attempt < JOB_RETRIES:
-                delay = JOB_RETRY_DELAYS[min(attempt, len(JOB_RETRY_DELAYS) - 1)]
-                log.warning("%s: %s; attempting it again in %s s", job_label(record), one_line(exc), delay)
-                sleep(delay)
-                continue
-            reason = f"gave up after retries: {one_line(exc)}" if transient else failure_reason(exc, record)
+    try:
+        for attempt in range(JOB_RETRIES + 1):
             try:
-                ctx.catalogue.fail(record["key"], reason)
-            except Exception:  # the catalogue itself is down: the lease expires and a re-run takes the job
-                pass
-            return JobOutcome(record["key"], job_label(record), "failed", reason=reason)
-    raise AssertionError("unreachable")  # pragma: no cover
+                return attempt_job(ctx, record)
+            except Exception as exc:  # transient (attempt_job handles the rest), or the claim itself failed
+                transient = is_transient(exc)
+                if transient and attempt < JOB_RETRIES:
+                    delay = JOB_RETRY_DELAYS[min(attempt, len(JOB_RETRY_DELAYS) - 1)]
+                    log.warning("%s: %s; attempting it again in %s s", job_label(record), one_line(exc), delay)
+                    sleep(delay)
+                    continue
+                reason = f"gave up after retries: {one_line(exc)}" if transient else failure_reason(exc, record)
+                recorded = ctx.record_failure(record["key"], reason)
+                return JobOutcome(record["key"], job_label(record), "failed", reason=reason, recorded=recorded)
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        ctx.let_go(record["key"])  # a failure still pending keeps its lease held until it is written
+
+
+def elsewhere_reason(ctx: RunContext, key: str) -> str:
+    """Who holds the lease of a job this run could not claim, and until when (best effort)."""
+    try:
+        job = ctx.catalogue.job(key) or {}
+    except Exception:
+        job = {}
+    if job.get("state") == "running" and job.get("lease_owner"):
+        return f"leased by {job['lease_owner']} until {job['lease_expires_at']}"
+    return "leased by another run"
 
 
 def attempt_job(ctx: RunContext, record: dict) -> JobOutcome:
@@ -164,13 +177,20 @@ def attempt_job(ctx: RunContext, record: dict) -> JobOutcome:
     key = record["key"]
     # 1. Claim the job (a lease), or leave it to whoever holds it.
     if not ctx.catalogue.claim(key, ctx.worker, ctx.lease_seconds):
-        existing = ctx.catalogue.rendered_keys([key])
-        reason = None if existing else "running elsewhere (leased by another worker)"
-        return JobOutcome(key, label, "skipped", reason=reason)
+        if ctx.catalogue.rendered_keys([key]):
+            return JobOutcome(key, label, "skipped")
+        return JobOutcome(key, label, RUNNING_ELSEWHERE, reason=elsewhere_reason(ctx, key))
+    ctx.hold(key)  # renewed from here to the job's end (run_job lets go): slot, render, upload, retries
+    return render_claimed(ctx, record, label, started)
+
+
+def render_claimed(ctx: RunContext, record: dict, label: str, started: float) -> JobOutcome:
+    """Render and catalogue a job this run holds the lease of (see `attempt_job`)."""
+    key = record["key"]
     try:
-        # 2. Render on a free slot, keeping the lease alive meanwhile.
+        # 2. Render on a free slot.
         source_image = load_source_image(ctx.catalogue, record)  # store I/O before taking a GPU slot
-        with ctx.slots.slot() as device, LeaseHeartbeat(ctx, key):
+        with ctx.slots.slot() as device:
             render_started = time.perf_counter()
             render = ctx.renderer or render_png
             png, engine_meta = (render(record, device, ctx.dtype, source_image=source_image)
@@ -184,6 +204,7 @@ def attempt_job(ctx: RunContext, record: dict) -> JobOutcome:
         if is_transient(exc):
             raise
         reason = failure_reason(exc, record)
-        ctx.catalogue.fail(key, reason)
-        return JobOutcome(key, label, "failed", reason=reason, seconds=time.perf_counter() - started)
+        recorded = ctx.record_failure(key, reason)
+        return JobOutcome(key, label, "failed", reason=reason, seconds=time.perf_counter() - started,
+                          recorded=recorded)
     return JobOutcome(key, label, "rendered", render_id=render_id, seconds=time.perf_counter() - started)

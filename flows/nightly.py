@@ -1,9 +1,11 @@
 """What the nightly batch does, apart from being a flow (see flows/deployments.py).
 
+0. Settle submissions a run left `running` whose jobs have all ended, from the catalogue
+   (flows/settle.py): done, or failed with why.
 1. Take each queued submission: the catalogue's queued -> running transition is the atomic guard
    (two nightly runs never take one submission; a cancelled one is never taken), then its ticket.
-   Submissions an earlier nightly run took and left running (it was killed, or lost the database
-   before recording the outcome) are taken up again first.
+   Submissions an earlier nightly run took and left running with work still to do (it was killed
+   mid-batch) are taken up again first.
 2. Refuse it with the reason if its manifest changed since it was submitted or is now invalid.
 3. Plan its jobs under that submission; skip what is already catalogued.
 4. Spread what remains over the GPU workers in shards (or render here without shard deployments).
@@ -97,8 +99,9 @@ def run_nightly(logger=None) -> dict:
     """Take the inbox, render it, record each submission's outcome; returns {submission id: status}."""
     from catalogue import Catalogue
 
-    from flows.batch import ManifestsInvalid, load_and_expand, plan_run, release_leases_of_dead_local_runs
+    from flows.batch import ManifestsInvalid, load_and_expand, plan_run, release_abandoned_leases
     from flows.inbox import Inbox
+    from flows.settle import settle_running_submissions
     from flows.shards import NIGHTLY_QUEUE
     from linstudio.settings import get_settings
 
@@ -110,7 +113,12 @@ def run_nightly(logger=None) -> dict:
     try:
         catalogue.migrate()
         catalogue.sweep_intents()
-        release_leases_of_dead_local_runs(catalogue, settings)
+        release_abandoned_leases(catalogue, settings)
+        for settled in settle_running_submissions(catalogue):
+            logger.warning("submission %s was left running by a run that ended before recording it: settled %s "
+                           "from the catalogue%s", settled.submission_id, settled.status,
+                           f" ({settled.error})" if settled.error else "")
+            outcomes[settled.submission_id] = settled.status
         tickets = []
         for submission_id, ticket in orphaned_submissions(catalogue, inbox):
             logger.warning("taking up submission %s again: the nightly run that took it ended before finishing it",

@@ -18,9 +18,13 @@ _DISK_FULL_TEXTS = ("database or disk is full", "no space left on device", "disk
 
 def is_disk_full(exc: BaseException) -> bool:
     """True when `exc`, or what caused it, says a disk (the database's or the store's) is full."""
+    from catalogue.errors import DatabaseFullError
+
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, DatabaseFullError):  # SQLite's full disk, named by catalogue.db
+            return True
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if getattr(exc, "sqlstate", None) == "53100":  # PostgreSQL disk_full

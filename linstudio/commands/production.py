@@ -29,7 +29,9 @@ def submit(
     """Validate manifests and queue them for tonight's batch (the `nightly-batch` deployment).
 
     Nothing is queued if any manifest is invalid. Each manifest becomes one submission, shown by
-    `linstudio submissions ls` as queued, running, done or failed (with why).
+    `linstudio submissions ls` as queued, running, done or failed (with why). A manifest already
+    queued unchanged is not queued again (said as "already queued"); one queued before an edit is
+    replaced by the edited one (the older submission is cancelled: tonight it would be refused).
     """
     import getpass
 
@@ -53,16 +55,26 @@ def submit(
         catalogue.migrate()
         for loaded, jobs in expanded:
             manifest = loaded.manifest
-            submission_id = catalogue.queue_submission(manifest.team, manifest.project, str(loaded.path),
-                                                       loaded.sha256, len(jobs), who)
-            inbox.put(Ticket(submission_id, str(loaded.path), loaded.sha256, Path(loaded.path).read_text(),
-                             manifest.team, manifest.project, who))
-            ids.append({"submission_id": submission_id, "manifest": str(loaded.path), "jobs": len(jobs)})
+            submission_id, queued, superseded = catalogue.queue_manifest(
+                manifest.team, manifest.project, str(loaded.path), loaded.sha256, len(jobs), who)
+            if queued:
+                inbox.put(Ticket(submission_id, str(loaded.path), loaded.sha256, Path(loaded.path).read_text(),
+                                 manifest.team, manifest.project, who))
+            for older in superseded:
+                inbox.withdraw(older)
+            ids.append({"submission_id": submission_id, "manifest": str(loaded.path), "jobs": len(jobs),
+                        "status": "queued" if queued else "already queued", "replaces": superseded})
     if as_json:
         typer.echo(json.dumps(ids, indent=2))
     else:
         for item in ids:
-            typer.echo(f"queued {item['submission_id']}  {item['manifest']}  ({item['jobs']} jobs)")
+            if item["status"] == "queued":
+                replaces = (f"; replaces {', '.join(item['replaces'])} (queued before the manifest changed, now "
+                            "cancelled)") if item["replaces"] else ""
+                typer.echo(f"queued {item['submission_id']}  {item['manifest']}  ({item['jobs']} jobs){replaces}")
+            else:
+                typer.echo(f"already queued {item['submission_id']}  {item['manifest']}  ({item['jobs']} jobs): "
+                           "unchanged since it was submitted, not queued again")
 
 
 @submissions_app.command("ls")
@@ -71,19 +83,35 @@ def submissions_ls(
     limit: Annotated[int, typer.Option("--limit")] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Submissions newest first, with status, job counts and why a failed one failed."""
+    """Submissions newest first, with status, job counts and why a failed one failed.
+
+    First it settles submissions a run left running although their jobs have all ended (the run died,
+    or the database went down as it recorded them), from the catalogue. A queued submission whose
+    manifest changed (or vanished) since it was submitted says so: tonight's batch will refuse it.
+    """
     from catalogue import Catalogue
+    from flows.inbox import changed_since_submitted
+    from flows.settle import settle_running_submissions
 
     with Catalogue.from_settings() as catalogue:
         catalogue.migrate()
+        for settled in settle_running_submissions(catalogue):
+            typer.echo(f"settled {settled.submission_id} {settled.status}: its run ended without recording it",
+                       err=True)
         rows = catalogue.submissions(status=status, limit=limit)
+    for row in rows:
+        row["warning"] = None
+        if row["status"] == "queued":
+            why = changed_since_submitted(row["manifest_path"], row["manifest_sha256"])
+            row["warning"] = f"will be refused tonight: {why}" if why else None
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         jobs = ", ".join(f"{n} {state}" for state, n in sorted(row["jobs"].items())) or f"{row['job_count']} jobs"
         line = f"{row['submission_id']}  {row['status']:<9} {row['team']}/{row['project']}  {jobs}  {row['manifest_path']}"
-        typer.echo(line + (f"\n    why: {row['error']}" if row.get("error") else ""))
+        why = row.get("error") or row["warning"]
+        typer.echo(line + (f"\n    why: {why}" if why else ""))
 
 
 @submissions_app.command("cancel")

@@ -1,4 +1,9 @@
-"""`linstudio run`: the main job — manifests in, catalogued renders out."""
+"""`linstudio run`: the main job — manifests in, catalogued renders out.
+
+Exit status: 0 every job is catalogued; 1 a job failed (or the manifests are invalid, or the
+catalogue cannot be written); 3 (`EXIT_RUNNING_ELSEWHERE`) no job failed but some are being
+rendered by another live run, so the batch is not finished yet — `--wait` waits for them instead.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+EXIT_RUNNING_ELSEWHERE = 3
 
 
 def register(app: typer.Typer) -> None:
@@ -19,28 +26,37 @@ def run(
     paths: Annotated[list[Path], typer.Argument(help="Manifest files or folders (searched for *.yaml, *.yml).")],
     force: Annotated[bool, typer.Option("--force", help="Render again even jobs already in the catalogue.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for jobs another run is rendering (or render them here if that run dies) "
+                       "instead of exiting 3.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's own logs.")] = False,
 ) -> None:
     """Validate manifests, render every job not yet catalogued, and catalogue each result.
 
     Nothing renders if any manifest is invalid. Running the same manifests again renders nothing
     new; a run that was killed picks up where it stopped. Exit status 0 only when every job
-    rendered or was already catalogued.
+    rendered or was already catalogued; 1 when a job failed; 3 when no job failed but some are
+    being rendered by another run (listed as running elsewhere) — with --wait the run waits for
+    them to land, or renders them itself once their lease comes free.
     """
     from flows.prefect_env import configure_prefect_defaults
 
     configure_prefect_defaults(verbose=verbose)
+    from catalogue.errors import DatabaseFullError
     from flows.batch import ManifestsInvalid, run_manifests
     from linstudio.settings import get_settings
 
     settings = get_settings()
     progress = _Progress(enabled=not as_json)
     try:
-        summary = run_manifests(paths, force=force, settings=settings, on_progress=progress.update)
+        summary = run_manifests(paths, force=force, wait=wait, settings=settings, on_progress=progress.update)
     except ManifestsInvalid as exc:
         for error in exc.errors:
             typer.echo(str(error), err=True)
         typer.echo(f"nothing rendered: {len(exc.errors)} error(s) in the manifests", err=True)
+        raise typer.Exit(1)
+    except DatabaseFullError as exc:  # before any job ran (migrating, planning): nothing rendered
+        typer.echo(f"error: nothing rendered: {exc}", err=True)
         raise typer.Exit(1)
     finally:
         progress.close()
@@ -49,7 +65,14 @@ def run(
     else:
         typer.echo(summary.to_text())
         typer.echo(_where_to_look(settings))
-    raise typer.Exit(0 if summary.ok else 1)
+    raise typer.Exit(exit_status(summary))
+
+
+def exit_status(summary) -> int:
+    """0 all catalogued, 1 a job failed, 3 jobs still rendering in another run (see the module docstring)."""
+    if not summary.ok:
+        return 1
+    return EXIT_RUNNING_ELSEWHERE if summary.running_elsewhere else 0
 
 
 class _Progress:

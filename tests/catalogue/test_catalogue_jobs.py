@@ -124,3 +124,81 @@ def test_a_re_render_must_name_an_existing_parent(cat, rendered, plan, make_reco
 def test_plan_needs_an_existing_submission(cat, make_record):
     with pytest.raises(Exception, match="submission 'nope' does not exist"):
         cat.plan_jobs("nope", [make_record()])
+
+
+# -- a lease's owner, alive or gone (catalogue/jobs.py, catalogue/repair.py release_silent_leases) ----------------
+
+
+def test_a_renewal_keeps_the_lease_without_counting_an_attempt_and_says_which_leases_are_gone(cat, plan, make_record,
+                                                                                             clock):
+    mine, taken = plan(make_record(seed=1), make_record(seed=2))
+    assert cat.claim(mine["key"], "farm-a/1", 60) and cat.claim(taken["key"], "farm-a/1", 60)
+    clock.advance(61)
+    assert cat.claim(taken["key"], "farm-b/2", 60)  # farm-a's lease on it expired and farm-b took it
+    assert cat.renew_leases([mine["key"], taken["key"]], "farm-a/1", 60) == {mine["key"]}
+    job = cat.job(mine["key"])
+    assert (job["state"], job["lease_owner"], job["attempts"]) == ("running", "farm-a/1", 1)
+    clock.advance(59)  # 120 s after the claim, 59 after the renewal: still farm-a's
+    assert not cat.claim(mine["key"], "farm-b/2", 60)
+    assert cat.job(taken["key"])["lease_owner"] == "farm-b/2"
+
+
+def test_a_failure_is_written_only_while_the_run_holds_the_lease(cat, plan, make_record, clock):
+    (record,) = plan(make_record())
+    assert cat.claim(record["key"], "farm-a/1", 60)
+    clock.advance(61)
+    assert cat.claim(record["key"], "farm-b/2", 60)
+    assert cat.fail_leased(record["key"], "farm-a/1", "late news from a run that lost the job") is False
+    assert cat.job(record["key"])["state"] == "running"  # farm-b's render goes on
+    assert cat.fail_leased(record["key"], "farm-b/2", "boom") is True
+    assert (cat.job(record["key"])["state"], cat.job(record["key"])["error"]) == ("failed", "boom")
+
+
+def test_silent_leases_are_released_after_their_window_and_a_renewed_one_is_kept(cat, plan, make_record, clock):
+    gone, alive, fresh = plan(make_record(seed=1), make_record(seed=2), make_record(seed=3))
+    assert cat.claim(gone["key"], "farm-a/1", 900) and cat.claim(alive["key"], "farm-b/2", 900)
+    clock.advance(60)  # neither renewed for 60 s (the database was down, say): both look silent
+    assert cat.claim(fresh["key"], "farm-c/3", 900)  # renewed just now: not even watched
+    slept = []
+
+    def sleep(seconds):  # meanwhile the database answers again and farm-b's heartbeat renews its lease
+        slept.append(seconds)
+        clock.advance(seconds)
+        if len(slept) == 2:
+            assert cat.renew_leases([alive["key"]], "farm-b/2", 900) == {alive["key"]}
+
+    actions = cat.release_silent_leases(sleep=sleep)
+    assert [(a.kind, a.target) for a in actions] == [("release-silent-lease", f"job {gone['key']}")]
+    assert "lease of farm-a/1" in actions[0].detail and "its run is gone" in actions[0].detail
+    assert sum(slept) == pytest.approx(30.0)  # the silence window of a 900 s lease
+    assert cat.job_states([gone["key"], alive["key"], fresh["key"]]) == {
+        gone["key"]: "planned", alive["key"]: "running", fresh["key"]: "running"}
+
+
+def test_no_lease_is_watched_when_none_looks_silent(cat, plan, make_record, clock):
+    (record,) = plan(make_record())
+    assert cat.claim(record["key"], "farm-a/1", 900)
+    clock.advance(20)  # inside the 30 s window: a live run's lease
+    assert cat.release_silent_leases(sleep=pytest.fail) == []
+    assert cat.job(record["key"])["state"] == "running"
+
+
+def test_a_silence_watch_starts_again_when_the_database_stops_answering(cat, plan, make_record, clock, monkeypatch):
+    """While the database does not answer, nobody can renew: that time proves nothing about the owner."""
+    (record,) = plan(make_record())
+    assert cat.claim(record["key"], "farm-a/1", 90)  # a 3 s silence window
+    clock.advance(10)
+    real, calls = cat.lease_sightings, {"n": 0}
+
+    def flaky(keys=None):
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid-window
+            from sqlalchemy.exc import OperationalError
+
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return real(keys)
+
+    monkeypatch.setattr(cat, "lease_sightings", flaky)
+    slept = []
+    actions = cat.release_silent_leases(sleep=lambda s: (slept.append(s), clock.advance(s)))
+    assert len(actions) == 1 and sum(slept) == pytest.approx(3.0 + 2.0)  # 2 s watched, then 3 s again

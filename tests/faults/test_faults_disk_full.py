@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_support import job_records, keys_by_status, lost_jobs, make_cli_studio, renders_per_key, write_manifest
+from fault_support import job_records, keys_by_status, lost_jobs, renders_per_key, write_manifest
 
 pytestmark = pytest.mark.services  # `linstudio run` needs a Prefect server
 
@@ -57,18 +57,18 @@ def files_under(folder: Path) -> set[str]:
             for root, _, names in os.walk(folder) for name in names}
 
 
-def test_a_full_store_fails_the_jobs_that_do_not_fit_and_a_rerun_completes_them(request, tmp_path, fault_log):
+def test_a_full_store_fails_the_jobs_that_do_not_fit_and_a_rerun_completes_them(make_studio, tmp_path, fault_log):
     disk = tmp_path / "store-disk"
     disk.mkdir()
     mount_tmpfs(disk, SMALL)
     try:
         store = disk / "store"
-        cli = make_cli_studio(request, f"sqlite:///{tmp_path / 'catalogue.db'}", store.as_uri())
+        studio = make_studio(f"sqlite:///{tmp_path / 'catalogue.db'}", store.as_uri())
         manifest = write_manifest(tmp_path, "crates.yaml", TWELVE_JOBS)
         keys = {r["key"] for r in job_records([manifest])}
 
         # 1. The batch that cannot fit: some jobs land, the rest fail saying the store is full, and where.
-        status, summary = cli.run(manifest)
+        status, summary = studio.run(manifest)
         assert status == 1, summary
         by_status = keys_by_status(summary)
         rendered, failed = by_status.get("rendered", set()), by_status.get("failed", set())
@@ -79,7 +79,7 @@ def test_a_full_store_fails_the_jobs_that_do_not_fit_and_a_rerun_completes_them(
 
         # 2. Nothing half-written: every file on the disk is an object a render row names (no partial
         # object, no temp file), no upload intent is left, and check is clean.
-        catalogue = cli.catalogue()
+        catalogue = studio.catalogue
         try:
             named = {key for r in catalogue.renders(limit=100)
                      for key in (r["object_key"], catalogue.render(r["render_id"])["thumb_key"])}
@@ -92,7 +92,7 @@ def test_a_full_store_fails_the_jobs_that_do_not_fit_and_a_rerun_completes_them(
             # 3. Space freed: a re-run renders exactly the jobs that did not fit, each once.
             remount(disk, ROOMY)
             started = time.perf_counter()
-            status, rerun = cli.run(manifest)
+            status, rerun = studio.run(manifest)
             recovery_seconds = time.perf_counter() - started
             assert status == 0, rerun
             assert keys_by_status(rerun) == {"rendered": failed, "skipped": rendered}
@@ -104,6 +104,6 @@ def test_a_full_store_fails_the_jobs_that_do_not_fit_and_a_rerun_completes_them(
                                      "after space was freed the re-run rendered them once",
                              backend="embedded", store_size=SMALL, fitted=len(rendered))
         finally:
-            catalogue.close()
+            studio.close()  # before the unmount: nothing of the test may hold the disk
     finally:
         unmount(disk)

@@ -20,15 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fault_support import (
-    job_records,
-    keys_by_status,
-    lost_jobs,
-    make_cli_studio,
-    renders_per_key,
-    summary_of,
-    write_manifest,
-)
+from fault_support import BACKENDS, job_records, keys_by_status, lost_jobs, renders_per_key, write_manifest
 from PIL import Image
 
 pytestmark = pytest.mark.services  # `linstudio run` needs a Prefect server
@@ -112,14 +104,8 @@ def line_of(manifest: Path, text: str) -> int:
     return next(n for n, line in enumerate(manifest.read_text().splitlines(), 1) if text in line)
 
 
-@pytest.fixture
-def cli(request, catalogue_urls):
-    return make_cli_studio(request, catalogue_urls.database_url, catalogue_urls.store_url)
-
-
-def test_inputs_validation_can_see_are_refused_before_anything_renders(request, tmp_path):
-    # Refused before the catalogue is touched, so one backend says it all.
-    cli = make_cli_studio(request, f"sqlite:///{tmp_path / 'catalogue.db'}", (tmp_path / "store").as_uri())
+@pytest.mark.parametrize("studio", ["embedded"], indirect=True)  # refused before the catalogue is touched
+def test_inputs_validation_can_see_are_refused_before_anything_renders(studio, tmp_path):
     folder = tmp_path / "film"
     manifest = write_manifest(folder, "inputs.yaml", BAD_REFERENCES)
     (folder / "controls").mkdir()
@@ -129,7 +115,7 @@ def test_inputs_validation_can_see_are_refused_before_anything_renders(request, 
     (folder / "paintovers").mkdir()
     (folder / "paintovers" / "square.png").write_bytes(b"<html><body>403 Forbidden</body></html>")
 
-    done = cli.linstudio("run", str(manifest))
+    done = studio.linstudio("run", str(manifest))
     assert done.returncode == 1, done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if "not an image" in line]
     expected = [
@@ -142,26 +128,23 @@ def test_inputs_validation_can_see_are_refused_before_anything_renders(request, 
         assert f"inputs.yaml:{line} {key_path}: not an image (PNG/JPEG/WebP/TIFF expected): {reference}" in error
     assert "nothing rendered: 3 error(s) in the manifests" in done.stderr
 
-    catalogue = cli.catalogue()
-    try:
-        assert catalogue.submissions() == [] and catalogue.renders() == []  # refused before planning
-        assert catalogue.check().ok
-    finally:
-        catalogue.close()
+    catalogue = studio.catalogue
+    assert catalogue.submissions() == [] and catalogue.renders() == []  # refused before planning
+    assert catalogue.check().ok
 
 
-def test_a_control_map_cut_short_inside_fails_its_job_and_the_others_render(cli, catalogue_urls, tmp_path,
-                                                                             fault_log):
+@pytest.mark.parametrize("studio", BACKENDS, indirect=True)
+def test_a_control_map_cut_short_inside_fails_its_job_and_the_others_render(studio, tmp_path, fault_log):
     folder = tmp_path / "film"
     manifest = write_manifest(folder, "inputs.yaml", PLAIN_AND_CONTROLLED)
     (folder / "controls").mkdir()
     control_map = folder / "controls" / "map.png"
     control_map.write_bytes(png_with_short_pixel_data())
-    assert cli.linstudio("validate", str(manifest)).returncode == 0  # its header and chunks are fine
+    assert studio.linstudio("validate", str(manifest)).returncode == 0  # its header and chunks are fine
 
     street_1, street_2, skyline = (r["key"] for r in job_records([manifest]))
     started = time.perf_counter()
-    status, summary = cli.run(manifest)
+    status, summary = studio.run(manifest)
     assert status == 1, summary
     by_status = keys_by_status(summary)
     assert by_status == {"rendered": {street_1, street_2}, "failed": {skyline}}
@@ -169,39 +152,34 @@ def test_a_control_map_cut_short_inside_fails_its_job_and_the_others_render(cli,
     assert after_location(failure["reason"], manifest).startswith(
         f"ConditioningInputError: controlnet[0].image: {control_map} is not a readable image: image file is truncated"
     ), failure["reason"]
-    catalogue = cli.catalogue()
-    try:
-        assert catalogue.job(skyline)["state"] == "failed"
-        assert catalogue.job(skyline)["error"] == failure["reason"]
-        assert renders_per_key(catalogue) == {street_1: 1, street_2: 1}
-        assert catalogue.check().ok
+    catalogue = studio.catalogue
+    assert catalogue.job(skyline)["state"] == "failed"
+    assert catalogue.job(skyline)["error"] == failure["reason"]
+    assert renders_per_key(catalogue) == {street_1: 1, street_2: 1}
+    assert catalogue.check().ok
 
-        # A good control map under the same name is a different input, so a different job: it renders.
-        control_map.write_bytes(noise_png())
-        status, again = cli.run(manifest)
-        assert status == 0, again
-        (fixed,) = keys_by_status(again)["rendered"]
-        assert fixed != skyline and renders_per_key(catalogue)[fixed] == 1
-        assert catalogue.check().ok
-        fault_log.record("corrupt input: control map cut short inside valid chunks", jobs_in_flight=3,
-                         lost=len(lost_jobs(catalogue, [street_1, street_2, fixed])),
-                         recovery_seconds=round(time.perf_counter() - started, 2),
-                         outcome="its job failed naming the file; the others rendered; a fixed file rendered",
-                         backend=catalogue_urls.kind)
-    finally:
-        catalogue.close()
+    # A good control map under the same name is a different input, so a different job: it renders.
+    control_map.write_bytes(noise_png())
+    status, again = studio.run(manifest)
+    assert status == 0, again
+    (fixed,) = keys_by_status(again)["rendered"]
+    assert fixed != skyline and renders_per_key(catalogue)[fixed] == 1
+    assert catalogue.check().ok
+    fault_log.record("corrupt input: control map cut short inside valid chunks", jobs_in_flight=3,
+                     lost=len(lost_jobs(catalogue, [street_1, street_2, fixed])),
+                     recovery_seconds=round(time.perf_counter() - started, 2),
+                     outcome="its job failed naming the file; the others rendered; a fixed file rendered",
+                     backend=studio.kind)
 
 
-def test_references_on_s3_that_are_not_images_fail_their_jobs_at_render_time(request, tmp_path, fresh_postgres_url,
-                                                                              fresh_s3_store_url, s3_endpoint,
+def test_references_on_s3_that_are_not_images_fail_their_jobs_at_render_time(studio, fault_seaweed, tmp_path,
                                                                               fault_log):
     """Validation never reads s3:// inputs, so an IP-Adapter reference or init image there that is not an
     image reaches render time: its job fails naming the URI and the field, the others render."""
-    bucket = fresh_s3_store_url[len("s3://"):].split("/")[0]
-    s3 = s3_endpoint.client()
+    bucket = studio.store_url[len("s3://"):].split("/")[0]
+    s3 = fault_seaweed.endpoint.client()
     s3.put_object(Bucket=bucket, Key="refs/mood.png", Body=b"a mood board, as text\n")
     s3.put_object(Bucket=bucket, Key="paintovers/square.png", Body=b"<html><body>403 Forbidden</body></html>")
-    cli = make_cli_studio(request, fresh_postgres_url, fresh_s3_store_url)
     manifest = write_manifest(tmp_path / "film", "inputs.yaml", f"""
         version: 1
         team: film
@@ -221,7 +199,7 @@ def test_references_on_s3_that_are_not_images_fail_their_jobs_at_render_time(req
             init_image: {{image: "s3://{bucket}/paintovers/square.png", strength: 0.5}}
     """)
     street_1, street_2, moody, paintover = (r["key"] for r in job_records([manifest]))
-    status, summary = cli.run(manifest)
+    status, summary = studio.run(manifest)
     assert status == 1, summary
     assert keys_by_status(summary) == {"rendered": {street_1, street_2}, "failed": {moody, paintover}}
     reasons = {job["key"]: job["reason"] for job in summary["jobs"] if job["status"] == "failed"}
@@ -229,18 +207,16 @@ def test_references_on_s3_that_are_not_images_fail_their_jobs_at_render_time(req
         f"ConditioningInputError: ip_adapter.images[0]: s3://{bucket}/refs/mood.png is not a readable image"), reasons
     assert after_location(reasons[paintover], manifest).startswith(
         f"ConditioningInputError: init_image.image: s3://{bucket}/paintovers/square.png is not a readable image"), reasons
-    catalogue = cli.catalogue()
-    try:
-        assert renders_per_key(catalogue) == {street_1: 1, street_2: 1}
-        assert catalogue.check().ok
-        fault_log.record("corrupt input: IP-Adapter reference and init image on S3 are not images", jobs_in_flight=4,
-                         lost=len(lost_jobs(catalogue, [street_1, street_2])), recovery_seconds=None,
-                         outcome="their jobs failed naming the URI and field; the others rendered", backend="services")
-    finally:
-        catalogue.close()
+    catalogue = studio.catalogue
+    assert renders_per_key(catalogue) == {street_1: 1, street_2: 1}
+    assert catalogue.check().ok
+    fault_log.record("corrupt input: IP-Adapter reference and init image on S3 are not images", jobs_in_flight=4,
+                     lost=len(lost_jobs(catalogue, [street_1, street_2])), recovery_seconds=None,
+                     outcome="their jobs failed naming the URI and field; the others rendered", backend=studio.kind)
 
 
-def test_a_manifest_edited_while_its_batch_runs(cli, catalogue_urls, tmp_path, fault_log):
+@pytest.mark.parametrize("studio", BACKENDS, indirect=True)
+def test_a_manifest_edited_while_its_batch_runs(studio, tmp_path, fault_log):
     """The running batch renders what it validated and planned; an input file changed under it fails its
     job; the edited manifest is read by the next run, with any error named by file and line."""
     folder = tmp_path / "film"
@@ -252,13 +228,13 @@ def test_a_manifest_edited_while_its_batch_runs(cli, catalogue_urls, tmp_path, f
     planned = [r["key"] for r in job_records([manifest])]
     streets, skyline = planned[:-1], planned[-1]
 
-    catalogue = cli.catalogue()
-    run = cli.start("run", "--json", str(manifest))
+    catalogue = studio.catalogue
+    run = studio.start("run", "--json", str(manifest))
     try:
         # 1. Once the run has planned its jobs, edit the manifest (now invalid) and the control map.
         deadline = time.monotonic() + 120
         while len(catalogue.job_states(planned)) < len(planned):
-            assert run.poll() is None, run.communicate()
+            assert run.alive(), run.output()[-3000:]
             assert time.monotonic() < deadline, "the run planned nothing in 120 s"
             time.sleep(0.02)
         broken = body.replace('prompt: "a plain street"', 'prompt: "a busy street"').replace("[64x64]", "[100x100]")
@@ -268,9 +244,9 @@ def test_a_manifest_edited_while_its_batch_runs(cli, catalogue_urls, tmp_path, f
         assert states_at_edit[skyline] != "done", "the batch rendered everything before the edit; make it longer"
 
         # 2. The running batch finishes what it planned, from the manifest as it was validated.
-        out, err = run.communicate(timeout=300)
-        summary = summary_of(run.returncode, out, err)
-        assert run.returncode == 1, summary
+        returncode = run.wait()
+        summary = run.summary()
+        assert returncode == 1, summary
         assert keys_by_status(summary) == {"rendered": set(streets), "failed": {skyline}}
         (failure,) = [job for job in summary["jobs"] if job["status"] == "failed"]
         assert after_location(failure["reason"], manifest).startswith(
@@ -281,7 +257,7 @@ def test_a_manifest_edited_while_its_batch_runs(cli, catalogue_urls, tmp_path, f
 
         # 3. The next run reads the edited file: its error names the file, line and key, nothing renders.
         started = time.perf_counter()
-        refused = cli.linstudio("run", str(manifest))
+        refused = studio.linstudio("run", str(manifest))
         assert refused.returncode == 1
         assert f"inputs.yaml:{line_of(manifest, '[100x100]')} defaults.sizes[0]: " in refused.stderr, refused.stderr
         assert "nothing rendered" in refused.stderr
@@ -289,7 +265,7 @@ def test_a_manifest_edited_while_its_batch_runs(cli, catalogue_urls, tmp_path, f
         # 4. Fixed, it renders the edited jobs (new prompt, new control map: new keys), each once.
         manifest.write_text(broken.replace("[100x100]", "[64x64]"))
         edited = [r["key"] for r in job_records([manifest])]
-        status, final = cli.run(manifest)
+        status, final = studio.run(manifest)
         assert status == 0, final
         assert keys_by_status(final)["rendered"] == set(edited)
         assert renders_per_key(catalogue) == {key: 1 for key in [*streets, *edited]}
@@ -300,9 +276,7 @@ def test_a_manifest_edited_while_its_batch_runs(cli, catalogue_urls, tmp_path, f
                          recovery_seconds=round(time.perf_counter() - started, 2),
                          outcome="the batch rendered what it planned; the changed input failed its job by name; "
                                  "the next run named the edit's error, then rendered the edited jobs",
-                         backend=catalogue_urls.kind)
+                         backend=studio.kind)
     finally:
-        if run.poll() is None:
+        if run.alive():
             run.kill()
-            run.communicate()
-        catalogue.close()

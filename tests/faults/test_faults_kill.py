@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fault_support import BACKENDS
 
 JOBS = 6
 MANIFEST = f"""
@@ -39,8 +40,6 @@ KILLS = [
     pytest.param("catalogue", 3, "uncommitted-row", id="catalogue"),  # the third row never committed
 ]
 DURING = {"render": "a render", "upload": "an upload", "catalogue": "the catalogue write"}
-BACKENDS = [pytest.param("embedded", id="sqlite+file"),
-            pytest.param("services", id="postgres+s3", marks=pytest.mark.services)]
 
 
 @pytest.mark.parametrize("studio", BACKENDS, indirect=True)
@@ -48,9 +47,9 @@ BACKENDS = [pytest.param("embedded", id="sqlite+file"),
 def test_faults_killed_worker_loses_nothing(studio, point, nth, leaves, fault_log, tmp_path):
     manifest = tmp_path / "kill.yaml"
     manifest.write_text(textwrap.dedent(MANIFEST).lstrip())
-    process, log = studio.start("run", str(manifest), launcher=[str(KILLPOINT), "--at", point, "--nth", str(nth)])
-    returncode = process.wait(timeout=HANG_GUARD_S)
-    output = log.read_text(errors="replace")
+    run = studio.start("run", str(manifest), launcher=[str(KILLPOINT), "--at", point, "--nth", str(nth)])
+    returncode = run.wait(timeout=HANG_GUARD_S)
+    output = run.output()
     assert returncode == -signal.SIGKILL, f"the run was not killed at {point} (exit {returncode}):\n{output[-3000:]}"
 
     # 1. The kill left what it should: the re-run has something real to repair.
@@ -69,7 +68,7 @@ def test_faults_killed_worker_loses_nothing(studio, point, nth, leaves, fault_lo
                      lost=after.lost, recovery_seconds=round(after.seconds, 1),
                      outcome=f"killed with {catalogued}/{JOBS} catalogued; re-run rendered "
                              f"{after.counts['rendered']}, skipped {after.counts['skipped']}",
-                     backend="sqlite+file" if studio.kind == "embedded" else "postgres+s3",
+                     backend=studio.backend,
                      left_for_the_next_run=f"{states['running']} lease(s) of the dead run, "
                                            f"{len(report['unfinished_intents'])} upload intent(s), "
                                            f"{len(report['orphan_objects'])} orphan object(s)")

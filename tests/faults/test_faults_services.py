@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fault_support import Started, wait_until
 from sqlalchemy import text
 
 from catalogue import Catalogue
@@ -57,39 +58,15 @@ def write_manifest(folder: Path) -> Path:
     return path
 
 
-def wait_for(condition: Callable[[], bool], what: str, process, log: Path, timeout: float = HANG_GUARD_S) -> None:
-    """Poll `condition` while the run is alive; fail (with the run's log) if it ends first or hangs."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the run ended (exit {process.returncode}) before {what}:\n"
-                        f"{log.read_text(errors='replace')[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no {what} after {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.05)
-
-
-def finish(process, log: Path) -> tuple[int, str]:
-    """Wait for the run to end (hang guard) and return its exit status and output."""
-    try:
-        returncode = process.wait(timeout=HANG_GUARD_S * 2)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    return returncode, log.read_text(errors="replace")
-
-
-def start_batch(studio, tmp_path: Path, catalogued_first: int = 3):
-    """Start the batch and wait until `catalogued_first` jobs are catalogued; returns the run, its log,
-    the manifest, and the jobs in flight then (planned or running: not yet catalogued)."""
+def start_batch(studio, tmp_path: Path, catalogued_first: int = 3, **env: str):
+    """Start the batch and wait until `catalogued_first` jobs are catalogued; returns the run, the manifest,
+    and the jobs in flight then (planned or running: not yet catalogued)."""
     manifest = write_manifest(tmp_path)
-    process, log = studio.start("run", str(manifest))
-    wait_for(lambda: len(studio.catalogued()) >= catalogued_first, f"{catalogued_first} catalogued jobs",
-             process, log)
+    run = studio.start("run", str(manifest), **env)
+    wait_until(lambda: len(studio.catalogued()) >= catalogued_first, f"{catalogued_first} catalogued jobs", run)
     in_flight = JOBS - len(studio.catalogued())
     assert in_flight > 0, "the batch finished before the fault; make it longer"
-    return process, log, manifest, in_flight
+    return run, manifest, in_flight
 
 
 @dataclass
@@ -108,21 +85,22 @@ class Outage:
         return [line for line in self.output.splitlines() if line.lstrip().startswith("FAILED ")]
 
 
-def outage_mid_batch(studio, tmp_path: Path, service, stay_down: Callable[[object, Path], None]) -> Outage:
-    """Run the batch, stop `service` once a few jobs are catalogued, keep it down while `stay_down(run,
-    log)` waits, start the same one again, and let the run finish."""
-    process, log, manifest, in_flight = start_batch(studio, tmp_path)
+def outage_mid_batch(studio, tmp_path: Path, service, stay_down: Callable[[Started], None]) -> Outage:
+    """Run the batch, stop `service` once a few jobs are catalogued, keep it down while `stay_down(run)`
+    waits, start the same one again, and let the run finish."""
+    run, manifest, in_flight = start_batch(studio, tmp_path)
     service.stop()
     down = time.monotonic()
-    stay_down(process, log)
+    stay_down(run)
     service.start()
     back = time.monotonic()
-    returncode, output = finish(process, log)
+    returncode = run.wait(timeout=HANG_GUARD_S * 2)
     ended = time.monotonic()
-    return Outage(manifest, in_flight, back - down, returncode, output, ended - back, studio.check_leftovers())
+    return Outage(manifest, in_flight, back - down, returncode, run.output(), ended - back,
+                  studio.check_leftovers())
 
 
-def a_short_while(process, log: Path) -> None:
+def a_short_while(run: Started) -> None:
     time.sleep(SHORT_OUTAGE_S)
 
 
@@ -154,8 +132,8 @@ def test_faults_store_down_shorter_than_retries_is_ridden_out(studio, fault_seaw
 
 def test_faults_store_down_longer_than_retries_fails_jobs_clearly_and_a_rerun_completes(
         studio, fault_seaweed, fault_log, tmp_path):
-    def until_a_job_gave_up(process, log: Path) -> None:  # its whole retry budget spent, recorded failed
-        wait_for(lambda: studio.job_states()["failed"] > 0, "job failed while the store was down", process, log)
+    def until_a_job_gave_up(run: Started) -> None:  # its whole retry budget spent, recorded failed
+        wait_until(lambda: studio.job_states()["failed"] > 0, "job failed while the store was down", run)
 
     outage = outage_mid_batch(studio, tmp_path, fault_seaweed, until_a_job_gave_up)
     errors = studio.job_errors()
@@ -191,9 +169,8 @@ def test_faults_database_restart_within_retries_is_ridden_out(studio, fault_post
 
 def test_faults_database_down_longer_than_retries_fails_jobs_clearly_and_a_rerun_completes(
         studio, fault_postgres, fault_log, tmp_path):
-    def until_a_job_gave_up(process, log: Path) -> None:  # a database that is down cannot record it: the log says it
-        wait_for(lambda: "] failed " in log.read_text(errors="replace"), "job failed while the database was down",
-                 process, log)
+    def until_a_job_gave_up(run: Started) -> None:  # a database that is down cannot record it: the log says it
+        wait_until(lambda: "] failed " in run.stderr(), "job failed while the database was down", run)
 
     outage = outage_mid_batch(studio, tmp_path, fault_postgres, until_a_job_gave_up)
     failed = outage.failed_lines()

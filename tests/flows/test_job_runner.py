@@ -12,6 +12,7 @@ import pytest
 
 from flows.devices import SlotPool
 from flows.job_runner import JOB_RETRIES, JOB_RETRY_DELAYS, RunContext, run_job
+from flows.outcomes import RUNNING_ELSEWHERE
 
 RECORD = {"key": "k" * 64, "team": "game", "project": "p", "asset_id": "crate", "width": 64, "height": 64,
           "seed": 7, "model": "tiny-sd15"}
@@ -34,8 +35,12 @@ class StandInCatalogue:
         self.ingested.append(key)
         return "render-1"
 
-    def fail(self, key, reason) -> None:
+    def fail_leased(self, key, worker, reason) -> bool:
         self.failed[key] = reason
+        return True
+
+    def job(self, key):
+        return {"state": "running", "lease_owner": "farm-b/77", "lease_expires_at": "2026-01-01T00:15:00+00:00"}
 
 
 def context(catalogue, renderer) -> RunContext:
@@ -96,21 +101,38 @@ def test_a_claim_that_fails_transiently_is_attempted_again():
     assert outcome.status == "rendered" and catalogue.claims == 2 and slept == [JOB_RETRY_DELAYS[0]]
 
 
-def test_a_job_leased_by_another_worker_is_skipped_with_the_reason():
+def test_a_job_leased_by_another_worker_is_running_elsewhere_naming_who_holds_it():
     class Leased(StandInCatalogue):
         def claim(self, key, worker, lease_seconds) -> bool:
             return False
 
     outcome = run_job(context(Leased(), renderer_failing(0, None)), RECORD, sleep=pytest.fail)
-    assert outcome.status == "skipped" and outcome.reason == "running elsewhere (leased by another worker)"
+    assert outcome.status == RUNNING_ELSEWHERE
+    assert outcome.reason == "leased by farm-b/77 until 2026-01-01T00:15:00+00:00"
 
 
 def test_the_failure_is_still_returned_when_the_catalogue_cannot_record_it():
     class Unrecordable(StandInCatalogue):
-        def fail(self, key, reason) -> None:
+        def fail_leased(self, key, worker, reason) -> bool:
             raise ConnectionError("database down")
 
     render = renderer_failing(99, ConnectionError("database down"))
     outcome = run_job(context(Unrecordable(), render), RECORD, sleep=lambda _s: None)
     assert outcome.status == "failed" and outcome.reason.startswith("gave up after retries")
+    assert outcome.recorded is False
     assert render.calls["n"] == JOB_RETRIES + 1
+
+
+def test_a_failure_the_catalogue_cannot_take_is_not_rendered_again():
+    """A bad job whose failure cannot be written (the database is down at that moment) is one attempt, not
+    three: the failure is kept for the run's keeper to write, the render is never repeated for it."""
+    class Unrecordable(StandInCatalogue):
+        def fail_leased(self, key, worker, reason) -> bool:
+            raise ConnectionError("database down")
+
+        fail = fail_leased
+
+    render, slept = renderer_failing(99, ValueError("the engine refused this job")), []
+    outcome = run_job(context(Unrecordable(), render), RECORD, sleep=slept.append)
+    assert outcome.status == "failed" and outcome.recorded is False
+    assert render.calls["n"] == 1 and slept == []
