@@ -18,8 +18,8 @@ _LAZY = {
     "GeneralizedLinearAttnProcessor": "linfusion_engine.processor",
     "LinFusion": "linfusion_engine.linfusion",
     "Engine": "linfusion_engine.engine",
-    "RenderRequest": "linfusion_engine.engine",
-    "RenderResult": "linfusion_engine.engine",
+    "RenderRequest": "linfusion_engine.requests",
+    "RenderResult": "linfusion_engine.requests",
     "ModelRegistry": "linfusion_engine.registry",
     "ModelEntry": "linfusion_engine.registry",
 }

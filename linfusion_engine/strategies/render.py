@@ -28,7 +28,7 @@ def render_stages(engine, request, width: int, height: int, generator, condition
     """
     import contextlib
 
-    from linfusion_engine.engine import choose_attention
+    from linfusion_engine.requests import choose_attention
     from linfusion_engine.schedulers import make_scheduler
 
     entry = engine.entry
