@@ -234,12 +234,13 @@ class Catalogue:
             return jobs.live_leases(session, self.clock(), job_keys)
 
     def release_silent_leases(self, job_keys: Iterable[str] | None = None, skip_owners: Sequence[str] = (),
-                              sleep: Callable[[float], None] | None = None) -> list[repairs.RepairAction]:
+                              sleep: Callable[[float], None] | None = None,
+                              watch_fresh: bool = False) -> list[repairs.RepairAction]:
         """Release the unexpired leases whose owners have gone silent, after watching them for their silence
         window (see `catalogue.repair.release_silent_leases`); returns what was released. Returns at once
-        when no lease looks silent."""
+        when no lease looks silent (unless `watch_fresh`)."""
         kwargs = {} if sleep is None else {"sleep": sleep}
-        return repairs.release_silent_leases(self, job_keys, skip_owners, **kwargs)
+        return repairs.release_silent_leases(self, job_keys, skip_owners, watch_fresh=watch_fresh, **kwargs)
 
     def lease_owners(self) -> set[str]:
         """Who holds the leases of running jobs (expired or not): lets a starting run find its dead predecessors."""

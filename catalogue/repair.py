@@ -167,11 +167,14 @@ WATCH_MAX_WINDOWS = 5
 
 
 def release_silent_leases(catalogue: Catalogue, keys: Iterable[str] | None = None, skip_owners: Collection[str] = (),
-                          sleep: Callable[[float], None] = time.sleep) -> list[RepairAction]:
+                          sleep: Callable[[float], None] = time.sleep, watch_fresh: bool = False) -> list[RepairAction]:
     """Send back to planned the unexpired leases (of `keys`, or all) whose owners have gone silent.
 
     1. Sightings: leases not renewed for longer than their silence window, by this host's clock (a
-       prefilter: with none, this returns at once; a live run's leases never qualify).
+       prefilter: with none, this returns at once; a live run's leases never qualify). With
+       `watch_fresh`, every unexpired lease of `keys` is watched, however recently renewed: what a run
+       does before it reports jobs as running elsewhere — a live owner renews within one heartbeat,
+       which ends the watch early, and a run that has just died is caught within one window.
     2. Watch them while the database answers, for one silence window (timed by this process's own
        waits, so no clock is compared across hosts): a lease that changes (renewed, released, done)
        is dropped. A read that fails (the database is down again) starts the window over, since the
@@ -180,7 +183,7 @@ def release_silent_leases(catalogue: Catalogue, keys: Iterable[str] | None = Non
     """
     now = catalogue.clock()
     watched = {s.key: s for s in catalogue.lease_sightings(keys)
-               if s.owner not in skip_owners and s.looks_silent(now)}
+               if s.owner not in skip_owners and (watch_fresh or s.looks_silent(now))}
     if not watched:
         return []
     window = max(s.silence_seconds for s in watched.values())

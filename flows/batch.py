@@ -6,8 +6,8 @@
    by a crashed run, and free the leases of runs that are gone (`release_abandoned_leases`);
 3. skip jobs whose key is already catalogued (unless forced);
 4. render the rest in one Prefect flow run (`render_batch`), one render slot per GPU, each model
-   loaded once, each result catalogued as it lands; jobs another live run holds are reported
-   `running_elsewhere`, or with `wait` waited for (flows/waiting.py);
+   loaded once, each result catalogued as it lands; jobs another run holds are taken back if that
+   run is gone, else reported `running_elsewhere`, or with `wait` waited for (flows/waiting.py);
 5. record each submission's outcome and summarise (printed, returned, and kept as a Prefect
    artifact).
 """
@@ -153,7 +153,8 @@ def finish_submissions(catalogue, submission_ids: list[str], summary: RunSummary
 
     A submission with jobs still rendering in another run is left `running` (that run, the next
     nightly or `linstudio submissions ls` settles it from the catalogue once they land). One whose
-    outcome cannot be written (the database went down) is listed in `summary.unrecorded_submissions`
+    outcome cannot be written (the database went down, or its disk is full) is listed in
+    `summary.unrecorded_submissions`
     and settled the same way later: the renders are catalogued, only the submission's status waits.
     """
     failed_keys = {o.key: o.reason for o in summary.failed}
@@ -168,9 +169,9 @@ def finish_submissions(catalogue, submission_ids: list[str], summary: RunSummary
             elif not elsewhere.intersection(keys):
                 catalogue.finish_submission(submission_id, "done", None)
         except Exception as exc:
-            from flows.transient import is_transient
+            from flows.transient import is_disk_full, is_transient
 
-            if not is_transient(exc):
+            if not (is_transient(exc) or is_disk_full(exc)):
                 raise
             summary.unrecorded_submissions.extend(submission_ids[index:])
             log.warning("could not record the outcome of submission(s) %s: %s", ", ".join(submission_ids[index:]),
@@ -182,8 +183,9 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
                   on_progress: Callable[[JobOutcome, int, int], None] | None = None) -> RunSummary:
     """Validate, plan, render and catalogue; returns the summary. Raises ManifestsInvalid first if any error.
 
-    With `wait`, jobs another live run holds are waited for until they land, or rendered here once
-    their lease comes free (flows/waiting.py); without it they are reported `running_elsewhere`.
+    Jobs another run holds are confirmed first (taken back and rendered here if that run is gone);
+    with `wait`, those a live run holds are waited for until they land, or rendered here once their
+    lease comes free; without it they are reported `running_elsewhere` (flows/waiting.py).
     """
     from linstudio.settings import get_settings
 
@@ -210,12 +212,12 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
 
         summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
                                              skipped=planned.skipped, total=total, on_progress=on_progress))
-        if wait and summary.running_elsewhere:
-            from flows.waiting import wait_for_elsewhere
+        if summary.running_elsewhere:  # confirmed, taken back if their run is gone, or waited for
+            from flows.waiting import resolve_elsewhere
 
             by_key = {r["key"]: r for r in planned.to_render}
-            summary.outcomes = wait_for_elsewhere(
-                catalogue, summary.outcomes, by_key, worker=worker_id(settings),
+            summary.outcomes = resolve_elsewhere(
+                catalogue, summary.outcomes, by_key, worker=worker_id(settings), wait=wait,
                 render=lambda records: render_batch(records, catalogue=catalogue, settings=settings,
                                                     on_progress=on_progress))
         finish_submissions(catalogue, planned.submissions, summary)

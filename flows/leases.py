@@ -85,8 +85,8 @@ class LeaseKeeper:
 
     def _write(self, key: str, reason: str) -> None:
         if not self.catalogue.fail_leased(key, self.worker, reason):
-            log.warning("job %s failed here (%s), but its lease was no longer this run's: not recorded", key[:12],
-                        reason)
+            log.warning("job %s failed here (%s), but this run does not hold its lease (never claimed, or released "
+                        "meanwhile): not recorded", key[:12], reason)
 
     def flush(self) -> BaseException | None:
         """Write the pending failures the catalogue takes now; returns the last error (None when all went)."""

@@ -148,7 +148,7 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
     """
     from catalogue import Catalogue
     from flows.flow import render_batch
-    from flows.outcomes import JobOutcome, RunSummary, redact_url
+    from flows.outcomes import RUNNING_ELSEWHERE, JobOutcome, RunSummary, redact_url
     from flows.job_runner import job_label
     from linstudio.settings import get_settings
 
@@ -182,7 +182,8 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
                                 total=len(job_keys), on_progress=on_progress)
         if help_batch and work.helped:
             # A job taken for the batch that another worker claimed first is not this run's to report.
-            outcomes = [o for o in outcomes if not (o.key in work.helped and o.status == "skipped")]
+            others = ("skipped", RUNNING_ELSEWHERE)
+            outcomes = [o for o in outcomes if not (o.key in work.helped and o.status in others)]
             helped = sum(1 for o in outcomes if o.key in work.helped)
             if helped:
                 log.info("helped the batch with %d job(s) of other shards", helped)

@@ -1,15 +1,18 @@
-"""`linstudio run --wait`: wait for the jobs another live run is rendering, instead of leaving them to it.
+"""Jobs another run holds: confirmed before they are reported, and with `linstudio run --wait` waited for.
 
-Without `--wait`, a job leased by a live run elsewhere is reported `running_elsewhere` and the run
-exits 3 (linstudio/commands/run.py): its jobs are not all catalogued yet, and a script must not
-take the batch for finished. With `--wait` the run watches those jobs in the catalogue, which is the
-truth, until each one
-- lands: catalogued by the other run — reported `skipped`, "rendered by another run while this one
-  waited";
-- comes free: its lease expired, its owner went silent (released here after the silence window,
-  `Catalogue.release_silent_leases`: the other run died), it went back to planned, or the other
-  run failed it — this run then claims and renders it itself, exactly as if it had been free at
-  the start (so a failure elsewhere gets one more attempt here, and its own reason if it fails).
+A run that could not claim a job because another run leases it does not take that for granted:
+1. Confirm: it watches those leases for one silence window while the database answers
+   (`Catalogue.release_silent_leases(watch_fresh=True)`). A live run renews within one heartbeat,
+   which ends the watch early; a run that died (on any host) leaves its lease unchanged, so the
+   lease is released and this run renders the job itself — a run started just after another died
+   finishes the batch instead of reporting the dead run's jobs as running elsewhere.
+2. What is still held by a live run is reported `running_elsewhere` (the CLI exits 3), or, with
+   `--wait`, watched in the catalogue until each job
+   - lands: catalogued by the other run — reported `skipped`, "rendered by another run while this
+     one waited";
+   - comes free: its lease expired, went silent (its run died), went back to planned, or the other
+     run failed it — this run then claims and renders it itself, as if it had been free at the
+     start (a failure elsewhere gets one more attempt here, and its own reason if it fails again).
 There is no deadline: a live run renews its leases only while it works on the jobs, so the wait
 ends when that run finishes them or stops renewing.
 """
@@ -43,24 +46,26 @@ def claimable(job: dict | None, now: datetime) -> bool:
     return expires < now
 
 
-def wait_for_elsewhere(catalogue, outcomes: list[JobOutcome], records: dict[str, dict], *, worker: str,
-                       render: Callable[[list[dict]], list[JobOutcome]], poll_seconds: float = POLL_SECONDS,
-                       sleep: Callable[[float], None] = time.sleep) -> list[JobOutcome]:
-    """`outcomes` with every `running_elsewhere` one replaced by how its job ended (see the module docstring).
+def resolve_elsewhere(catalogue, outcomes: list[JobOutcome], records: dict[str, dict], *, worker: str,
+                      render: Callable[[list[dict]], list[JobOutcome]], wait: bool,
+                      poll_seconds: float = POLL_SECONDS,
+                      sleep: Callable[[float], None] = time.sleep) -> list[JobOutcome]:
+    """`outcomes` with the `running_elsewhere` ones confirmed, taken back, or (with `wait`) waited for.
 
-    `records` are the run's job records by key; `render(records)` renders some again in this run (a
-    new batch) and returns their outcomes; `worker` is this run's lease owner id.
+    `records` are the run's job records by key; `render(records)` renders some in this run (a new
+    batch) and returns their outcomes; `worker` is this run's lease owner id.
     """
     final = {o.key: o for o in outcomes}
     waiting = [o.key for o in outcomes if o.status == RUNNING_ELSEWHERE]
-    said = 0
+    first, said = True, 0
     while waiting:
-        if len(waiting) != said:
-            said = len(waiting)
-            log.warning("waiting for %d job(s) running elsewhere: %s", said, ", ".join(k[:12] for k in waiting))
-        sleep(poll_seconds)
-        for action in catalogue.release_silent_leases(waiting, skip_owners=[worker]):
-            log.warning("%s %s", action.target, action.detail)
+        if not first:
+            if len(waiting) != said:
+                said = len(waiting)
+                log.warning("waiting for %d job(s) running elsewhere: %s", said, ", ".join(k[:12] for k in waiting))
+            sleep(poll_seconds)
+        for action in catalogue.release_silent_leases(waiting, skip_owners=[worker], watch_fresh=first):
+            log.warning("took back %s: %s", action.target, action.detail)
         landed = catalogue.rendered_keys(waiting)
         for key in landed:
             final[key] = JobOutcome(key, final[key].label, "skipped", reason=LANDED_ELSEWHERE)
@@ -69,5 +74,8 @@ def wait_for_elsewhere(catalogue, outcomes: list[JobOutcome], records: dict[str,
         if free:
             for outcome in render([records[k] for k in free]):
                 final[outcome.key] = outcome
-        waiting = [k for k in waiting if final[k].status == RUNNING_ELSEWHERE and k not in landed]
+        waiting = [k for k in waiting if k not in landed and final[k].status == RUNNING_ELSEWHERE]
+        if not wait:
+            break
+        first = False
     return [final[o.key] for o in outcomes]

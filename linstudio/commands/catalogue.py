@@ -96,8 +96,9 @@ def show(
 def check(
     no_hashes: Annotated[bool, typer.Option("--no-hashes", help="Skip re-hashing every object (faster).")] = False,
     repair: Annotated[bool, typer.Option(
-        "--repair", help="Repair what the check finds (orphans, missing or corrupt objects, expired leases) "
-                         "and report each action; exit 0 only when consistent afterwards.")] = False,
+        "--repair", help="Repair what the check finds (orphans, missing or corrupt objects, expired leases, "
+                         "leases of runs that are gone) and report each action; exit 0 only when consistent "
+                         "afterwards.")] = False,
     orphan_grace: Annotated[float, typer.Option(
         "--orphan-grace", min=0, metavar="SECONDS",
         help="With --repair: leave orphan objects written less than this long ago.")] = DEFAULT_ORPHAN_GRACE,
@@ -108,7 +109,9 @@ def check(
     Read-only unless --repair is given. --repair deletes orphan objects (never one an unfinished
     upload intent names), removes renders whose PNG is missing or corrupt and marks their jobs
     failed so the next run renders them again, remakes bad thumbnails from intact PNGs, and sends
-    jobs with expired leases back to planned; then it checks again.
+    jobs with expired leases back to planned — and those whose lease its run stopped renewing (the
+    run is gone: killed, or ended with the database down), after watching them for their silence
+    window (30 s for the default lease) while the database answers; then it checks again.
     """
     catalogue = _open()
     try:

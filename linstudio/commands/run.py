@@ -55,8 +55,8 @@ def run(
             typer.echo(str(error), err=True)
         typer.echo(f"nothing rendered: {len(exc.errors)} error(s) in the manifests", err=True)
         raise typer.Exit(1)
-    except DatabaseFullError as exc:  # before any job ran (migrating, planning): nothing rendered
-        typer.echo(f"error: nothing rendered: {exc}", err=True)
+    except DatabaseFullError as exc:  # before any job ran (migrating, planning): said in one line, no traceback
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     finally:
         progress.close()

@@ -14,11 +14,14 @@ and `check` say what was lost or duplicated, never a run's own summary.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -278,6 +281,32 @@ def wait_until(condition: Callable[[], bool], what: str, started: Started | None
             raise AssertionError(f"no {what} after {timeout:.0f} s" +
                                  (f":\n{started.output()[-3000:]}" if started is not None else ""))
         time.sleep(0.05)
+
+
+def noise_png(seed: int = 0, size: int = 64) -> bytes:
+    """A PNG of random pixels (so it compresses poorly and cutting it leaves a real hole)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_with_short_pixel_data(seed: int = 0) -> bytes:
+    """A PNG whose every chunk is well formed (lengths and CRCs right) but whose compressed pixels stop
+    half-way: the header and chunk structure pass validation, decoding fails."""
+    data = noise_png(seed)
+    out, position = data[:8], 8
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position:position + 4])
+        kind, body = data[position + 4:position + 8], data[position + 8:position + 8 + length]
+        if kind == b"IDAT":
+            body = body[: len(body) // 2]
+        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        position += 12 + length
+    return out
 
 
 def keys_by_status(summary: dict) -> dict[str, set[str]]:

@@ -8,6 +8,7 @@ permitted the test fails saying so rather than skipping — a skipped disk-full 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -105,5 +106,66 @@ def test_a_full_store_fails_the_jobs_that_do_not_fit_and_a_rerun_completes_them(
                              backend="embedded", store_size=SMALL, fitted=len(rendered))
         finally:
             studio.close()  # before the unmount: nothing of the test may hold the disk
+    finally:
+        unmount(disk)
+
+
+SMALL_DB = "800k"  # the schema and the batch's plan fit (the WAL grows with every write), a few renders more do not
+
+
+def test_a_full_disk_under_the_sqlite_catalogue_fails_each_job_at_once_naming_the_file(make_studio, tmp_path,
+                                                                                      fault_log):
+    """The embedded catalogue's own disk fills mid-batch (the store has room): each job that cannot be
+    catalogued fails at once — no retries — with a reason naming the database file; nothing is half-written,
+    and once space is freed the re-run (whose start frees the dead leases of this host's run) renders the
+    rest once."""
+    disk = tmp_path / "db-disk"
+    disk.mkdir()
+    mount_tmpfs(disk, SMALL_DB)
+    try:
+        database = disk / "catalogue.db"
+        studio = make_studio(f"sqlite:///{database}", (tmp_path / "store").as_uri())
+        manifest = write_manifest(tmp_path, "crates.yaml", TWELVE_JOBS)
+        keys = {r["key"] for r in job_records([manifest])}
+
+        # 1. The batch that outgrows its database's disk.
+        started = time.perf_counter()
+        done = studio.linstudio("run", "--json", str(manifest))
+        batch_seconds = time.perf_counter() - started
+        summary = json.loads(done.stdout) if done.stdout.strip().startswith("{") else None
+        assert done.returncode == 1 and summary is not None, done.stdout[-2000:] + done.stderr[-3000:]
+        by_status = keys_by_status(summary)
+        rendered, failed = by_status.get("rendered", set()), by_status.get("failed", set())
+        assert rendered and failed and rendered | failed == keys, summary["counts"]
+        expected = f"DatabaseFullError: no space left on device for the catalogue database at {database} "
+        for job in summary["jobs"]:
+            if job["status"] == "failed":
+                assert job["reason"].startswith(expected), job
+        assert "attempting it again" not in done.stderr, done.stderr[-3000:]  # failed at once, never retried
+
+        # 2. Nothing half-written: every object in the store is one a render row names.
+        catalogue = studio.catalogue
+        named = {key for r in catalogue.renders(limit=100)
+                 for key in (r["object_key"], catalogue.render(r["render_id"])["thumb_key"])}
+        assert files_under(tmp_path / "store") == named
+        assert renders_per_key(catalogue) == {key: 1 for key in rendered}
+        assert not catalogue.check().missing_objects
+
+        # 3. Space freed: the re-run renders exactly the jobs that did not fit, each once.
+        studio.close()
+        remount(disk, ROOMY)
+        started = time.perf_counter()
+        status, rerun = studio.run(manifest)
+        recovery_seconds = time.perf_counter() - started
+        assert status == 0, rerun
+        assert keys_by_status(rerun) == {"rendered": failed, "skipped": rendered}
+        assert renders_per_key(studio.catalogue) == {key: 1 for key in keys}
+        assert studio.catalogue.check().ok
+        fault_log.record("disk full under the embedded (SQLite) catalogue database", jobs_in_flight=len(keys),
+                         lost=len(lost_jobs(studio.catalogue, keys)), recovery_seconds=round(recovery_seconds, 2),
+                         outcome=f"{len(failed)} jobs failed at once naming {database.name}, none retried, nothing "
+                                 "half-written; after space was freed the re-run rendered them once",
+                         backend="embedded", database_disk=SMALL_DB, fitted=len(rendered),
+                         batch_seconds=round(batch_seconds, 1))
     finally:
         unmount(disk)

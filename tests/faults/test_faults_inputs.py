@@ -12,16 +12,20 @@ Either way nothing is half-written: `catalogue check` stays clean.
 
 from __future__ import annotations
 
-import io
-import struct
 import time
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
-from fault_support import BACKENDS, job_records, keys_by_status, lost_jobs, renders_per_key, write_manifest
-from PIL import Image
+from fault_support import (
+    BACKENDS,
+    job_records,
+    keys_by_status,
+    lost_jobs,
+    noise_png,
+    png_with_short_pixel_data,
+    renders_per_key,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.services  # `linstudio run` needs a Prefect server
 
@@ -75,29 +79,6 @@ def after_location(reason: str, manifest: Path) -> str:
     path, _, line = location.rpartition(":")
     assert Path(path).resolve() == Path(manifest).resolve() and line.isdigit(), reason
     return "ConditioningInputError" + rest
-
-def noise_png(seed: int = 0, size: int = 64) -> bytes:
-    """A PNG of random pixels (so it compresses poorly and cutting it leaves a real hole)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def png_with_short_pixel_data(seed: int = 0) -> bytes:
-    """A PNG whose every chunk is well formed (lengths and CRCs right) but whose compressed pixels stop
-    half-way: the header and chunk structure pass validation, decoding fails."""
-    data = noise_png(seed)
-    out, position = data[:8], 8
-    while position < len(data):
-        (length,) = struct.unpack(">I", data[position:position + 4])
-        kind, body = data[position + 4:position + 8], data[position + 8:position + 8 + length]
-        if kind == b"IDAT":
-            body = body[: len(body) // 2]
-        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        position += 12 + length
-    return out
-
 
 def line_of(manifest: Path, text: str) -> int:
     """The 1-based line of `manifest` holding `text`."""

@@ -7,6 +7,11 @@ a half-uploaded ingest, an uncommitted row with its objects stored), then re-run
 an operator would and asks `linstudio catalogue check` — after the re-run's own start-of-run
 sweep and release of the dead run's leases, which is what repairs the mess. Both backends: the
 embedded SQLite + folder and the production PostgreSQL + SeaweedFS.
+
+The render kill on PostgreSQL + SeaweedFS happens "on another host" (the killed run has its own
+LINSTUDIO_WORKER_NAME): no process-id check can tell the re-run that the run is gone, only its
+leases' silence (catalogue/jobs.py), which the re-run watches at its start — so the jobs come back
+in seconds, not after the lease.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ assets:
 """
 KILLPOINT = Path(__file__).with_name("killpoint.py")
 HANG_GUARD_S = 300
+ELSEWHERE = {"LINSTUDIO_WORKER_NAME": "farm-b", "LINSTUDIO_LEASE_SECONDS": "120"}  # a 4 s silence window
 
 # (point, N-th call to die on, what the kill must leave behind for the re-run to repair). Two jobs
 # run at once (the flow's submit window), so another job may be mid-ingest too at any kill.
@@ -47,7 +53,9 @@ DURING = {"render": "a render", "upload": "an upload", "catalogue": "the catalog
 def test_faults_killed_worker_loses_nothing(studio, point, nth, leaves, fault_log, tmp_path):
     manifest = tmp_path / "kill.yaml"
     manifest.write_text(textwrap.dedent(MANIFEST).lstrip())
-    run = studio.start("run", str(manifest), launcher=[str(KILLPOINT), "--at", point, "--nth", str(nth)])
+    elsewhere = point == "render" and studio.kind == "services"
+    run = studio.start("run", str(manifest), launcher=[str(KILLPOINT), "--at", point, "--nth", str(nth)],
+                       **(ELSEWHERE if elsewhere else {}))
     returncode = run.wait(timeout=HANG_GUARD_S)
     output = run.output()
     assert returncode == -signal.SIGKILL, f"the run was not killed at {point} (exit {returncode}):\n{output[-3000:]}"
@@ -64,7 +72,11 @@ def test_faults_killed_worker_loses_nothing(studio, point, nth, leaves, fault_lo
 
     # 2. A re-run finishes the batch: each job exactly once, rows and objects agreeing.
     after = studio.rerun(manifest, JOBS)
-    fault_log.record(f"worker SIGKILLed during {DURING[point]}", jobs_in_flight=in_flight,
+    if elsewhere:  # released because their leases stayed silent, not because they expired
+        assert f"lease of farm-b/{run.pid}" in after.output and "its run is gone" in after.output, after.output[-3000:]
+        assert after.seconds < int(ELSEWHERE["LINSTUDIO_LEASE_SECONDS"]), after.seconds
+    fault_log.record(f"worker SIGKILLed during {DURING[point]}" + (" on another host" if elsewhere else ""),
+                     jobs_in_flight=in_flight,
                      lost=after.lost, recovery_seconds=round(after.seconds, 1),
                      outcome=f"killed with {catalogued}/{JOBS} catalogued; re-run rendered "
                              f"{after.counts['rendered']}, skipped {after.counts['skipped']}",

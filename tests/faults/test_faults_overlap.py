@@ -5,11 +5,12 @@
    the other reports it skipped — already catalogued, or landed while it waited. On SQLite this is
    two writers on one file.
 2. A run "on another host" (its own LINSTUDIO_WORKER_NAME, so no process-id check applies) holds two
-   shared jobs, its render stalled by tests/faults/killpoint.py. Runs without `--wait` report them
-   running elsewhere — count and keys, in the text summary and in --json — and exit 3. A run with
-   `--wait` waits: the first job lands (the holder renders it), then the holder is SIGKILLed holding
-   the second; the waiting run sees its lease go silent, takes it back and renders it, long before
-   the lease would have expired.
+   shared jobs, its render stalled by tests/faults/killpoint.py (it lives on and renews its leases).
+   Runs without `--wait` watch those leases, see them renewed, and report the jobs running
+   elsewhere — count and keys, in the text summary and in --json — and exit 3. A run with `--wait`
+   waits: the first job lands (the holder renders it), then the holder is SIGKILLed holding the
+   second; the waiting run sees its lease go silent, takes it back and renders it, long before the
+   lease would have expired.
 The catalogue is the oracle: one render per job key, no orphan object, `check` clean.
 """
 

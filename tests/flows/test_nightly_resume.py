@@ -48,3 +48,43 @@ def test_submissions_left_running_by_a_dead_nightly_run_are_finished_by_the_next
         assert run_nightly() == {}  # nothing left running or queued: the next run takes nothing
     finally:
         catalogue.close()
+
+
+def test_a_submission_left_running_after_its_jobs_ended_is_settled_not_rendered_again(backend, small_manifest,
+                                                                                      monkeypatch):
+    """The nightly run that had it rendered every job (one failed) and lost the database as it recorded the
+    outcome: the next one settles it from the catalogue — failed, with the job's reason — and renders nothing."""
+    import io
+
+    from PIL import Image
+
+    from catalogue import Catalogue
+    from flows.batch import load_and_expand, plan_run
+    from flows.inbox import Inbox
+    from flows.nightly import run_nightly
+    from linstudio.commands.production import submit
+
+    monkeypatch.setattr("flows.nightly.shard_deployments_available", lambda: False)
+    monkeypatch.setattr("flows.flow.render_batch", lambda *a, **k: pytest.fail("nothing is left to render"))
+    submit([small_manifest], as_json=False)
+    catalogue, inbox = Catalogue.from_settings(), Inbox.from_settings()
+    try:
+        (submission_id,) = statuses(catalogue)
+        assert catalogue.start_submission(submission_id) and inbox.take(submission_id) is not None
+        planned = plan_run(catalogue, load_and_expand([small_manifest]), force=False, submission_ids=[submission_id])
+        first, second, third = planned.to_render
+        png = io.BytesIO()
+        Image.new("RGB", (64, 64), (9, 9, 9)).save(png, format="PNG")
+        for record in (first, second):
+            assert catalogue.claim(record["key"], "night/1", 600)
+            catalogue.ingest(record["key"], png.getvalue(), record, "night/1")
+        assert catalogue.claim(third["key"], "night/1", 600)
+        assert catalogue.fail_leased(third["key"], "night/1", "ValueError: the engine refused this job")
+
+        assert run_nightly() == {submission_id: "failed"}
+        (row,) = catalogue.submissions()
+        assert row["status"] == "failed" and row["error"].startswith(
+            "1 job(s) failed: ValueError: the engine refused this job (settled from the catalogue"), row
+        assert len(catalogue.renders()) == 2 and catalogue.job(third["key"])["state"] == "failed"
+    finally:
+        catalogue.close()
