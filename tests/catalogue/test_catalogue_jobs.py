@@ -202,3 +202,21 @@ def test_a_silence_watch_starts_again_when_the_database_stops_answering(cat, pla
     slept = []
     actions = cat.release_silent_leases(sleep=lambda s: (slept.append(s), clock.advance(s)))
     assert len(actions) == 1 and sum(slept) == pytest.approx(3.0 + 2.0)  # 2 s watched, then 3 s again
+
+
+def test_a_release_loses_to_a_renewal_that_came_after_the_lease_was_seen(cat, plan, make_record, clock):
+    """The watch's last look and its release are two statements: a heartbeat between them must win."""
+    from catalogue import jobs
+
+    (record,) = plan(make_record())
+    assert cat.claim(record["key"], "farm-a/1", 900)
+    (seen,) = cat.lease_sightings([record["key"]])
+    clock.advance(5)
+    assert cat.renew_leases([record["key"]], "farm-a/1", 900) == {record["key"]}
+    with cat.transaction() as session:
+        assert not jobs.release_unrenewed(session, seen, clock())
+    assert cat.job(record["key"])["lease_owner"] == "farm-a/1"
+    (now_seen,) = cat.lease_sightings([record["key"]])
+    with cat.transaction() as session:
+        assert jobs.release_unrenewed(session, now_seen, clock())
+    assert cat.job(record["key"])["state"] == "planned"

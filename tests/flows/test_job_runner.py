@@ -130,9 +130,11 @@ def test_a_failure_the_catalogue_cannot_take_is_not_rendered_again():
         def fail_leased(self, key, worker, reason) -> bool:
             raise ConnectionError("database down")
 
-        fail = fail_leased
+        def fail(self, key, reason) -> None:
+            raise ConnectionError("database down")
 
     render, slept = renderer_failing(99, ValueError("the engine refused this job")), []
     outcome = run_job(context(Unrecordable(), render), RECORD, sleep=slept.append)
-    assert outcome.status == "failed" and outcome.recorded is False
     assert render.calls["n"] == 1 and slept == []
+    assert outcome.status == "failed" and outcome.reason == "ValueError: the engine refused this job"
+    assert outcome.recorded is False
