@@ -1,6 +1,7 @@
 # LinFusion Studio — the three targets a newcomer needs, and a fast inner loop.
 #   make demo       install, then run the example manifests on the embedded default
 #   make test       install, then the whole suite (starts PostgreSQL and SeaweedFS itself), but `heavy`
+#                   and `faults_slow` (outages and SIGKILLs: `make test-faults` runs them)
 #   make test-heavy the `heavy` tests: full-size SD-XL on the CPU (~12 GB RAM, minutes); .ci/run runs it too
 #   make test-fast  the suite without real services, for the inner loop
 #   make test-faults  the fault suite on its own (services stopped and killed mid-batch; docs/reliability.md)
@@ -32,14 +33,14 @@ demo: setup
 
 test: setup
 	@bash infra/ensure-test-deps.sh
-	$(PY) -m pytest -m "not heavy" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not heavy and not faults_slow" $(PYTEST_ARGS)
 
 test-heavy: setup
 	@bash infra/ensure-test-deps.sh
 	$(PY) -m pytest -m heavy $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not services and not slow and not heavy" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not services and not slow and not heavy and not faults_slow" $(PYTEST_ARGS)
 
 test-faults: setup
 	@bash infra/ensure-test-deps.sh

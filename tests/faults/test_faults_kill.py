@@ -23,6 +23,9 @@ from pathlib import Path
 import pytest
 from fault_support import BACKENDS
 
+# Runs SIGKILLed at three points on two backends (~3 min): `make test-faults` runs these, `make test` does not.
+pytestmark = pytest.mark.faults_slow
+
 JOBS = 6
 MANIFEST = f"""
 version: 1

@@ -37,7 +37,8 @@ from catalogue.store import open_store
 from flows.job_runner import job_label
 from flows.transient import is_transient
 
-pytestmark = pytest.mark.services
+# Services stopped and restarted for real (~5 min): `make test-faults` runs these, `make test` does not.
+pytestmark = [pytest.mark.services, pytest.mark.faults_slow]
 
 JOBS = 16
 MANIFEST = f"""
