@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from flows.outcomes import JobOutcome, RunSummary, redact_url
+from flows.leases import worker_id
 from flows.transient import one_line
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,6 @@ class PlannedRun:
     to_render: list[dict] = field(default_factory=list)
     skipped: list[JobOutcome] = field(default_factory=list)
     submissions: list[str] = field(default_factory=list)
-
-
-def worker_id(settings) -> str:
-    """Who holds a lease: host name and process id, so a crashed local run's leases can be told apart."""
-    return f"{settings.worker_name}/{os.getpid()}"
 
 
 def release_leases_of_dead_local_runs(catalogue, settings) -> list[str]:

@@ -79,7 +79,7 @@ def render_records(records: Iterable[dict], *, catalogue, settings, worker: str 
     job renders the next is claimed and the previous one ingested. `records` is read as jobs start,
     so it may be a lazy iterable (`flows.helping.BatchHelp`); pass `total` then.
     """
-    from flows.batch import worker_id
+    from flows.leases import worker_id
 
     devices, host = render_target(settings)
     owner = worker or worker_id(settings)
@@ -202,7 +202,7 @@ def render_batch(records: Iterable[dict], *, catalogue, settings, skipped: list[
 
     from prefect.context import FlowRunContext
 
-    from flows.batch import worker_id
+    from flows.leases import worker_id
 
     if FlowRunContext.get() is not None:
         return render_records(records, catalogue=catalogue, settings=settings, on_progress=on_progress,

@@ -18,11 +18,17 @@ host, sends the jobs back to planned.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
 from catalogue.jobs import heartbeat_seconds
 from flows.transient import is_transient, one_line
+
+
+def worker_id(settings) -> str:
+    """Who holds a lease: host name and process id, so a crashed local run's leases can be told apart."""
+    return f"{settings.worker_name}/{os.getpid()}"
 
 log = logging.getLogger(__name__)
 
