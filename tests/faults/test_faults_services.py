@@ -54,6 +54,7 @@ assets:
 SHORT_OUTAGE_S = 5.0  # well inside one job's retry budget
 HANG_GUARD_S = 300.0
 KILLPOINT = Path(__file__).with_name("killpoint.py")
+HELD_RENDER = 4  # the render held until the database is down (after three jobs are catalogued)
 DEAD_RUN_LEASE_S = "120"  # the killed run's lease: a 4 s silence window (catalogue/jobs.py silence_seconds)
 
 
@@ -63,11 +64,11 @@ def write_batch_manifest(folder: Path) -> Path:
     return path
 
 
-def start_batch(studio, tmp_path: Path, catalogued_first: int = 3, **env: str):
+def start_batch(studio, tmp_path: Path, catalogued_first: int = 3, launcher: tuple[str, ...] = (), **env: str):
     """Start the batch and wait until `catalogued_first` jobs are catalogued; returns the run, the manifest,
     and the jobs in flight then (planned or running: not yet catalogued)."""
     manifest = write_batch_manifest(tmp_path)
-    run = studio.start("run", str(manifest), **env)
+    run = studio.start("run", str(manifest), launcher=launcher, **env)
     wait_until(lambda: len(studio.catalogued()) >= catalogued_first, f"{catalogued_first} catalogued jobs", run)
     in_flight = JOBS - len(studio.catalogued())
     assert in_flight > 0, "the batch finished before the fault; make it longer"
@@ -90,16 +91,31 @@ class Outage:
         return [line for line in self.output.splitlines() if line.lstrip().startswith("FAILED ")]
 
 
-def outage_mid_batch(studio, tmp_path: Path, service, stay_down: Callable[[Started, dict], None]) -> Outage:
+def outage_mid_batch(studio, tmp_path: Path, service, stay_down: Callable[[Started, dict], None],
+                     hold_renders: bool = False) -> Outage:
     """Run the batch, stop `service` once a few jobs are catalogued, keep it down while `stay_down(run,
-    leased)` waits (`leased`: {key: job} of the jobs the run held just before the stop), start the same one
-    again, and let the run finish."""
-    run, manifest, in_flight = start_batch(studio, tmp_path)
-    wait_until(lambda: studio.job_states()["running"] > 0, "a job leased", run)
-    leased = {key: job for key, job in studio.catalogue.jobs(studio.catalogue.submission_job_keys(
-        studio.catalogue.submissions()[0]["submission_id"])).items() if job["state"] == "running"}
+    leased)` waits, start the same one again, and let the run finish.
+
+    With `hold_renders`, the batch's renders are held (tests/faults/killpoint.py `--stall`) from the one
+    after those catalogued until the service is down, so `leased` — {key: job} of the jobs the run holds
+    as the service goes — is exact: none of them can finish first. Without it `leased` is empty.
+    """
+    leased: dict = {}
+    if hold_renders:
+        stall = tmp_path / "stall"
+        stall.mkdir()
+        launcher = (str(KILLPOINT), "--at", "render", "--nth", str(HELD_RENDER), "--stall", str(stall))
+        run, manifest, in_flight = start_batch(studio, tmp_path, catalogued_first=HELD_RENDER - 1, launcher=launcher)
+        wait_until(lambda: (stall / f"reached-{HELD_RENDER}").exists(), "the held render", run)
+        keys = studio.catalogue.submission_job_keys(studio.catalogue.submissions()[0]["submission_id"])
+        leased = {key: job for key, job in studio.catalogue.jobs(keys).items() if job["state"] == "running"}
+    else:
+        run, manifest, in_flight = start_batch(studio, tmp_path)
     service.stop()
     down = time.monotonic()
+    if hold_renders:
+        for call in range(HELD_RENDER, HELD_RENDER + 20 * JOBS):  # every render from here on goes ahead
+            (stall / f"go-{call}").touch()
     stay_down(run, leased)
     service.start()
     back = time.monotonic()
@@ -190,7 +206,7 @@ def test_faults_database_down_longer_than_retries_fails_jobs_clearly_and_a_rerun
                    "database was down", run)
         gave_up.extend(key for line, key in labels.items() if line in run.stderr())
 
-    outage = outage_mid_batch(studio, tmp_path, fault_postgres, until_a_leased_job_gave_up)
+    outage = outage_mid_batch(studio, tmp_path, fault_postgres, until_a_leased_job_gave_up, hold_renders=True)
     failed = outage.failed_lines()
     states, errors = studio.job_states(), studio.job_errors()  # what the run itself left, before any re-run
     after = studio.rerun(outage.manifest, JOBS)
