@@ -41,7 +41,8 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -55,8 +56,23 @@ from catalogue.models import DONE, FAILED, FORGET, PLANNED, RUNNING, Job, Render
 from catalogue.store import ObjectStore
 from catalogue.thumbs import THUMB_CONTENT_TYPE, make_thumbnail
 
-if TYPE_CHECKING:
-    from catalogue.api import Catalogue
+
+
+class Catalogue(Protocol):
+    """What a repair needs of `catalogue.api.Catalogue` (which calls these functions): said here as a
+    protocol, so this module does not import the one that imports it."""
+
+    store: ObjectStore
+
+    def transaction(self) -> AbstractContextManager[Session]: ...
+
+    def clock(self) -> datetime: ...
+
+    def check(self, verify_hashes: bool = True) -> CheckReport: ...
+
+    def lease_sightings(self, job_keys: Iterable[str] | None = None) -> list[LeaseSighting]: ...
+
+    def sweep_intents(self, grace_seconds: float | None = None) -> list[str]: ...
 
 log = logging.getLogger(__name__)
 
