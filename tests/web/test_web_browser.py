@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from web_support import StepClock, make_render, png, record, seed_catalogue
+from web_support import StepClock, make_render, png, record, seed_catalogue, served_over_http
 
 from catalogue.models import Job
 
@@ -31,7 +28,6 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-ru
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     """A seeded catalogue served over HTTP: yields (base_url, catalogue, ids, started re-render keys)."""
-    import uvicorn
 
     import flows.rerender
     from catalogue import Catalogue
@@ -52,19 +48,8 @@ def studio(tmp_path_factory):
     original = flows.rerender.start_in_background
     flows.rerender.start_in_background = started.append  # the test plays the render worker (below)
     app = create_app(cat, Settings(home=root / "home", secret_key="browser-test-secret-0123"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "gallery server did not start"
-    yield f"http://127.0.0.1:{port}", cat, ids, started
-    server.should_exit = True
-    thread.join(10)
+    with served_over_http(app) as (host, port):
+        yield f"http://{host}:{port}", cat, ids, started
     flows.rerender.start_in_background = original
     cat.close()
 
