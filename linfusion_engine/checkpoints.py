@@ -41,7 +41,8 @@ _TEXT_ENCODER_PREFIXES = {
     "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
 }
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
-_NATIVE_SIZES = {"sd15": 512, "sd21": 768, "sdxl": 1024}
+# The side each family was trained at (SD-2.1: 768; its -base variant 512 cannot be told from shapes).
+NATIVE_SIZES = {"sd15": 512, "sd21": 768, "sdxl": 1024}
 
 
 class CheckpointError(ValueError):
@@ -221,7 +222,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         prediction = "epsilon"
     has_vae = any(k.startswith(VAE_PREFIX) for k in shapes)
     return CheckpointInfo(path=path, format=fmt, family=family, prediction_type=prediction,
-                          native_size=_NATIVE_SIZES[family], has_vae=has_vae, evidence=evidence,
+                          native_size=NATIVE_SIZES[family], has_vae=has_vae, evidence=evidence,
                           assumptions=assumptions)
 
 

@@ -25,8 +25,6 @@ models_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# The side each family was trained at, for `models add` without --native-size.
-NATIVE_SIZES = {"sd15": 512, "sd21": 768, "sdxl": 1024}
 LINFUSION_KEYWORDS = ("from_unet", "none")
 CONTROLNET_MARKERS = ("control_model.", "controlnet_cond_embedding.", "input_hint_block.")
 IP_ADAPTER_MARKERS = ("image_proj.", "ip_adapter.")
@@ -344,6 +342,7 @@ def add_model(
                                                "models/image_encoder/) or a weights file with image_encoder/ beside it."),
 ) -> None:
     """Register (or replace) a studio model in HOME/models.yaml, after checking every file it names."""
+    from linfusion_engine.checkpoints import NATIVE_SIZES
     from linfusion_engine.registry import BUILTIN_ENTRIES, PREDICTION_TYPES, ModelEntry
 
     base_location = _location(base, "--base")
