@@ -268,7 +268,7 @@ def run_backend(backend: str, database_url: str, sizes: list[int], requests: int
     from catalogue import Catalogue
     from catalogue.search import encode_cursor
     from catalogue.web import create_app
-    from linstudio.settings import Settings
+    from linstudio_settings import Settings
 
     cat = Catalogue.open(database_url, (workdir / "store").as_uri())
     cat.migrate()

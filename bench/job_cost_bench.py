@@ -121,7 +121,7 @@ def main() -> None:
     from flows.engines import engine_for
     from flows.rendering import render_png
     from linfusion_engine import RenderRequest
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()

@@ -319,7 +319,7 @@ def write_section(text: str) -> None:
 
 def measure(jobs: int, shard_size: int, devices: int, keep: bool, workload: dict) -> dict:
     """One size: the bare loop, then the pipeline, in a fresh work folder."""
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     work = Path(tempfile.mkdtemp(prefix="linstudio-orch-bench-"))
     os.environ["LINSTUDIO_HOME"] = str(work / "home")

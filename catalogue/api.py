@@ -65,7 +65,7 @@ class Catalogue:
     def from_settings(cls, settings=None) -> Catalogue:
         """The catalogue the settings name (LINSTUDIO_DATABASE_URL / LINSTUDIO_STORE_URL, or the embedded default)."""
         if settings is None:
-            from linstudio.settings import get_settings
+            from linstudio_settings import get_settings
 
             settings = get_settings()
         return cls.open(settings.resolved_database_url, settings.resolved_store_url)

@@ -21,7 +21,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Mapping
 
-from linstudio import __version__
+from linstudio_settings import __version__
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PARAMETERS_KEY = "parameters"

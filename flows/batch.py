@@ -183,7 +183,7 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
     with `wait`, those a live run holds are waited for until they land, or rendered here once their
     lease comes free; without it they are reported `running_elsewhere` (flows/waiting.py).
     """
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     settings = settings or get_settings()
     expanded = load_and_expand([Path(p) for p in paths])

@@ -45,7 +45,7 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
     The catalogue, store, device and dtype come from the settings of the process running the
     flow (a worker's environment), never from parameters.
     """
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     live = _handoff.get(handoff_token or "", {})
     settings = live.get("settings") or get_settings()

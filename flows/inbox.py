@@ -68,7 +68,7 @@ class Inbox:
 
     @classmethod
     def from_settings(cls, settings=None) -> "Inbox":
-        from linstudio.settings import get_settings
+        from linstudio_settings import get_settings
 
         settings = settings or get_settings()
         return cls(settings.resolved_inbox_url)

@@ -41,7 +41,7 @@ def shard_deployments_available() -> bool:
 
 def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=None) -> dict:
     """Render job records: in shards on the workers when deployed, else here. Returns counts by state."""
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     from flows.shards import DispatchedShard, dispatch, make_shards, needs_large_gpu, wait_for_shards
 
@@ -103,7 +103,7 @@ def run_nightly(logger=None) -> dict:
     from flows.inbox import Inbox
     from flows.settle import settle_running_submissions
     from flows.shards import NIGHTLY_QUEUE
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     logger = logger or logging.getLogger(__name__)
     settings = get_settings()

@@ -214,7 +214,7 @@ def client_from_settings(settings) -> RenderHostClient | None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m flows.render_host`: run a host (normally started by `linstudio worker`)."""
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preload", action="append", default=[], help="model to load at start (repeatable)")

@@ -117,7 +117,7 @@ def start_in_background(job_keys: list[str]) -> None:
 
 
 def _log_dir() -> Path:
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     folder = get_settings().home / "logs"
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
     from flows.flow import render_batch
     from flows.outcomes import RUNNING_ELSEWHERE, JobOutcome, RunSummary, redact_url
     from flows.job_runner import job_label
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     settings = settings or get_settings()
     from flows.prefect_env import configure_prefect_defaults

@@ -247,7 +247,7 @@ class ModelRegistry:
     @classmethod
     def from_settings(cls, settings=None) -> "ModelRegistry":
         if settings is None:
-            from linstudio.settings import get_settings
+            from linstudio_settings import get_settings
 
             settings = get_settings()
         return cls(settings.registry_file, settings.models_dir)

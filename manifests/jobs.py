@@ -163,7 +163,7 @@ def _conditioning(resolved: ResolvedAsset, loaded: LoadedManifest) -> dict:
     def file(reference: str) -> dict:
         location = loaded.locations.get(reference)
         if location is None:  # a LoadedManifest built by hand: apply the same policy now
-            from linstudio.settings import get_settings
+            from linstudio_settings import get_settings
 
             location = resolve_reference(reference, loaded.folder, get_settings().shared_roots)
         digest, hashed = file_sha256(location)

@@ -138,7 +138,7 @@ def load_manifests(paths: list[Path], *, settings=None, registry=None) -> LoadRe
         registry: defaults to `ModelRegistry.from_settings()`; model names are checked against it.
     """
     if settings is None:
-        from linstudio.settings import get_settings
+        from linstudio_settings import get_settings
 
         settings = get_settings()
     result = LoadResult()

@@ -42,7 +42,7 @@ SECURITY_HEADERS = {
 
 
 def create_app(catalogue: Catalogue, settings) -> FastAPI:
-    """The gallery over an open, migrated `catalogue`, configured by `settings` (linstudio.settings.Settings)."""
+    """The gallery over an open, migrated `catalogue`, configured by `settings` (linstudio_settings.Settings)."""
     from catalogue.web import api, pages
 
     runner = ExportRunner(catalogue, settings.export_workers)

@@ -135,7 +135,7 @@ def _render_plan(job, registry) -> dict:
     Estimated for the render device in the settings: a GPU in bf16 unless LINSTUDIO_DEVICE is cpu.
     """
     from linfusion_engine.planner import plan_job
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     entry = registry.get(job.model)
     configured = (get_settings().device or "cuda").split(":")[0]

@@ -38,7 +38,7 @@ def submit(
     from catalogue import Catalogue
     from flows.batch import ManifestsInvalid, load_and_expand
     from flows.inbox import Inbox, Ticket
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     try:
         expanded = load_and_expand(paths)
@@ -140,7 +140,7 @@ def deploy(
     Needs PREFECT_API_URL. Creates the work pool (type process) and its `interactive` (priority 1)
     and `nightly` (priority 10) queues when missing.
     """
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     settings = get_settings()
     if not os.environ.get("PREFECT_API_URL"):
@@ -188,7 +188,7 @@ def worker(
     The worker polls its pool every PREFECT_WORKER_QUERY_SECONDS (2 s unless set; Prefect's own
     default is 10 s, which a queued shard would wait on average 5 s for).
     """
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     settings = get_settings()
     env = dict(os.environ)

@@ -31,7 +31,7 @@ def rerender(
     configure_prefect_defaults()
     from catalogue import Catalogue
     from flows.rerender import RerenderError, parse_size, plan_rerenders, render_planned_jobs, select_renders
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     if not (render or team or project or tag):
         typer.echo("error: choose renders with --render ID, --team, --project or --tag", err=True)

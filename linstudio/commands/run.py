@@ -44,7 +44,7 @@ def run(
     configure_prefect_defaults(verbose=verbose)
     from catalogue.errors import DatabaseFullError
     from flows.batch import ManifestsInvalid, run_manifests
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     settings = get_settings()
     progress = _Progress(enabled=not as_json)

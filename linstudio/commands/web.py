@@ -28,7 +28,7 @@ def serve(
     import uvicorn
 
     from catalogue.web import create_app
-    from linstudio.settings import get_settings
+    from linstudio_settings import get_settings
 
     catalogue = _open()
     app = create_app(catalogue, get_settings())
