@@ -7,9 +7,10 @@ folder as the object store, Prefect's local mode and the tiny built-in model —
 at all; production (PostgreSQL, S3, a Prefect server) is chosen here, not by code changes.
 
 This package imports nothing of ours, so the engine, manifests, catalogue, flows and the command
-line may all stand on it (docs/architecture.md). Library functions take a `Settings` as an
-argument; only the edges (the command line, a flow's entry point, the gallery's startup) call
-`get_settings()`.
+line may all stand on it (docs/architecture.md). The aim is that library functions take a
+`Settings` as an argument and only the edges (the command line, a flow's entry point, the
+gallery's startup) call `get_settings()`; the few library functions that still call it are listed
+under "still against" in docs/architecture.md.
 """
 
 from __future__ import annotations
