@@ -37,10 +37,11 @@ BIN = Path(sys.executable).parent
 
 def plan(catalogue, work: Path, jobs: int, project: str) -> list[dict]:
     from flows.batch import load_and_expand, plan_run
+    from linstudio_settings import get_settings
 
     path = work / f"{project}.yaml"
     path.write_text(manifest_text(jobs, project))
-    return plan_run(catalogue, load_and_expand([path]), force=False).to_render
+    return plan_run(catalogue, load_and_expand([path], get_settings()), force=False).to_render
 
 
 def cpu_per_job(fn, records: list[dict]) -> float:

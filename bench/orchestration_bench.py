@@ -74,10 +74,12 @@ def bare_worker(jobs: list[int], model: str, size: str, steps: int) -> None:
     import torch
 
     from linfusion_engine import Engine, RenderRequest
+    from linfusion_engine.registry import ModelRegistry
+    from linstudio_settings import get_settings
 
     torch.set_num_threads(1)
     width, height = (int(v) for v in size.split("x"))
-    engine = Engine(model)
+    engine = Engine(model, registry=ModelRegistry.from_settings(get_settings()))
     engine.load()
     print("ready", flush=True)
     sys.stdin.readline()
@@ -239,8 +241,9 @@ def orchestrated(jobs: int, shard_size: int, work: Path, workload: dict) -> dict
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         from catalogue import Catalogue
+        from linstudio_settings import get_settings
 
-        catalogue = Catalogue.from_settings()
+        catalogue = Catalogue.from_settings(get_settings())
         hosts_cpu_before, orchestration_cpu_before = sampler.cpu_seconds()
         # Like its cron schedule does, the run is created ahead of its start time, so the control
         # worker can start its process early (Prefect's prefetch); the clock starts at that time.

@@ -62,12 +62,9 @@ class Catalogue:
         return cls(make_engine(database_url), store, clock=clock)
 
     @classmethod
-    def from_settings(cls, settings=None) -> Catalogue:
-        """The catalogue the settings name (LINSTUDIO_DATABASE_URL / LINSTUDIO_STORE_URL, or the embedded default)."""
-        if settings is None:
-            from linstudio_settings import get_settings
-
-            settings = get_settings()
+    def from_settings(cls, settings) -> Catalogue:
+        """The catalogue the settings name (LINSTUDIO_DATABASE_URL / LINSTUDIO_STORE_URL, or the embedded
+        default); the caller reads them (`linstudio_settings.get_settings()` at the edge)."""
         return cls.open(settings.resolved_database_url, settings.resolved_store_url)
 
     def migrate(self) -> None:

@@ -1,6 +1,6 @@
-"""The batch flow: validated manifests in, catalogued renders out.
+"""The batch flow's steps: validated manifests in, catalogued renders out.
 
-`run_manifests` is what `linstudio run` calls:
+`flows.runs.run_manifests` (what `linstudio run` calls) puts these together:
 1. validate every manifest (nothing renders if any is invalid or asks for an unsupported feature);
 2. plan the jobs in the catalogue (one submission per manifest), sweep unfinished ingests left
    by a crashed run, and free the leases of runs that are gone (`release_abandoned_leases`);
@@ -18,9 +18,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from flows.outcomes import JobOutcome, RunSummary, redact_url
+from flows.outcomes import JobOutcome, RunSummary
 from flows.leases import worker_id
 from flows.transient import one_line
 
@@ -91,11 +90,13 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def load_and_expand(paths: list[Path]) -> list[tuple[object, list]]:
-    """Validate manifests and expand their jobs; raise ManifestsInvalid listing every error."""
+def load_and_expand(paths: list[Path], settings) -> list[tuple[object, list]]:
+    """Validate manifests and expand their jobs; raise ManifestsInvalid listing every error.
+
+    `settings` (the studio's) name the model registry, the shared roots and the job limit."""
     from manifests import expand_jobs, load_manifests, unsupported_errors
 
-    result = load_manifests(paths)
+    result = load_manifests(paths, settings=settings)
     errors = list(result.errors)
     expanded = []
     for loaded in result.manifests:
@@ -173,54 +174,6 @@ def finish_submissions(catalogue, submission_ids: list[str], summary: RunSummary
             log.warning("could not record the outcome of submission(s) %s: %s", ", ".join(submission_ids[index:]),
                         one_line(exc))
             return
-
-
-def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False, settings=None,
-                  on_progress: Callable[[JobOutcome, int, int], None] | None = None) -> RunSummary:
-    """Validate, plan, render and catalogue; returns the summary. Raises ManifestsInvalid first if any error.
-
-    Jobs another run holds are confirmed first (taken back and rendered here if that run is gone);
-    with `wait`, those a live run holds are waited for until they land, or rendered here once their
-    lease comes free; without it they are reported `running_elsewhere` (flows/waiting.py).
-    """
-    from linstudio_settings import get_settings
-
-    settings = settings or get_settings()
-    expanded = load_and_expand([Path(p) for p in paths])
-
-    from flows.prefect_env import configure_prefect_defaults
-
-    configure_prefect_defaults()
-    from catalogue import Catalogue
-
-    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
-    try:
-        catalogue.migrate()
-        catalogue.sweep_intents()
-        release_abandoned_leases(catalogue, settings)
-        planned = plan_run(catalogue, expanded, force)
-        summary = RunSummary(outcomes=list(planned.skipped), catalogue=redact_url(settings.resolved_database_url),
-                             store=settings.resolved_store_url)
-        total = len(planned.skipped) + len(planned.to_render)
-        # The flow runs even when everything was already catalogued, so that every run leaves its
-        # summary in Prefect, skipped jobs included.
-        from flows.flow import render_batch
-
-        summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
-                                             skipped=planned.skipped, total=total, on_progress=on_progress))
-        if summary.running_elsewhere:  # confirmed, taken back if their run is gone, or waited for
-            from flows.waiting import resolve_elsewhere
-
-            by_key = {r["key"]: r for r in planned.to_render}
-            summary.outcomes = resolve_elsewhere(
-                catalogue, summary.outcomes, by_key, worker=worker_id(settings), wait=wait,
-                render=lambda records: render_batch(records, catalogue=catalogue, settings=settings,
-                                                    on_progress=on_progress))
-        finish_submissions(catalogue, planned.submissions, summary)
-        sweep_after_run(catalogue)
-        return summary
-    finally:
-        catalogue.close()
 
 
 def sweep_after_run(catalogue) -> None:

@@ -29,7 +29,7 @@ def render_jobs(job_keys: list[str], help_batch: bool = False, help_max_gib: flo
     most `help_max_gib` planned memory), flows/helping.py.
     """
     from flows.flow import publish_summary
-    from flows.rerender import render_planned_jobs
+    from flows.runs import render_planned_jobs
 
     summary = render_planned_jobs(job_keys, help_batch=help_batch, help_max_gib=help_max_gib)
     publish_summary(summary)
@@ -54,7 +54,9 @@ def rerender(sizes: list[str], render_ids: list[str] | None = None, team: str | 
 
     from catalogue import Catalogue
 
-    catalogue = Catalogue.from_settings()
+    from linstudio_settings import get_settings
+
+    catalogue = Catalogue.from_settings(get_settings())
     try:
         catalogue.migrate()
         ids = select_renders(catalogue, team=team, project=project, tag=tag, render_ids=render_ids)

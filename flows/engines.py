@@ -30,8 +30,11 @@ def engine_for(model: str, device: str | None = None, dtype: str | None = None) 
         engine = _engines.get(key)
         if engine is None:
             from linfusion_engine import Engine
+            from linfusion_engine.registry import ModelRegistry
+            from linstudio_settings import get_settings
 
-            engine = Engine(model, device=device, dtype=dtype)
+            # The process's registry: this cache is the worker process's (a flow run's, a render host's).
+            engine = Engine(model, registry=ModelRegistry.from_settings(get_settings()), device=device, dtype=dtype)
             engine.load()
         with _lock:
             _engines[key] = engine

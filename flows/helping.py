@@ -34,9 +34,10 @@ class BatchHelp:
     renders go, so what is offered is still unclaimed. `helped` holds the keys offered beyond its own."""
 
     def __init__(self, own: list[dict], catalogue, submissions: list[str], *, max_gib: float | None = None,
-                 limit: int | None = None, page: int = HELP_PAGE) -> None:
+                 registry=None, limit: int | None = None, page: int = HELP_PAGE) -> None:
         self.own, self.catalogue, self.submissions = own, catalogue, sorted(set(submissions))
         self.max_gib, self.page = max_gib, page
+        self.registry = registry  # the model registry the memory estimates ask; needed with `max_gib`
         self.limit = len(own) if limit is None else limit
         self.helped: set[str] = set()
 
@@ -72,4 +73,4 @@ class BatchHelp:
             return True
         from flows.shards import needs_large_gpu
 
-        return not needs_large_gpu([record], self.max_gib)
+        return not needs_large_gpu([record], self.max_gib, self.registry)

@@ -67,10 +67,8 @@ class Inbox:
         self.store = open_store(url)
 
     @classmethod
-    def from_settings(cls, settings=None) -> "Inbox":
-        from linstudio_settings import get_settings
-
-        settings = settings or get_settings()
+    def from_settings(cls, settings) -> "Inbox":
+        """The inbox the settings name (LINSTUDIO_INBOX_URL, or beside the embedded store)."""
         return cls(settings.resolved_inbox_url)
 
     def put(self, ticket: Ticket) -> None:

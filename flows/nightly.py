@@ -52,10 +52,14 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
     if todo and shard_deployments_available():
         by_key = {r["key"]: r for r in todo}
         large_pool = settings.large_gpu_pool is not None
+        if large_pool:
+            from linfusion_engine.registry import ModelRegistry
+
+            registry = ModelRegistry.from_settings(settings)  # what the memory estimates ask
 
         def send(keys: list[str]) -> DispatchedShard:
             shard_records = [by_key[k] for k in keys]
-            large = large_pool and needs_large_gpu(shard_records, settings.large_job_gib)
+            large = large_pool and needs_large_gpu(shard_records, settings.large_job_gib, registry)
             # A default-pool shard beside a large-GPU pool leaves the jobs that need one to that pool.
             help_max_gib = settings.large_job_gib if large_pool and not large else None
             flow_run_id = dispatch(keys, large=large, queue=queue, help_max_gib=help_max_gib)
@@ -114,7 +118,7 @@ def run_nightly(logger=None) -> dict:
         catalogue.migrate()
         catalogue.sweep_intents()
         release_abandoned_leases(catalogue, settings)
-        for settled in settle_running_submissions(catalogue):
+        for settled in settle_running_submissions(catalogue, settings):
             logger.warning("submission %s was left running by a run that ended before recording it: settled %s "
                            "from the catalogue%s", settled.submission_id, settled.status,
                            f" ({settled.error})" if settled.error else "")
@@ -134,7 +138,7 @@ def run_nightly(logger=None) -> dict:
             reason = ticket.changed_since_submitted() if ticket else "its inbox ticket disappeared"
             if reason is None:
                 try:
-                    expanded = load_and_expand([Path(ticket.manifest_path)])
+                    expanded = load_and_expand([Path(ticket.manifest_path)], settings)
                     planned = plan_run(catalogue, expanded, force=False, submission_ids=[submission_id])
                     taken.append((submission_id, [r for r in planned.to_render] + [
                         {"key": o.key} for o in planned.skipped]))

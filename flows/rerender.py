@@ -112,7 +112,7 @@ def start_in_background(job_keys: list[str]) -> None:
         return
     log_dir = _log_dir()
     log = open(log_dir / f"rerender-{job_keys[0][:12]}.log", "ab")
-    subprocess.Popen([sys.executable, "-m", "flows.rerender", *job_keys], stdout=log, stderr=subprocess.STDOUT,
+    subprocess.Popen([sys.executable, "-m", "flows.runs", *job_keys], stdout=log, stderr=subprocess.STDOUT,
                      stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
 
 
@@ -138,61 +138,6 @@ def _run_deployment(job_keys: list[str]) -> bool:
         return False
 
 
-def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, help_batch: bool = False,
-                        help_max_gib: float | None = None):
-    """Render jobs already planned in the catalogue (by key) through the batch flow; returns a RunSummary.
-
-    With `help_batch` (a shard on a worker), the run goes on with its batch's unclaimed jobs of at
-    most `help_max_gib` planned memory once its own are done (`flows.helping`); the summary then
-    counts what it rendered for the others too.
-    """
-    from catalogue import Catalogue
-    from flows.flow import render_batch
-    from flows.outcomes import RUNNING_ELSEWHERE, JobOutcome, RunSummary, redact_url
-    from flows.job_runner import job_label
-    from linstudio_settings import get_settings
-
-    settings = settings or get_settings()
-    from flows.prefect_env import configure_prefect_defaults
-
-    configure_prefect_defaults()
-    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
-    try:
-        catalogue.migrate()
-        records, skipped = [], []
-        done = catalogue.rendered_keys(job_keys)
-        planned = catalogue.jobs(job_keys)
-        for key in job_keys:
-            job = planned.get(key)
-            if job is None:
-                raise RerenderError(f"job {key[:12]} is not planned in this catalogue")
-            if key in done:
-                skipped.append(JobOutcome(key, job_label(job["record"]), "skipped"))
-            else:
-                records.append({**job["record"], "key": key})
-        summary = RunSummary(outcomes=list(skipped), catalogue=redact_url(settings.resolved_database_url),
-                             store=settings.resolved_store_url)
-        work = records
-        if help_batch:
-            from flows.helping import BatchHelp
-
-            work = BatchHelp(records, catalogue, [job["submission_id"] for job in planned.values()],
-                             max_gib=help_max_gib)
-        outcomes = render_batch(work, catalogue=catalogue, settings=settings, skipped=skipped,
-                                total=len(job_keys), on_progress=on_progress)
-        if help_batch and work.helped:
-            # A job taken for the batch that another worker claimed first is not this run's to report.
-            others = ("skipped", RUNNING_ELSEWHERE)
-            outcomes = [o for o in outcomes if not (o.key in work.helped and o.status in others)]
-            helped = sum(1 for o in outcomes if o.key in work.helped)
-            if helped:
-                log.info("helped the batch with %d job(s) of other shards", helped)
-        summary.outcomes.extend(outcomes)
-        return summary
-    finally:
-        catalogue.close()
-
-
 def select_renders(catalogue, *, team: str | None = None, project: str | None = None, tag: str | None = None,
                    render_ids: list[str] | None = None, limit: int = 10_000) -> list[str]:
     """Render ids chosen by id, or by team / project / tag (all that match)."""
@@ -206,9 +151,3 @@ def select_renders(catalogue, *, team: str | None = None, project: str | None = 
         chosen.extend(r["render_id"] for r in page if tag is None or tag in (r.get("tags") or []))
         after = page[-1]["render_id"]
     return chosen[:limit]
-
-
-if __name__ == "__main__":  # the detached local worker of queue_rerender
-    summary = render_planned_jobs(sys.argv[1:])
-    print(summary.to_text())
-    sys.exit(0 if summary.ok else 1)

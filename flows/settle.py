@@ -32,7 +32,7 @@ class Settled:
     error: str | None
 
 
-def manifest_keys(row: dict) -> list[str] | None:
+def manifest_keys(row: dict, settings) -> list[str] | None:
     """The job keys of a submission's manifest, read from the file while it is unchanged; None otherwise."""
     from flows.batch import ManifestsInvalid, load_and_expand
 
@@ -40,16 +40,16 @@ def manifest_keys(row: dict) -> list[str] | None:
     try:
         if hashlib.sha256(path.read_bytes()).hexdigest() != row.get("manifest_sha256"):
             return None
-        return [job.key for _, jobs in load_and_expand([path]) for job in jobs]
+        return [job.key for _, jobs in load_and_expand([path], settings) for job in jobs]
     except (OSError, ManifestsInvalid):
         return None
 
 
-def settle_running_submissions(catalogue) -> list[Settled]:
+def settle_running_submissions(catalogue, settings) -> list[Settled]:
     """Settle every `running` submission whose jobs have all ended (see the module docstring)."""
     settled = []
     for row in catalogue.submissions(status="running", limit=100_000):
-        keys = catalogue.submission_job_keys(row["submission_id"]) or manifest_keys(row)
+        keys = catalogue.submission_job_keys(row["submission_id"]) or manifest_keys(row, settings)
         if not keys:
             continue
         verdict = catalogue.settle_submission(row["submission_id"], keys)

@@ -36,13 +36,14 @@ def make_shards(records: list[dict], shard_size: int) -> list[list[dict]]:
     return shards
 
 
-def needs_large_gpu(shard: list[dict], large_job_gib: float) -> bool:
-    """True when the planner estimates any job of the shard above `large_job_gib` of device memory."""
+def needs_large_gpu(shard: list[dict], large_job_gib: float, registry) -> bool:
+    """True when the planner estimates any job of the shard above `large_job_gib` of device memory
+    (`registry`, the studio's model registry, says what each job's model is)."""
     try:
         from linfusion_engine.planner import estimate_peak_gib
     except ImportError:  # no planner estimates: everything fits the default pool
         return False
-    return any(estimate_peak_gib(r) > large_job_gib for r in shard)
+    return any(estimate_peak_gib(r, registry) > large_job_gib for r in shard)
 
 
 @dataclass

@@ -41,7 +41,7 @@ class Engine:
 
     Args:
         model: a registry name (`tiny-sd15`, `sd15`, a studio's own entry).
-        registry: where names are looked up; default: the studio's (`ModelRegistry.from_settings()`).
+        registry: where names are looked up (the studio's: `ModelRegistry.from_settings(settings)`).
         device: torch device name; None picks CUDA when present, else the CPU.
         dtype: float32, bfloat16 or float16; None picks bf16 on CUDA, fp32 on the CPU.
 
@@ -50,11 +50,10 @@ class Engine:
     of the one shared pipeline. Use one engine per device for parallelism.
     """
 
-    def __init__(self, model: str = "tiny-sd15", *, registry: ModelRegistry | None = None,
-                 device=None, dtype=None) -> None:
+    def __init__(self, model: str = "tiny-sd15", *, registry: ModelRegistry, device=None, dtype=None) -> None:
         from linfusion_engine.devices import resolve_device, resolve_dtype
 
-        self.registry = registry if registry is not None else ModelRegistry.from_settings()
+        self.registry = registry
         self.entry = self.registry.get(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

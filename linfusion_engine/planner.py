@@ -257,15 +257,11 @@ def plan_job(*, strategy: str, width: int, height: int, steps: int, guidance: fl
             "assumed_device": {"kind": device_kind, "dtype_bytes": dtype_bytes}}
 
 
-def estimate_peak_gib(record: dict, registry=None) -> float:
+def estimate_peak_gib(record: dict, registry) -> float:
     """Planned peak device memory in GiB of a job record (a GPU in bf16, normal mode): what the
     flows route on (`flows.shards.needs_large_gpu`). The normal mode, not the low-memory one:
     a job the engine could squeeze onto a small GPU still runs faster on a large one.
     """
-    if registry is None:
-        from linfusion_engine.registry import ModelRegistry
-
-        registry = ModelRegistry.from_settings()
     entry = registry.get(record["model"])
     plan = plan_render(record.get("strategy") or "auto", record["width"], record["height"], entry.family,
                        entry.native_size)

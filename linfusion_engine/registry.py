@@ -245,11 +245,9 @@ class ModelRegistry:
         self._entries.update(self._read_file())
 
     @classmethod
-    def from_settings(cls, settings=None) -> "ModelRegistry":
-        if settings is None:
-            from linstudio_settings import get_settings
-
-            settings = get_settings()
+    def from_settings(cls, settings) -> "ModelRegistry":
+        """The registry the studio's settings name: anything with `registry_file` and `models_dir`
+        (the engine takes them as handed in, it does not read settings itself)."""
         return cls(settings.registry_file, settings.models_dir)
 
     # -- reading and writing the file -------------------------------------------------------

@@ -129,11 +129,13 @@ class RenderJob:
 
 
 def expand_jobs(loaded: LoadedManifest, registry=None) -> list[RenderJob]:
-    """The render jobs of a validated manifest: for each asset, each size, each seed (in that order)."""
-    if registry is None:
-        from linfusion_engine.registry import ModelRegistry
+    """The render jobs of a validated manifest: for each asset, each size, each seed (in that order).
 
-        registry = ModelRegistry.from_settings()
+    `registry` names the models' identities (part of each job key); default: the registry the
+    manifest was checked against (`loaded.registry`)."""
+    registry = registry if registry is not None else loaded.registry
+    if registry is None:
+        raise ValueError(f"{loaded.path}: expanding jobs needs the model registry it was checked against")
     manifest = loaded.manifest
     identities: dict[str, str] = {}
     jobs: list[RenderJob] = []
@@ -163,9 +165,7 @@ def _conditioning(resolved: ResolvedAsset, loaded: LoadedManifest) -> dict:
     def file(reference: str) -> dict:
         location = loaded.locations.get(reference)
         if location is None:  # a LoadedManifest built by hand: apply the same policy now
-            from linstudio_settings import get_settings
-
-            location = resolve_reference(reference, loaded.folder, get_settings().shared_roots)
+            location = resolve_reference(reference, loaded.folder, list(loaded.shared_roots))
         digest, hashed = file_sha256(location)
         return {"path": location, "sha256": digest, "hashed": hashed}
 

@@ -48,6 +48,10 @@ class LoadedManifest:
         manifest: the validated model.
         lines: key path -> line, for errors found later (unsupported features, run-time problems).
         locations: each file reference as written -> the absolute path or s3:// URI it was checked at.
+        shared_roots: the folders outside the manifest's own that its references may point into
+            (the settings it was checked with), for a reference `locations` lacks.
+        registry: the model registry its model names were checked against; `expand_jobs` asks it
+            for the models' identities unless handed another.
     """
 
     path: Path
@@ -55,6 +59,8 @@ class LoadedManifest:
     manifest: Manifest
     lines: Mapping[str, int] = field(default_factory=dict, repr=False)
     locations: Mapping[str, str] = field(default_factory=dict, repr=False)
+    shared_roots: tuple[Path, ...] = ()
+    registry: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def folder(self) -> Path:
@@ -126,21 +132,18 @@ def load_manifest(path: Path, ctx: CheckContext) -> tuple[LoadedManifest | None,
     errors.sort(key=lambda e: e.line or 0)  # stable: same-line errors keep document order
     if errors or manifest is None:
         return None, errors
-    return LoadedManifest(path, hashlib.sha256(raw).hexdigest(), manifest, document.lines, dict(ctx.locations)), []
+    return LoadedManifest(path, hashlib.sha256(raw).hexdigest(), manifest, document.lines, dict(ctx.locations),
+                          tuple(Path(root) for root in ctx.shared_roots), ctx.registry), []
 
 
-def load_manifests(paths: list[Path], *, settings=None, registry=None) -> LoadResult:
+def load_manifests(paths: list[Path], *, settings, registry=None) -> LoadResult:
     """Validate every manifest under `paths` (files or folders) and collect every error.
 
     Args:
         paths: manifest files and folders (searched recursively for *.yaml / *.yml).
-        settings: defaults to `get_settings()` (shared roots, job limit).
-        registry: defaults to `ModelRegistry.from_settings()`; model names are checked against it.
+        settings: the studio's (shared roots, job limit, and the model registry's file and folder).
+        registry: model names are checked against it; default `ModelRegistry.from_settings(settings)`.
     """
-    if settings is None:
-        from linstudio_settings import get_settings
-
-        settings = get_settings()
     result = LoadResult()
     files, result.errors = find_manifest_files(paths)
     result.files = files

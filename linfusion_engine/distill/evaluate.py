@@ -106,7 +106,7 @@ def _render(pipe, prompt: str, width: int, height: int, steps: int, guidance: fl
     return np.asarray(output.images[0], dtype=np.float64)  # (H, W, 3) in [0, 1]
 
 
-def load_student(location: str, unet, registry=None) -> LinFusion:
+def load_student(location: str, unet) -> LinFusion:
     """LinFusion weights from a folder, or `from_unet` (the untrained starting point, as a baseline)."""
     if location == "from_unet":
         return LinFusion.from_unet(unet)
@@ -119,7 +119,7 @@ def load_student(location: str, unet, registry=None) -> LinFusion:
 @torch.no_grad()
 def evaluate(base: str, linfusion: str, prompts: list[str], *, size: int | None = None, steps: int = 20,
              guidance: float = 7.5, seed: int = 0, device: str | None = None, dtype: str | None = None,
-             image_dir: str | Path | None = None, registry=None) -> EvalReport:
+             image_dir: str | Path | None = None, registry) -> EvalReport:
     """Compare a LinFusion student with its softmax teacher (see the module docstring).
 
     Args:
@@ -128,6 +128,7 @@ def evaluate(base: str, linfusion: str, prompts: list[str], *, size: int | None 
         prompts: the prompt set; each renders once per model with seed `seed + index`.
         size: square side in pixels; None: the model's native size.
         image_dir: where to write teacher-NN.png / student-NN.png; None writes nothing.
+        registry: where a registry name for `base` is looked up (the studio's `ModelRegistry`).
     """
     from linfusion_engine.devices import resolve_device, resolve_dtype
 
@@ -144,7 +145,7 @@ def evaluate(base: str, linfusion: str, prompts: list[str], *, size: int | None 
     torch_dtype = resolve_dtype(dtype, torch_device)
     if torch_dtype != torch.float32:  # (a no-op cast would still make diffusers warn)
         pipe.to(dtype=torch_dtype)
-    student = load_student(linfusion, pipe.unet, registry)
+    student = load_student(linfusion, pipe.unet)
     report = EvalReport(base=base, linfusion=linfusion, size=(side, side), steps=steps, guidance=guidance, seed=seed)
     names = Attn1Capture(pipe.unet).names
     layer_errors = np.zeros(len(names))

@@ -53,9 +53,10 @@ def family_of_folder(folder: Path) -> str:
     return "sdxl" if class_name in SDXL_PIPELINE_CLASSES else "sd15"
 
 
-def resolve_base(base: str, registry=None) -> BaseModel:
-    """A registry name (tiny models are built on first use) or a diffusers pipeline folder."""
-    from linfusion_engine.registry import BUILTIN_PREFIX, ModelRegistry
+def resolve_base(base: str, registry) -> BaseModel:
+    """A registry name (tiny models are built on first use, `registry` says where) or a diffusers
+    pipeline folder (then `registry` is not asked)."""
+    from linfusion_engine.registry import BUILTIN_PREFIX
 
     path = Path(base).expanduser()
     if path.is_dir():
@@ -65,7 +66,6 @@ def resolve_base(base: str, registry=None) -> BaseModel:
     if path.is_file():
         raise DistillSetupError(f"{path}: a single-file checkpoint: register it first "
                                 f"(`linstudio models add NAME --base {path}`) and distil NAME")
-    registry = registry if registry is not None else ModelRegistry.from_settings()
     entry = registry.get(base)  # UnknownModelError names the registered models
     folder = registry.base_path(entry)
     if entry.is_tiny:

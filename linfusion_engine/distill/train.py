@@ -150,7 +150,7 @@ def _rewrite_metrics(path: Path, upto_step: int) -> None:
 class _Run:
     """The state of one run between setup and the end of the loop (a class to keep `distill` readable)."""
 
-    def __init__(self, config: DistillConfig, registry=None) -> None:
+    def __init__(self, config: DistillConfig, registry) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
@@ -242,13 +242,13 @@ def _micro_batch_loss(run: _Run, models, student, scheduler, batch: dict, micro_
     return distillation_loss(student_pred, teacher_pred, target, student_capture.outputs, teacher_capture.outputs)
 
 
-def distill(config: DistillConfig, *, registry=None, progress: bool = True,
+def distill(config: DistillConfig, *, registry, progress: bool = True,
             on_log: Callable[[dict], None] | None = None) -> DistillResult:
     """Train LinFusion layers for `config.base` by distillation; see the module docstring for the outputs.
 
     Args:
         config: the run's settings (checked first).
-        registry: where registry names are looked up; default `ModelRegistry.from_settings()`.
+        registry: where registry names are looked up (the studio's: `ModelRegistry.from_settings(settings)`).
         progress: show a progress bar with the loss terms (main process only).
         on_log: called with each metrics line as it is written (main process only).
     """

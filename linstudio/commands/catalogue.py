@@ -27,9 +27,10 @@ def _open():
     from sqlalchemy.exc import OperationalError
 
     from catalogue import Catalogue, CatalogueError
+    from linstudio_settings import get_settings
 
     try:
-        catalogue = Catalogue.from_settings()
+        catalogue = Catalogue.from_settings(get_settings())
     except CatalogueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

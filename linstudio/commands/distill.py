@@ -21,6 +21,14 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def _studio_registry():
+    """The model registry the studio's settings name (a broken models.yaml raises ValueError, said as one line)."""
+    from linfusion_engine.registry import ModelRegistry
+    from linstudio_settings import get_settings
+
+    return ModelRegistry.from_settings(get_settings())
+
+
 def distill(
     base: str = typer.Option(..., "--base", help="Base model: a registry name or a diffusers pipeline folder."),
     data: Path = typer.Option(..., "--data", help="Folder of images with caption sidecars (.txt), or a JSONL "
@@ -60,7 +68,7 @@ def distill(
         log_every=log_every, resume=resume, save_dtype=save_dtype, num_workers=num_workers, cpu=cpu)
     try:
         config.check()
-        result = run_distill(config, progress=progress)
+        result = run_distill(config, registry=_studio_registry(), progress=progress)
     except (ValueError, DistillDataError, DistillSetupError, DistillRunError, ModelNotAvailableError,
             UnknownModelError) as exc:
         _fail(str(exc).replace("\n", " "))
@@ -109,7 +117,7 @@ def distill_eval(
         _fail("no prompts: give --prompt TEXT (repeatable) or --prompts FILE")
     try:
         result = evaluate(base, linfusion, prompts, size=size, steps=steps, guidance=guidance, seed=seed,
-                          device=device, image_dir=images)
+                          device=device, image_dir=images, registry=_studio_registry())
     except (ValueError, DistillSetupError, LinFusionLayoutError, LinFusionWeightsError, ModelNotAvailableError,
             UnknownModelError) as exc:
         _fail(str(exc).replace("\n", " "))

@@ -54,8 +54,9 @@ def validate(paths: PathsArg, json_output: JsonOpt = False) -> None:
     """Check manifests: every error in every file, with file, line and key; exit 0 only when all are valid."""
     from manifests import load_manifests
     from manifests.errors import display_path
+    from linstudio_settings import get_settings
 
-    result = load_manifests(paths)
+    result = load_manifests(paths, settings=get_settings())
     summary = _summary(result)
     if json_output:
         by_file = {path: [] for path in result.files}
@@ -79,8 +80,9 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
     """List the render jobs manifests expand to (asset x size x seed), with their keys."""
     from manifests import expand_jobs, load_manifests
     from manifests.errors import display_path
+    from linstudio_settings import get_settings
 
-    result = load_manifests(paths)
+    result = load_manifests(paths, settings=get_settings())
     if result.errors:
         if json_output:
             typer.echo(json.dumps({"valid": False, "errors": [e.to_dict() for e in result.errors],
@@ -88,12 +90,10 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
         else:
             _report_errors(result)
         raise typer.Exit(1)
-    from linfusion_engine.registry import ModelRegistry
-
-    registry = ModelRegistry.from_settings()  # readable: load_manifests just read it
-    planned = [(loaded, expand_jobs(loaded, registry)) for loaded in result.manifests]
+    planned = [(loaded, expand_jobs(loaded)) for loaded in result.manifests]
     jobs = [job for _, manifest_jobs in planned for job in manifest_jobs]
-    render_plans = {job.key: _render_plan(job, registry) for job in jobs}  # issue 5: stages, memory, time
+    render_plans = {job.key: _render_plan(job, loaded.registry)  # issue 5: stages, memory, time
+                    for loaded, manifest_jobs in planned for job in manifest_jobs}
     totals = {"manifests": len(planned), "jobs": len(jobs),
               "megapixels": round(sum(j.width * j.height for j in jobs) / 1e6, 3),
               "jobs_with_features": sum(1 for j in jobs if j.features())}

@@ -39,9 +39,10 @@ def _fail(message: str) -> NoReturn:
 
 def _registry():
     from linfusion_engine.registry import ModelRegistry
+    from linstudio_settings import get_settings
 
     try:
-        return ModelRegistry.from_settings()
+        return ModelRegistry.from_settings(get_settings())
     except ValueError as exc:  # a broken registry file: say which and where, in one line
         _fail(str(exc).replace("\n", " "))
 

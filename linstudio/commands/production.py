@@ -40,14 +40,14 @@ def submit(
     from flows.inbox import Inbox, Ticket
     from linstudio_settings import get_settings
 
+    settings = get_settings()
     try:
-        expanded = load_and_expand(paths)
+        expanded = load_and_expand(paths, settings)
     except ManifestsInvalid as exc:
         for error in exc.errors:
             typer.echo(str(error), err=True)
         typer.echo(f"nothing submitted: {len(exc.errors)} error(s)", err=True)
         raise typer.Exit(1)
-    settings = get_settings()
     inbox = Inbox.from_settings(settings)
     who = f"{getpass.getuser()}@{settings.worker_name}"
     ids = []
@@ -92,10 +92,12 @@ def submissions_ls(
     from catalogue import Catalogue
     from flows.inbox import changed_since_submitted
     from flows.settle import settle_running_submissions
+    from linstudio_settings import get_settings
 
-    with Catalogue.from_settings() as catalogue:
+    settings = get_settings()
+    with Catalogue.from_settings(settings) as catalogue:
         catalogue.migrate()
-        for settled in settle_running_submissions(catalogue):
+        for settled in settle_running_submissions(catalogue, settings):
             typer.echo(f"settled {settled.submission_id} {settled.status}: its run ended without recording it",
                        err=True)
         rows = catalogue.submissions(status=status, limit=limit)
@@ -119,14 +121,16 @@ def submissions_cancel(submission_id: Annotated[str, typer.Argument(help="The su
     """Cancel a queued submission (one already running is not stopped)."""
     from catalogue import Catalogue
     from flows.inbox import Inbox
+    from linstudio_settings import get_settings
 
-    with Catalogue.from_settings() as catalogue:
+    settings = get_settings()
+    with Catalogue.from_settings(settings) as catalogue:
         catalogue.migrate()
         if not catalogue.cancel_submission(submission_id):
             typer.echo(f"error: submission {submission_id} is not queued; only a queued submission can be cancelled",
                        err=True)
             raise typer.Exit(1)
-    Inbox.from_settings().withdraw(submission_id)
+    Inbox.from_settings(settings).withdraw(submission_id)
     typer.echo(f"cancelled {submission_id}")
 
 

@@ -30,7 +30,8 @@ def rerender(
 
     configure_prefect_defaults()
     from catalogue import Catalogue
-    from flows.rerender import RerenderError, parse_size, plan_rerenders, render_planned_jobs, select_renders
+    from flows.rerender import RerenderError, parse_size, plan_rerenders, select_renders
+    from flows.runs import render_planned_jobs
     from linstudio_settings import get_settings
 
     if not (render or team or project or tag):

@@ -43,7 +43,8 @@ def run(
 
     configure_prefect_defaults(verbose=verbose)
     from catalogue.errors import DatabaseFullError
-    from flows.batch import ManifestsInvalid, run_manifests
+    from flows.batch import ManifestsInvalid
+    from flows.runs import run_manifests
     from linstudio_settings import get_settings
 
     settings = get_settings()

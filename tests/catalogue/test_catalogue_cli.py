@@ -102,7 +102,7 @@ def test_the_embedded_default_lives_under_linstudio_home(isolated_home):
     assert result.exit_code == 0, result.output
     assert (isolated_home / "catalogue.db").is_file()
     assert (isolated_home / "store").is_dir()
-    catalogue = Catalogue.from_settings()
+    catalogue = Catalogue.from_settings(get_settings())
     try:
         assert catalogue.store.url == (isolated_home / "store").as_uri()
     finally:

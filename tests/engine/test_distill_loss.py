@@ -13,12 +13,14 @@ from linfusion_engine.distill.loss import Attn1Capture, distillation_loss, train
 from linfusion_engine.distill.setup import (
     build_linfusion, encode_captions, load_pipeline, resolve_base, student_and_teacher)
 from linfusion_engine.linfusion import LinFusion, is_mounted
+from linstudio.settings import get_settings
+from linfusion_engine.registry import ModelRegistry
 
 
 @pytest.fixture(scope="module")
 def pristine():
     """The tiny SD-1.5 pipeline, loaded once; each test works on a deep copy."""
-    return load_pipeline(resolve_base("tiny-sd15"))
+    return load_pipeline(resolve_base("tiny-sd15", ModelRegistry.from_settings(get_settings())))
 
 
 @pytest.fixture

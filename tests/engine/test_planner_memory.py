@@ -19,10 +19,12 @@ pytestmark = pytest.mark.slow
 SCRIPT = r"""
 import json
 from linfusion_engine import Engine, RenderRequest, planner
+from linstudio.settings import get_settings
+from linfusion_engine.registry import ModelRegistry
 out = []
 for model, strategy, width, height in [("tiny-sd15", "direct", 512, 512), ("tiny-sd15", "sdedit", 256, 256),
                                        ("tiny-sdxl", "direct", 384, 384)]:
-    engine = Engine(model, device="cpu")
+    engine = Engine(model, device="cpu", registry=ModelRegistry.from_settings(get_settings()))
     engine.load()
     meta = engine.render(RenderRequest("x", width=width, height=height, steps=1, strategy=strategy)).metadata
     weights = planner.PROFILES["tiny"].weights_bytes * 2  # fp32

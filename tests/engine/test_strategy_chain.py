@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 
 from linfusion_engine import Engine, RenderRequest
+from linstudio.settings import get_settings
+from linfusion_engine.registry import ModelRegistry
 
 
 @pytest.fixture(scope="module")
 def sd15():
-    engine = Engine("tiny-sd15", device="cpu")
+    engine = Engine("tiny-sd15", device="cpu", registry=ModelRegistry.from_settings(get_settings()))
     engine.load()
     return engine
 
 
 @pytest.fixture(scope="module")
 def sdxl():
-    engine = Engine("tiny-sdxl", device="cpu")
+    engine = Engine("tiny-sdxl", device="cpu", registry=ModelRegistry.from_settings(get_settings()))
     engine.load()
     return engine
 
@@ -112,7 +114,7 @@ def test_tiled_vae_from_the_forced_tile_size(sd15):
                                                    ("tileable", "z", "tileable must be"),
                                                    ("low_memory", "yes", "low_memory must be")])
 def test_bad_fields_fail_before_loading(field, value, message):
-    engine = Engine("tiny-sd15", device="cpu")
+    engine = Engine("tiny-sd15", device="cpu", registry=ModelRegistry.from_settings(get_settings()))
     with pytest.raises(ValueError, match=message):
         engine.render(RenderRequest("x", **{field: value}))
     assert not engine.is_loaded

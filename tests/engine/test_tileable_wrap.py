@@ -17,11 +17,13 @@ from linfusion_engine import Engine, RenderRequest, tiling
 from linfusion_engine.strategies import StagePipelines, StageInputs, run_stage
 from linfusion_engine.strategies.highres import dilated_convs
 from linfusion_engine.schedulers import make_scheduler
+from linstudio.settings import get_settings
+from linfusion_engine.registry import ModelRegistry
 
 
 @pytest.fixture(scope="module")
 def engine():
-    engine = Engine("tiny-sd15", device="cpu")
+    engine = Engine("tiny-sd15", device="cpu", registry=ModelRegistry.from_settings(get_settings()))
     engine.load()
     return engine
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from manifest_files import write_manifest  # noqa: F401  (shared with the other test folder)
+from linstudio.settings import get_settings
 
 LINSTUDIO = str(Path(sys.executable).parent / "linstudio")
 # A hang guard for one `linstudio` command (a tiny batch takes seconds), not a speed target.
@@ -331,7 +332,7 @@ def job_records(manifests: list[Path]) -> list[dict]:
     """The job records `manifests` expand to, as `linstudio run` plans them."""
     from flows.batch import load_and_expand
 
-    return [job.to_record() for _, jobs in load_and_expand(manifests) for job in jobs]
+    return [job.to_record() for _, jobs in load_and_expand(manifests, get_settings()) for job in jobs]
 
 
 def plan(catalogue, records: list[dict]) -> str:

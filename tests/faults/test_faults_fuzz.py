@@ -41,6 +41,7 @@ from linstudio.cli import app
 from manifests import expand_jobs, load_manifests
 from manifests.errors import ManifestError, display_path
 from manifests.yaml_source import read_yaml_file
+from linstudio.settings import get_settings
 
 EXAMPLES = int(os.environ.get("LINSTUDIO_FUZZ_EXAMPLES", "0"))
 # A hang guard per example, not a speed target: normal answers take milliseconds.
@@ -359,7 +360,7 @@ def check_loaders(path: Path) -> None:
 
     _, document = read_yaml_file(path)
     data = document.data if document.read else None
-    result = load_manifests([path])
+    result = load_manifests([path], settings=get_settings())
     if currently_in_test_context():  # what kind of answer (`--hypothesis-show-statistics` shows the spread)
         event("unreadable as YAML" if not document.read else "not a mapping" if not isinstance(data, dict)
               else "valid" if not result.errors else "invalid mapping")
@@ -367,7 +368,7 @@ def check_loaders(path: Path) -> None:
         assert isinstance(error, ManifestError), repr(error)
         assert_located(error, path, data)
     try:
-        expanded = load_and_expand([path])
+        expanded = load_and_expand([path], get_settings())
     except ManifestsInvalid as invalid:
         assert invalid.errors, "ManifestsInvalid without errors"
         for error in invalid.errors:
@@ -474,7 +475,7 @@ def test_highres_on_a_model_that_is_not_sdxl_is_a_validation_error(workdir):
     path = workdir / "highres.yaml"
     path.write_text("version: 1\nteam: film\nproject: p\ndefaults:\n  model: tiny-sd15\n  sizes: [64x64]\n"
                     "  strategy: highres\nassets:\n  - {id: a, prompt: x}\n  - {id: b, prompt: y, model: tiny-sdxl}\n")
-    (error,) = load_manifests([path]).errors
+    (error,) = load_manifests([path], settings=get_settings()).errors
     assert (error.line, error.key_path) == (7, "defaults.strategy")
     assert error.message == "strategy 'highres' is the SD-XL recipe; model 'tiny-sd15' is sd15: use sdedit (or auto)"
     check_cli(path)
@@ -487,7 +488,7 @@ def test_nothing_under_a_key_that_is_not_text_is_reported_as_a_sibling(workdir):
     built as if that value sat in the parent (`steps.model`), places the document does not have."""
     path = workdir / "boolean-key.yaml"
     path.write_text("true:\n  model: ~\n  steps:\n    model:\n      true: ~\n")
-    errors = load_manifests([path]).errors
+    errors = load_manifests([path], settings=get_settings()).errors
     assert [(e.line, e.key_path, e.message) for e in errors if "not text" in e.message] == [
         (1, "", 'key true is not text; quote it ("true") or rename it')]
     check_loaders(path)

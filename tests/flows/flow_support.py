@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from manifest_files import write_manifest  # noqa: F401  (shared with the other test folder)
+from linstudio.settings import get_settings
 
 
 def open_catalogue():
     """The catalogue the test's settings name (the `backend` fixture), migrated."""
     from catalogue import Catalogue
 
-    catalogue = Catalogue.from_settings()
+    catalogue = Catalogue.from_settings(get_settings())
     catalogue.migrate()
     return catalogue
 

@@ -13,7 +13,8 @@ import pytest
 from flow_support import open_catalogue, write_manifest
 from PIL import Image
 
-from flows.batch import ManifestsInvalid, run_manifests
+from flows.batch import ManifestsInvalid
+from flows.runs import run_manifests
 
 pytestmark = pytest.mark.services
 

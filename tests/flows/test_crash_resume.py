@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from flow_support import write_manifest
 
-from flows.batch import run_manifests
+from flows.runs import run_manifests
 
 pytestmark = pytest.mark.services
 

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from flows.conditioning_inputs import ConditioningInputError, read_image, request_conditioning
+from linstudio.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "manifests" / "examples-conditioning"
@@ -31,7 +32,7 @@ def _copy_example(tmp_path: Path) -> Path:
 def _jobs(path: Path):
     from manifests import expand_jobs, load_manifests
 
-    result = load_manifests([path])
+    result = load_manifests([path], settings=get_settings())
     assert result.errors == []
     return expand_jobs(result.manifests[0])
 

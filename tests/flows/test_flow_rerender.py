@@ -9,7 +9,7 @@ from flow_support import write_manifest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.batch import run_manifests
+from flows.runs import run_manifests
 from linstudio.cli import app
 
 pytestmark = pytest.mark.services

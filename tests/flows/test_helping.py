@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flow_support import open_catalogue, write_manifest
+from linstudio.settings import get_settings
 
 BATCH = """
 version: 1
@@ -36,7 +37,7 @@ def plan(catalogue, folder: Path, name: str, text: str):
     """(submission id, records in planned order) for one manifest."""
     from flows.batch import load_and_expand, plan_run
 
-    planned = plan_run(catalogue, load_and_expand([write_manifest(folder, name, text)]), force=False)
+    planned = plan_run(catalogue, load_and_expand([write_manifest(folder, name, text)], get_settings()), force=False)
     return planned.submissions[0], planned.to_render
 
 
@@ -53,7 +54,7 @@ def test_a_shard_offers_its_own_jobs_then_up_to_as_many_unclaimed_ones_of_its_ba
         own, siblings = crates[:3], crates[3:]
         catalogue.claim(siblings[0]["key"], "gpu-b/1", 600)  # the sibling shard has started its first job
         # As if seed 8 needed more memory than this shard's pool has.
-        monkeypatch.setattr(shards, "needs_large_gpu", lambda records, gib: records[0]["seed"] == 8)
+        monkeypatch.setattr(shards, "needs_large_gpu", lambda records, gib, registry: records[0]["seed"] == 8)
         help = BatchHelp(own, catalogue, [submission], max_gib=40.0, page=3)
         offered = []
         for record in help:
@@ -87,7 +88,7 @@ def test_a_shard_run_helping_its_batch_leaves_every_job_catalogued_once(prefect_
     from prefect import flow
 
     from flows import flow as flow_module
-    from flows.rerender import render_planned_jobs
+    from flows.runs import render_planned_jobs
 
     reported = []  # (done, total) at every progress report of the shard runs
 

@@ -9,6 +9,7 @@ server, with no workers left to take them); the dispatch is tests/flows/test_dis
 from __future__ import annotations
 
 import pytest
+from linstudio.settings import get_settings
 
 pytestmark = pytest.mark.services
 
@@ -30,7 +31,7 @@ def test_submissions_left_running_by_a_dead_nightly_run_are_finished_by_the_next
     other = write_manifest(small_manifest.parent, "other.yaml", SMALL_MANIFEST.replace("test-props", "other-props"))
     submit([small_manifest], as_json=False)  # taken by the run that dies
     submit([other], as_json=False)  # still queued when the next run starts
-    catalogue, inbox = Catalogue.from_settings(), Inbox.from_settings()
+    catalogue, inbox = Catalogue.from_settings(get_settings()), Inbox.from_settings(get_settings())
     try:
         abandoned, waiting = sorted(statuses(catalogue))
         # The dead run got as far as taking the first submission (queued -> running, ticket taken).
@@ -67,11 +68,11 @@ def test_a_submission_left_running_after_its_jobs_ended_is_settled_not_rendered_
     monkeypatch.setattr("flows.nightly.shard_deployments_available", lambda: False)
     monkeypatch.setattr("flows.flow.render_batch", lambda *a, **k: pytest.fail("nothing is left to render"))
     submit([small_manifest], as_json=False)
-    catalogue, inbox = Catalogue.from_settings(), Inbox.from_settings()
+    catalogue, inbox = Catalogue.from_settings(get_settings()), Inbox.from_settings(get_settings())
     try:
         (submission_id,) = statuses(catalogue)
         assert catalogue.start_submission(submission_id) and inbox.take(submission_id) is not None
-        planned = plan_run(catalogue, load_and_expand([small_manifest]), force=False, submission_ids=[submission_id])
+        planned = plan_run(catalogue, load_and_expand([small_manifest], get_settings()), force=False, submission_ids=[submission_id])
         first, second, third = planned.to_render
         png = io.BytesIO()
         Image.new("RGB", (64, 64), (9, 9, 9)).save(png, format="PNG")

@@ -146,7 +146,7 @@ def test_the_supervisor_restarts_a_dead_host_and_stops_everything_on_sigterm(tmp
 def test_a_flow_run_renders_on_its_workers_host_without_loading_the_model(prefect_api, backend, small_manifest,
                                                                           monkeypatch):
     from flows import engines
-    from flows.batch import run_manifests
+    from flows.runs import run_manifests
     from linstudio.settings import get_settings
 
     env = _host_env(small_manifest.parent)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from linstudio.cli import app
 from manifests import expand_jobs, load_manifests
 from manifests.schema import AssetFields, ControlNet, InitImage, IpAdapter, Lora, Manifest
+from linstudio.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -76,7 +77,7 @@ def test_validate_needs_a_path():
 def test_plan_lists_jobs_with_short_keys_and_totals():
     result = invoke("plan", str(EXAMPLES / "film.yaml"), str(EXAMPLES / "ad.yaml"))
     assert result.exit_code == 0, result.output
-    jobs = [job for loaded in load_manifests([EXAMPLES / "film.yaml", EXAMPLES / "ad.yaml"]).manifests
+    jobs = [job for loaded in load_manifests([EXAMPLES / "film.yaml", EXAMPLES / "ad.yaml"], settings=get_settings()).manifests
             for job in expand_jobs(loaded)]
     lines = result.stdout.splitlines()
     assert lines[1].split() == ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "STAGES", "EST-PEAK", "EST-TIME",

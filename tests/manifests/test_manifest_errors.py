@@ -10,6 +10,7 @@ from PIL import Image
 
 from linstudio.settings import Settings
 from manifests import ManifestError, load_manifests
+from linstudio.settings import get_settings
 
 VALID = """\
 version: 1
@@ -41,7 +42,7 @@ def png(path, size=(8, 8)):
 
 def errors(tmp_path, text, settings=None):
     """(line, key path, message) of every error of one manifest."""
-    result = load_manifests([write(tmp_path, text)], settings=settings)
+    result = load_manifests([write(tmp_path, text)], settings=settings or get_settings())
     return [(e.line, e.key_path, e.message) for e in result.errors]
 
 
@@ -51,7 +52,7 @@ def with_asset(extra: str) -> str:
 
 
 def test_the_valid_manifest_is_valid(tmp_path):
-    result = load_manifests([write(tmp_path, VALID)])
+    result = load_manifests([write(tmp_path, VALID)], settings=get_settings())
     assert result.errors == []
     assert [m.manifest.project for m in result.manifests] == ["night-city"]
 
@@ -59,7 +60,7 @@ def test_the_valid_manifest_is_valid(tmp_path):
 def test_error_text_is_file_line_key_message(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path / "film", VALID.replace("sizes: [64x64]", "sizes: [64x60]"))
-    (error,) = load_manifests([path]).errors
+    (error,) = load_manifests([path], settings=get_settings()).errors
     assert str(error) == "film/night-city.yaml:7 defaults.sizes[0]: 64x60 is not a multiple of 8"
     assert (error.path, error.line, error.key_path) == (path, 7, "defaults.sizes[0]")
     assert str(ManifestError(path, None, "", "no such file or folder")) == "film/night-city.yaml: no such file or folder"
@@ -305,7 +306,7 @@ def test_gif_is_refused(tmp_path):
 def test_escaping_the_manifest_folder_is_refused(tmp_path):
     png(tmp_path / "outside.png")
     folder = tmp_path / "film"
-    result = load_manifests([write(folder, with_asset("init_image: {image: ../outside.png, mask: a/../../outside.png}\n"))])
+    result = load_manifests([write(folder, with_asset("init_image: {image: ../outside.png, mask: a/../../outside.png}\n"))], settings=get_settings())
     hint = "leaves the manifest folder; use a path inside it or under a shared root (LINSTUDIO_SHARED_ROOTS)"
     assert [(e.line, e.key_path, e.message) for e in result.errors] == [
         (12, "assets[0].init_image.image", f"'../outside.png' {hint}"),
@@ -341,7 +342,7 @@ def test_links_leading_out_are_refused(tmp_path):
     folder.mkdir()
     (folder / "link.png").symlink_to(secret)
     secret = os.path.realpath(secret)
-    found = load_manifests([write(folder, with_asset("ip_adapter: {images: [link.png]}\n"))]).errors
+    found = load_manifests([write(folder, with_asset("ip_adapter: {images: [link.png]}\n"))], settings=get_settings()).errors
     assert [(e.key_path, e.message) for e in found] == [
         ("assets[0].ip_adapter.images[0]", f"'link.png' is a link that leads outside the manifest folder ({secret}); "
                                            "use a path inside it or under a shared root (LINSTUDIO_SHARED_ROOTS)")]
@@ -361,7 +362,7 @@ def test_all_errors_of_all_files_in_one_run(tmp_path):
     one = write(tmp_path / "a", VALID.replace("team: film", "team: films").replace("steps: 4", "steps: 0"))
     two = write(tmp_path / "b", with_asset("sizes: [64x63]\ncontrolnet: {type: canny, image: missing.png}\n"), "two.yaml")
     fine = write(tmp_path / "c", VALID, "fine.yml")
-    result = load_manifests([tmp_path])
+    result = load_manifests([tmp_path], settings=get_settings())
     assert [(e.path.name, e.line, e.key_path) for e in result.errors] == [
         ("night-city.yaml", 2, "team"), ("night-city.yaml", 6, "defaults.steps"),
         ("two.yaml", 12, "assets[0].sizes[0]"), ("two.yaml", 13, "assets[0].controlnet[0].image")]
@@ -395,7 +396,7 @@ def test_paths_that_are_not_manifests(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "hidden" / ".git").mkdir(parents=True)
     write(tmp_path / "hidden" / ".git", VALID, "config.yaml")
-    result = load_manifests([tmp_path / "nope.yaml", tmp_path / "empty", tmp_path / "hidden"])
+    result = load_manifests([tmp_path / "nope.yaml", tmp_path / "empty", tmp_path / "hidden"], settings=get_settings())
     assert [(e.path.name, e.message) for e in result.errors] == [
         ("nope.yaml", "no such file or folder"),
         ("empty", "no manifests (*.yaml, *.yml) in this folder"),
@@ -405,5 +406,5 @@ def test_paths_that_are_not_manifests(tmp_path):
 def test_broken_model_registry_is_reported_not_raised(tmp_path, isolated_home):
     isolated_home.mkdir(parents=True)
     (isolated_home / "models.yaml").write_text("models: [oops]\n")
-    result = load_manifests([write(tmp_path, VALID)])
+    result = load_manifests([write(tmp_path, VALID)], settings=get_settings())
     assert [e.message for e in result.errors] == ["model registry: expected a mapping under 'models:'"]

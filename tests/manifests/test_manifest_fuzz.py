@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from linstudio.cli import app
 from manifests import expand_jobs, load_manifests
+from linstudio.settings import get_settings
 
 FUZZ = settings(max_examples=200, deadline=timedelta(seconds=2), derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -61,7 +62,7 @@ FIELD_NAMES = ["version", "team", "project", "defaults", "assets", "id", "prompt
 
 def check_answer(path: Path) -> None:
     """The properties every answer must have."""
-    result = load_manifests([path])
+    result = load_manifests([path], settings=get_settings())
     text = path.read_bytes().decode("utf-8", "replace")
     lines_in_file = len(re.findall("\r\n|[\n\r\x85\u2028\u2029]", text)) + 1  # YAML's line breaks
     for error in result.errors:

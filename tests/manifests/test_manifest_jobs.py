@@ -14,6 +14,7 @@ from PIL import Image
 from linfusion_engine.registry import ModelEntry, ModelRegistry
 from manifests import KEY_FIELDS, expand_jobs, job_key, load_manifests, unsupported_errors
 from manifests.schema import derive_seeds
+from linstudio.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +81,7 @@ def keys(folder: Path, registry, text: str | None = None) -> list[str]:
     path = folder / "night-city.yaml"
     if text is not None:
         path.write_text(text)
-    result = load_manifests([path], registry=registry)
+    result = load_manifests([path], registry=registry, settings=get_settings())
     assert result.errors == [], [str(e) for e in result.errors]
     return [job.key for job in expand_jobs(result.manifests[0], registry)]
 
@@ -97,7 +98,7 @@ def test_one_job_per_asset_size_seed_in_order(tmp_path):
           - {id: a, prompt: one, seeds: [5, 6]}
           - {id: b, prompt: two, variants: 3, sizes: [64x128]}
         """))
-    loaded = load_manifests([path]).manifests[0]
+    loaded = load_manifests([path], settings=get_settings()).manifests[0]
     jobs = expand_jobs(loaded)
     assert [(j.asset_id, j.width, j.height, j.seed) for j in jobs] == [
         ("a", 64, 64, 5), ("a", 64, 64, 6), ("a", 128, 64, 5), ("a", 128, 64, 6),
@@ -121,12 +122,12 @@ def test_seeds_in_defaults_and_asset_override(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("version: 1\nteam: ad\nproject: p\ndefaults: {model: tiny-sd15, sizes: [64x64], seeds: [42]}\n"
                     "assets:\n  - {id: a, prompt: one}\n  - {id: b, prompt: two, variants: 2}\n")
-    jobs = expand_jobs(load_manifests([path]).manifests[0])
+    jobs = expand_jobs(load_manifests([path], settings=get_settings()).manifests[0])
     assert [j.seed for j in jobs] == [42, *derive_seeds("b", 2)]
 
 
 def test_record_is_json_with_every_field(project, registry):
-    loaded = load_manifests([project / "night-city.yaml"], registry=registry).manifests[0]
+    loaded = load_manifests([project / "night-city.yaml"], registry=registry, settings=get_settings()).manifests[0]
     (job,) = expand_jobs(loaded, registry)
     record = json.loads(json.dumps(job.to_record()))
     assert set(record) == {"key", "team", "project", "asset_id", "prompt", "negative_prompt", "seed", "width",
@@ -147,7 +148,7 @@ def test_s3_inputs_hash_their_uri(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("version: 1\nteam: vr\nproject: p\ndefaults: {model: tiny-sd15, sizes: [64x64]}\nassets:\n"
                     "  - {id: a, prompt: x, ip_adapter: {images: ['s3://refs-bucket/mood/1.png']}}\n")
-    (job,) = expand_jobs(load_manifests([path]).manifests[0])
+    (job,) = expand_jobs(load_manifests([path], settings=get_settings()).manifests[0])
     ref = job.conditioning["ip_adapter"]["images"][0]
     assert ref == {"path": "s3://refs-bucket/mood/1.png", "hashed": "uri",
                    "sha256": hashlib.sha256(b"s3://refs-bucket/mood/1.png").hexdigest()}
@@ -257,7 +258,7 @@ def test_lora_weights_change_the_key(project, registry, tmp_path):
 
 @pytest.mark.parametrize("field", KEY_FIELDS)
 def test_job_key_covers_every_field(project, registry, field):
-    loaded = load_manifests([project / "night-city.yaml"], registry=registry).manifests[0]
+    loaded = load_manifests([project / "night-city.yaml"], registry=registry, settings=get_settings()).manifests[0]
     (job,) = expand_jobs(loaded, registry)
     fields = job.key_fields()
     assert job_key(fields) == job.key
@@ -266,7 +267,7 @@ def test_job_key_covers_every_field(project, registry, field):
 
 
 def test_job_key_ignores_conditioning_paths_but_not_hashes(project, registry):
-    loaded = load_manifests([project / "night-city.yaml"], registry=registry).manifests[0]
+    loaded = load_manifests([project / "night-city.yaml"], registry=registry, settings=get_settings()).manifests[0]
     (job,) = expand_jobs(loaded, registry)
     fields = json.loads(json.dumps(job.key_fields()))
     fields["conditioning"]["controlnet"][0]["image"]["path"] = "/somewhere/else.png"
@@ -284,7 +285,7 @@ def test_job_key_refuses_missing_and_extra_fields():
 
 
 def test_re_renders_fold_the_parent_into_the_key(project, registry):
-    loaded = load_manifests([project / "night-city.yaml"], registry=registry).manifests[0]
+    loaded = load_manifests([project / "night-city.yaml"], registry=registry, settings=get_settings()).manifests[0]
     (job,) = expand_jobs(loaded, registry)
     assert job_key({**job.key_fields(), "parent_render_id": None}) == job.key
     upscaled = job.derived("render-123", width=1024, height=512)
@@ -300,7 +301,7 @@ def test_features_of_strategy_and_tileable(tmp_path):
     path.write_text("version: 1\nteam: game\nproject: p\ndefaults: {model: tiny-sd15, sizes: [64x64], tileable: true}\n"
                     "assets:\n  - {id: a, prompt: x, strategy: highres, model: tiny-sdxl}\n  - {id: b, prompt: y, strategy: direct,"
                     " tileable: false}\n  - {id: c, prompt: z, tileable: y}\n")
-    jobs = expand_jobs(load_manifests([path]).manifests[0])
+    jobs = expand_jobs(load_manifests([path], settings=get_settings()).manifests[0])
     assert [j.features() for j in jobs] == [["tileable", "strategy:highres"], [], ["tileable"]]
 
 
@@ -323,7 +324,7 @@ def test_unsupported_errors_name_file_line_and_field_once(tmp_path, monkeypatch)
             prompt: y
             variants: 3
         """))
-    loaded = load_manifests([path]).manifests[0]
+    loaded = load_manifests([path], settings=get_settings()).manifests[0]
     jobs = expand_jobs(loaded)
     assert [str(e) for e in unsupported_errors(loaded, jobs, set())] == [
         "m.yaml:7 defaults.tileable: tileable: true is not supported yet by the engine",
@@ -334,7 +335,7 @@ def test_unsupported_errors_name_file_line_and_field_once(tmp_path, monkeypatch)
 
 def test_conditioning_examples_are_refused_until_supported():
     folder = REPO / "manifests" / "examples-conditioning"
-    result = load_manifests([folder])
+    result = load_manifests([folder], settings=get_settings())
     assert result.errors == []
     messages = []
     for loaded in result.manifests:
@@ -350,7 +351,7 @@ def test_conditioning_examples_are_refused_until_supported():
 
 
 def test_examples_run_today_and_stay_small():
-    result = load_manifests([REPO / "manifests" / "examples"])
+    result = load_manifests([REPO / "manifests" / "examples"], settings=get_settings())
     assert result.errors == []
     assert sorted(m.manifest.team for m in result.manifests) == ["ad", "film", "game", "vr"]
     jobs = [job for loaded in result.manifests for job in expand_jobs(loaded)]

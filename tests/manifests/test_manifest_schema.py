@@ -15,6 +15,7 @@ from manifests import Manifest, load_manifests, manifest_json_schema
 from manifests.checks import CheckContext
 from manifests.schema import Asset, ControlNet, Defaults, InitImage, IpAdapter, Lora
 from manifests.validate import validate_document
+from linstudio.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests").glob("examples*/*.yaml"))
@@ -59,7 +60,7 @@ def test_examples_validate_against_the_json_schema(validator, path):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_validated_manifest_round_trips_through_json(validator, path):
-    (loaded,) = load_manifests([path]).manifests
+    (loaded,) = load_manifests([path], settings=get_settings()).manifests
     data = json.loads(loaded.manifest.model_dump_json(exclude_none=True))
     assert list(validator.iter_errors(data)) == []
     assert Manifest.model_validate(data) == loaded.manifest

@@ -1,0 +1,128 @@
+"""The two ways a batch runs, start to end: from manifests, or from jobs already planned by key.
+
+These are entry points (what `linstudio run`, `linstudio rerender`, the Prefect deployments and
+the detached re-render worker call), so they read the process's settings when none are handed in;
+the steps they put together (`flows.batch`, `flows.flow`) take them as arguments.
+
+- `run_manifests`: validate, plan, render and catalogue manifests (see `flows.batch` for the steps).
+- `render_planned_jobs`: render jobs a re-render or a shard dispatch planned in the catalogue.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from catalogue import Catalogue
+from flows.batch import finish_submissions, load_and_expand, plan_run, release_abandoned_leases, sweep_after_run
+from flows.leases import worker_id
+from flows.outcomes import JobOutcome, RunSummary, redact_url
+from flows.prefect_env import configure_prefect_defaults
+from flows.rerender import RerenderError
+from linstudio_settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False, settings=None,
+                  on_progress: Callable[[JobOutcome, int, int], None] | None = None) -> RunSummary:
+    """Validate, plan, render and catalogue; returns the summary. Raises ManifestsInvalid first if any error.
+
+    Jobs another run holds are confirmed first (taken back and rendered here if that run is gone);
+    with `wait`, those a live run holds are waited for until they land, or rendered here once their
+    lease comes free; without it they are reported `running_elsewhere` (flows/waiting.py).
+    """
+    settings = settings or get_settings()
+    expanded = load_and_expand([Path(p) for p in paths], settings)
+
+    configure_prefect_defaults()
+    from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
+
+    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
+    try:
+        catalogue.migrate()
+        catalogue.sweep_intents()
+        release_abandoned_leases(catalogue, settings)
+        planned = plan_run(catalogue, expanded, force)
+        summary = RunSummary(outcomes=list(planned.skipped), catalogue=redact_url(settings.resolved_database_url),
+                             store=settings.resolved_store_url)
+        total = len(planned.skipped) + len(planned.to_render)
+        # The flow runs even when everything was already catalogued, so that every run leaves its
+        # summary in Prefect, skipped jobs included.
+        summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
+                                             skipped=planned.skipped, total=total, on_progress=on_progress))
+        if summary.running_elsewhere:  # confirmed, taken back if their run is gone, or waited for
+            from flows.waiting import resolve_elsewhere
+
+            by_key = {r["key"]: r for r in planned.to_render}
+            summary.outcomes = resolve_elsewhere(
+                catalogue, summary.outcomes, by_key, worker=worker_id(settings), wait=wait,
+                render=lambda records: render_batch(records, catalogue=catalogue, settings=settings,
+                                                    on_progress=on_progress))
+        finish_submissions(catalogue, planned.submissions, summary)
+        sweep_after_run(catalogue)
+        return summary
+    finally:
+        catalogue.close()
+
+
+def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, help_batch: bool = False,
+                        help_max_gib: float | None = None):
+    """Render jobs already planned in the catalogue (by key) through the batch flow; returns a RunSummary.
+
+    With `help_batch` (a shard on a worker), the run goes on with its batch's unclaimed jobs of at
+    most `help_max_gib` planned memory once its own are done (`flows.helping`); the summary then
+    counts what it rendered for the others too.
+    """
+    from flows.job_runner import job_label
+    from flows.outcomes import RUNNING_ELSEWHERE
+
+    settings = settings or get_settings()
+    configure_prefect_defaults()
+    from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
+
+    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
+    try:
+        catalogue.migrate()
+        records, skipped = [], []
+        done = catalogue.rendered_keys(job_keys)
+        planned = catalogue.jobs(job_keys)
+        for key in job_keys:
+            job = planned.get(key)
+            if job is None:
+                raise RerenderError(f"job {key[:12]} is not planned in this catalogue")
+            if key in done:
+                skipped.append(JobOutcome(key, job_label(job["record"]), "skipped"))
+            else:
+                records.append({**job["record"], "key": key})
+        summary = RunSummary(outcomes=list(skipped), catalogue=redact_url(settings.resolved_database_url),
+                             store=settings.resolved_store_url)
+        work = records
+        if help_batch:
+            from flows.helping import BatchHelp
+
+            from linfusion_engine.registry import ModelRegistry
+
+            work = BatchHelp(records, catalogue, [job["submission_id"] for job in planned.values()],
+                             max_gib=help_max_gib, registry=ModelRegistry.from_settings(settings))
+        outcomes = render_batch(work, catalogue=catalogue, settings=settings, skipped=skipped,
+                                total=len(job_keys), on_progress=on_progress)
+        if help_batch and work.helped:
+            # A job taken for the batch that another worker claimed first is not this run's to report.
+            others = ("skipped", RUNNING_ELSEWHERE)
+            outcomes = [o for o in outcomes if not (o.key in work.helped and o.status in others)]
+            helped = sum(1 for o in outcomes if o.key in work.helped)
+            if helped:
+                log.info("helped the batch with %d job(s) of other shards", helped)
+        summary.outcomes.extend(outcomes)
+        return summary
+    finally:
+        catalogue.close()
+
+
+if __name__ == "__main__":  # the detached local worker of flows.rerender.start_in_background
+    summary = render_planned_jobs(sys.argv[1:])
+    print(summary.to_text())
+    sys.exit(0 if summary.ok else 1)
