@@ -359,3 +359,38 @@ class Export(Base):
         CheckConstraint(f"state IN {EXPORT_STATES!r}", name="state"),
         Index("ix_exports_state_lease_expires_at", "state", "lease_expires_at"),
     )
+
+
+# Rerender-request states: written `queued` by the gallery, `claimed` by a dispatcher while it
+# starts the jobs (a claim older than the dispatcher's stale window is taken over), then `started`.
+REQUEST_QUEUED, REQUEST_CLAIMED, REQUEST_STARTED = "queued", "claimed", "started"
+REQUEST_STATES = (REQUEST_QUEUED, REQUEST_CLAIMED, REQUEST_STARTED)
+REQUEST_KINDS = ("rerender", "retry")
+
+
+class RerenderRequest(Base):
+    """Planned jobs the gallery asks to have started in the background (catalogue.rerender_requests).
+
+    The gallery plans re-renders and retries in the catalogue and writes one of these rather than
+    starting a render itself, so it needs nothing from orchestration and a request survives a web
+    restart: a dispatcher in `flows` (started by `linstudio serve`) claims it and starts the jobs.
+    `kind` says which button asked (`rerender` or `retry`), for the log and for people.
+    """
+
+    __tablename__ = "rerender_requests"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    job_keys: Mapped[list[Any]]
+    requested_by: Mapped[str] = mapped_column(String(NAME_LEN))
+    state: Mapped[str] = mapped_column(String(16))
+    claimed_by: Mapped[str | None] = mapped_column(String(NAME_LEN), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {REQUEST_STATES!r}", name="state"),
+        CheckConstraint(f"kind IN {REQUEST_KINDS!r}", name="kind"),
+        Index("ix_rerender_requests_state_created_at", "state", "created_at"),
+    )

@@ -53,6 +53,7 @@ from catalogue.check import CheckReport
 from catalogue.jobs import REASON_LIMIT, LeaseSighting, expired_leases
 from catalogue.errors import ObjectNotFoundError
 from catalogue.models import DONE, FAILED, FORGET, PLANNED, RUNNING, Job, Render, Review
+from catalogue.rerenders import RERENDER_PREFIX  # how a re-render job names its manifest_path
 from catalogue.store import ObjectStore
 from catalogue.thumbs import THUMB_CONTENT_TYPE, make_thumbnail
 
@@ -78,8 +79,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ORPHAN_GRACE_SECONDS = 300.0
 REMOVED_REASON = "object {what}; repaired by catalogue check --repair"
-# How flows.rerender names a re-render job's manifest_path (the catalogue never imports flows).
-RERENDER_PREFIX = "rerender:"
 
 # What an action did, as `kind` in the report (stable strings: scripts read the JSON).
 RELEASE_LEASE = "release-lease"

@@ -1,109 +1,31 @@
-"""Re-renders: catalogued renders produced again at new sizes, starting from the source image.
+"""Re-renders started in the background: catalogued renders produced again at new sizes.
 
-Artists approve a composition at 2K and ask for 8K. Rendering 8K from scratch with the same seed
-would not give the same picture, so a re-render starts from the source render's image (image to
-image from the upscaled source, through the engine's chains) and records `parent_render_id`. A
-re-render is a job like any other: its key hashes the source render with the rest, so asking
-twice renders once, and the catalogue stays the source of truth.
-
-`queue_rerender` plans such jobs and starts rendering them in the background — through a Prefect
-deployment named `rerender` where one is configured (PREFECT_API_URL set and the deployment
-registered), else in a detached local process — and returns their job keys at once, so a web
-page can show progress from the catalogue's job states.
+Planning a re-render needs only the catalogue and lives there (catalogue.rerenders, re-exported
+here for the command line); this module starts planned jobs without waiting for them —
+through a Prefect deployment named `rerender` where one is configured (PREFECT_API_URL set and the
+deployment registered), else in a detached local process. `linstudio rerender` calls it directly;
+the gallery asks for it through a rerender request that flows.requests picks up.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from catalogue.rerenders import (  # noqa: F401 (re-exported: flows.rerender was their home)
+    DEFAULT_STRENGTH,
+    RERENDER_PREFIX,
+    RerenderError,
+    parse_size,
+    plan_rerenders,
+    rerender_records,
+    select_renders,
+)
+
 log = logging.getLogger(__name__)
-
-# Fields of a stored job record that describe one run of it, not the job: never copied to a re-render.
-_RUN_ONLY = ("engine", "timings", "key", "parent_render_id", "manifest_line")
-RERENDER_PREFIX = "rerender:"
-# How far a re-render may move away from its source image: low keeps the approved composition,
-# high invents more detail at the new size. Part of the job key.
-DEFAULT_STRENGTH = 0.35
-
-
-class RerenderError(ValueError):
-    """A re-render request that cannot be planned (unknown render, bad size); the message says why."""
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """`2048x1024` -> (2048, 1024), checked like manifest sizes (multiples of 8, at most 16384)."""
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise RerenderError(f"size {text!r}: expected WxH, e.g. 2048x1024") from None
-    for side in (width, height):
-        if side <= 0 or side % 8 or side > 16384:
-            raise RerenderError(f"size {text!r}: each side must be a positive multiple of 8, at most 16384")
-    return width, height
-
-
-def rerender_records(source: dict, sizes: list[tuple[int, int]], strength: float = DEFAULT_STRENGTH) -> list[dict]:
-    """Job records that re-render catalogued render `source` (as `Catalogue.render` returns it) at `sizes`."""
-    from manifests.jobs import KEY_FIELDS, job_key
-
-    base = {k: v for k, v in (source.get("record") or {}).items() if k not in _RUN_ONLY}
-    missing = [name for name in KEY_FIELDS if name not in base]
-    if missing:
-        raise RerenderError(f"render {source['render_id']}: its stored record lacks {missing}; cannot re-render")
-    records = []
-    for width, height in sizes:
-        record = dict(base)
-        record.update(width=width, height=height, parent_render_id=source["render_id"])
-        # The source image supersedes the source job's own init image and mask (it already shows them).
-        inherited = {k: v for k, v in (base.get("conditioning") or {}).items() if k != "init_image"}
-        record["conditioning"] = {
-            **inherited,
-            "source_render": {"render_id": source["render_id"], "sha256": source["sha256"],
-                              "width": source["width"], "height": source["height"], "strength": strength},
-        }
-        record["manifest_path"] = f"{RERENDER_PREFIX}{source['render_id']}"
-        record["manifest_line"] = None
-        fields = {name: record[name] for name in KEY_FIELDS}
-        fields["parent_render_id"] = source["render_id"]
-        record["key"] = job_key(fields)
-        records.append(record)
-    return records
-
-
-def plan_rerenders(catalogue, render_ids: list[str], sizes: list[tuple[int, int]],
-                   requested_by: str) -> list[dict]:
-    """Record re-render jobs (one submission per source render); returns their records."""
-    if not sizes:
-        raise RerenderError("no target size given")
-    planned = []
-    for render_id in render_ids:
-        source = catalogue.render(render_id)
-        if source is None:
-            raise RerenderError(f"render {render_id!r} is not in the catalogue")
-        records = rerender_records(source, sizes)
-        digest = hashlib.sha256(json.dumps([render_id, sizes, requested_by]).encode()).hexdigest()
-        submission = catalogue.create_submission(source["team"], source["project"],
-                                                 f"{RERENDER_PREFIX}{render_id} by {requested_by}", digest,
-                                                 len(records))
-        catalogue.plan_jobs(submission, records)
-        planned.extend(records)
-    return planned
-
-
-def queue_rerender(catalogue, render_id: str, sizes: list[tuple[int, int]], requested_by: str) -> list[str]:
-    """Plan re-renders of one render and start them in the background; returns the job keys at once."""
-    records = plan_rerenders(catalogue, [render_id], sizes, requested_by)
-    keys = [r["key"] for r in records]
-    todo = [k for k in keys if k not in catalogue.rendered_keys(keys)]
-    if todo:
-        start_in_background(todo)
-    return keys
 
 
 def start_in_background(job_keys: list[str]) -> None:
@@ -111,8 +33,8 @@ def start_in_background(job_keys: list[str]) -> None:
     if os.environ.get("PREFECT_API_URL") and _run_deployment(job_keys):
         return
     log_dir = _log_dir()
-    log = open(log_dir / f"rerender-{job_keys[0][:12]}.log", "ab")
-    subprocess.Popen([sys.executable, "-m", "flows.runs", *job_keys], stdout=log, stderr=subprocess.STDOUT,
+    log_file = open(log_dir / f"rerender-{job_keys[0][:12]}.log", "ab")
+    subprocess.Popen([sys.executable, "-m", "flows.runs", *job_keys], stdout=log_file, stderr=subprocess.STDOUT,
                      stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
 
 
@@ -136,18 +58,3 @@ def _run_deployment(job_keys: list[str]) -> bool:
         return True
     except Exception:  # no such deployment, or the server is unreachable: render locally instead
         return False
-
-
-def select_renders(catalogue, *, team: str | None = None, project: str | None = None, tag: str | None = None,
-                   render_ids: list[str] | None = None, limit: int = 10_000) -> list[str]:
-    """Render ids chosen by id, or by team / project / tag (all that match)."""
-    if render_ids:
-        return list(render_ids)
-    chosen, after = [], None
-    while len(chosen) < limit:
-        page = catalogue.renders(team=team, project=project, limit=500, after=after)
-        if not page:
-            break
-        chosen.extend(r["render_id"] for r in page if tag is None or tag in (r.get("tags") or []))
-        after = page[-1]["render_id"]
-    return chosen[:limit]

@@ -11,49 +11,16 @@ tags or where the manifest lies, so an upgrade or a moved folder does not re-ren
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from linstudio_jobkeys import JOB_KEY_VERSION, KEY_FIELDS, OPTIONAL_KEY_FIELDS, job_key  # noqa: F401 (re-exported)
 from manifests.errors import ManifestError
 from manifests.load import LoadedManifest
 from manifests.paths import file_sha256, resolve_reference
 from manifests.schema import ResolvedAsset, resolve_asset
 
-JOB_KEY_VERSION = "linstudio-job-v1"  # bump only when the meaning of a key field changes
-KEY_FIELDS: tuple[str, ...] = (
-    "team", "project", "asset_id", "prompt", "negative_prompt", "seed", "width", "height",
-    "model_identity", "steps", "guidance", "scheduler", "attention", "strategy", "conditioning", "tileable",
-)
-OPTIONAL_KEY_FIELDS: tuple[str, ...] = ("parent_render_id",)  # re-renders only
 CONDITIONING_FEATURES: tuple[str, ...] = ("controlnet", "ip_adapter", "init_image", "lora")
-
-
-def job_key(fields: dict) -> str:
-    """The canonical job key: sha256 of `linstudio-job-v1` and the sorted-keys JSON of the key fields.
-
-    `fields` must hold exactly KEY_FIELDS (plus `parent_render_id` for a re-render; None counts as
-    absent, so first renders keep their keys). File references in `conditioning` may carry their
-    `path`: it is dropped here, only the file's hash counts. Raises ValueError on missing or extra
-    fields, so that a field cannot slip into (or out of) keys unnoticed.
-    """
-    missing = [name for name in KEY_FIELDS if name not in fields]
-    extra = [name for name in fields if name not in KEY_FIELDS and name not in OPTIONAL_KEY_FIELDS]
-    if missing or extra:
-        raise ValueError(f"job_key: missing fields {missing}, unexpected fields {extra}")
-    body = {name: value for name, value in fields.items() if not (name == "parent_render_id" and value is None)}
-    body["conditioning"] = _without_paths(body["conditioning"])
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(f"{JOB_KEY_VERSION}\n{text}".encode()).hexdigest()
-
-
-def _without_paths(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
-    if isinstance(value, list):
-        return [_without_paths(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,5 @@
 """The import graph keeps the directions written down in docs/architecture.md.
 
-Issue 18 is under way: what the house still does against those directions is listed in the doc's
-`still-against` block, and the test holds the graph to exactly that list — anything new fails,
-and so does a listed item that was fixed but not taken off the list (the list only shrinks).
-
 Every `import` and `from ... import` in the packages counts, the function-local ones included
 (they are arrows all the same: they only postpone the circle to the first call). Two checks:
 - a room imports only the rooms below it (`ALLOWED`, read from docs/architecture.md);
@@ -146,10 +142,7 @@ def settings_fetched_inside() -> set[str]:
             and not any(fnmatch.fnmatchcase(name, pattern) for pattern in EDGES)}
 
 
-def test_the_house_reads_one_way_apart_from_what_the_doc_lists_as_still_against_it():
-    """New arrows, circles or settings lookups fail; so does a listed one that is gone (take it off the list)."""
-    found = missing_rooms() | wrong_arrows() | module_circles() | settings_fetched_inside()
-    listed = set(_doc_block("still-against"))
-    new, gone = sorted(found - listed), sorted(listed - found)
-    assert not new, "against the directions in docs/architecture.md (fix it, do not list it):\n  " + "\n  ".join(new)
-    assert not gone, "fixed: take these off docs/architecture.md's still-against list:\n  " + "\n  ".join(gone)
+def test_the_house_reads_one_way():
+    """No arrow against the directions in docs/architecture.md, no circle, no settings lookup off the edges."""
+    found = sorted(missing_rooms() | wrong_arrows() | module_circles() | settings_fetched_inside())
+    assert not found, "against the directions in docs/architecture.md:\n  " + "\n  ".join(found)

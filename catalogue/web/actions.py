@@ -1,4 +1,4 @@
-"""State changes the gallery makes that need the whole catalogue (store and flows), not just a session.
+"""State changes the gallery makes that need the whole catalogue (database and store), not just a session.
 
 Shared by the form routes and the JSON API so a button and a script do exactly the same thing.
 """
@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from catalogue import export as exporting
+from catalogue import rerender_requests, rerenders
 from catalogue.api import Catalogue
 from catalogue.errors import CatalogueError
 from catalogue.models import APPROVED, Render
@@ -34,7 +35,7 @@ class NotFound(CatalogueError, LookupError):
 
 
 class Unavailable(CatalogueError):
-    """A feature this installation cannot provide right now (e.g. no re-render flow)."""
+    """A feature this installation cannot provide right now (e.g. the export queue is full)."""
 
 
 def parse_sizes(values: Iterable[str | Iterable[int]]) -> list[tuple[int, int]]:
@@ -62,33 +63,31 @@ def parse_sizes(values: Iterable[str | Iterable[int]]) -> list[tuple[int, int]]:
 
 
 def rerender(catalogue: Catalogue, render_id: str, sizes: list[tuple[int, int]], who: str) -> list[str]:
-    """Queue re-renders of `render_id` at `sizes` through flows.rerender; returns the new job keys."""
+    """Plan re-renders of `render_id` at `sizes` and ask for them to be started (a rerender request that
+    `flows` picks up); returns the new job keys at once, so the page can follow their states."""
     if catalogue.render(render_id) is None:
         raise NotFound(f"render {render_id}: not in the catalogue")
     try:
-        from flows.rerender import RerenderError, queue_rerender
-    except ImportError:
-        raise Unavailable("re-rendering is not available in this installation (flows.rerender is missing)") from None
-    try:
-        return queue_rerender(catalogue, render_id, sizes, who)
-    except RerenderError as exc:
+        records = rerenders.plan_rerenders(catalogue, [render_id], sizes, who)
+    except rerenders.RerenderError as exc:
         raise ActionError(str(exc)) from None
+    keys = [r["key"] for r in records]
+    todo = [k for k in keys if k not in catalogue.rendered_keys(keys)]
+    if todo:
+        with catalogue.transaction() as session:
+            rerender_requests.request_start(session, "rerender", todo, who, catalogue.clock())
+    return keys
 
 
-def retry(catalogue: Catalogue, job_key: str) -> dict[str, Any]:
-    """Plan a failed job again and start rendering it in the background (the re-render flow's runner:
-    the `rerender` deployment where one is configured, else a local process); returns the job."""
+def retry(catalogue: Catalogue, job_key: str, who: str) -> dict[str, Any]:
+    """Plan a failed job again and ask for it to be started in the background (a rerender request that
+    `flows` picks up: the `rerender` deployment where one is configured, else a local process); returns the job."""
     with catalogue.transaction() as session:
         if not service.retry_job(session, job_key, catalogue.clock()):
             if service.job_of(session, job_key) is None:
                 raise NotFound(f"job {job_key}: not in the catalogue")
             raise ActionError(f"job {job_key}: only a failed job can be retried")
-    try:
-        from flows.rerender import start_in_background
-    except ImportError:
-        raise Unavailable("the job is planned again, but no background runner is installed (flows.rerender is "
-                          "missing): it renders on the next `linstudio run` of its manifest") from None
-    start_in_background([job_key])
+        rerender_requests.request_start(session, "retry", [job_key], who, catalogue.clock())
     with catalogue.transaction() as session:
         return service.job_of(session, job_key)
 

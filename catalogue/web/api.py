@@ -111,7 +111,7 @@ def delete_render(request: Request, render_id: str, who: Writer) -> dict:
 
 @router.post("/jobs/{job_key}/retry", summary="Plan a failed job again and render it in the background")
 def retry_job(request: Request, job_key: str, who: Writer) -> dict:
-    return actions.retry(request.app.state.catalogue, job_key)
+    return actions.retry(request.app.state.catalogue, job_key, who.name)
 
 
 @router.post("/jobs/{job_key}/cancel", summary="Take a queued job off the queue")

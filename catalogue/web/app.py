@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import secrets
 from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +31,16 @@ from catalogue.errors import CatalogueError, ObjectNotFoundError
 from catalogue.web import actions, limits, security
 from catalogue.web.export_runner import ExportRunner
 
+
+
+class BackgroundService(Protocol):
+    """Something that runs beside the server (threads): started with it, stopped when it stops."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SECURITY_HEADERS = {
@@ -41,20 +53,28 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(catalogue: Catalogue, settings) -> FastAPI:
-    """The gallery over an open, migrated `catalogue`, configured by `settings` (linstudio_settings.Settings)."""
+def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundService] = ()) -> FastAPI:
+    """The gallery over an open, migrated `catalogue`, configured by `settings` (linstudio_settings.Settings).
+
+    `background` are services that live as long as the server, handed in by whoever serves the
+    gallery (`linstudio serve` passes the dispatcher that starts the re-renders the gallery asks
+    for, flows.requests): the gallery itself imports nothing from orchestration.
+    """
     from catalogue.web import api, pages
 
     runner = ExportRunner(catalogue, settings.export_workers)
+    services: list[BackgroundService] = [runner, *background]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         # Start the export workers with the server: they also resume exports left queued by a stopped one.
-        runner.start()
+        for service in services:
+            service.start()
         try:
             yield
         finally:
-            runner.stop()
+            for service in reversed(services):
+                service.stop()
 
     # No /docs or /redoc: they load scripts from a CDN (no network in the studio, and our CSP forbids it).
     app = FastAPI(title="LinFusion Studio catalogue", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,

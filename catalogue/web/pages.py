@@ -125,7 +125,7 @@ def delete_form(request: Request, render_id: str, who: Writer):
 
 @router.post("/jobs/{job_key}/retry")
 def retry_form(request: Request, job_key: str, who: Writer, next: Annotated[str, Form()] = "/submissions"):
-    actions.retry(request.app.state.catalogue, job_key)
+    actions.retry(request.app.state.catalogue, job_key, who.name)
     return back_to(next, "/submissions")
 
 

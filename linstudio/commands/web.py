@@ -28,10 +28,12 @@ def serve(
     import uvicorn
 
     from catalogue.web import create_app
+    from flows.requests import RerenderDispatcher
     from linstudio_settings import get_settings
 
     catalogue = _open()
-    app = create_app(catalogue, get_settings())
+    # The gallery records re-render and retry requests in the catalogue; this starts them.
+    app = create_app(catalogue, get_settings(), background=[RerenderDispatcher(catalogue)])
     where = catalogue.engine.url.render_as_string(hide_password=True)
     typer.echo(f"gallery of {where} at http://{host}:{port}/", err=True)
     try:

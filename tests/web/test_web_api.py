@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from web_support import bearer, csrf_of, make_render, record, seed_catalogue, sign_in
+from web_support import bearer, csrf_of, make_render, record, requested_starts, seed_catalogue, sign_in
 
 from catalogue.models import FAILED, PLANNED
 
@@ -143,11 +143,7 @@ def test_errors_never_leak_tracebacks(client, web_cat, monkeypatch, token):
         assert "reference" in response.text
 
 
-def test_rerender_queues_through_the_rerender_flow_and_progress_shows(client, web_cat, token, monkeypatch):
-    import flows.rerender
-
-    started = []
-    monkeypatch.setattr(flows.rerender, "start_in_background", started.append)
+def test_rerender_queues_through_the_rerender_flow_and_progress_shows(client, web_cat, token):
     render_id = make_render(web_cat, record())
     assert client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["128x128"]}).status_code == 401
     bad = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["100x72"]}, headers=bearer(token))
@@ -156,7 +152,7 @@ def test_rerender_queues_through_the_rerender_flow_and_progress_shows(client, we
                        headers=bearer(token))
     assert made.status_code == 202
     keys = made.json()["job_keys"]
-    assert len(keys) == 2 and started == [keys]
+    assert len(keys) == 2 and requested_starts(web_cat) == [keys]
     assert web_cat.job_states(keys) == {key: PLANNED for key in keys}
     detail = client.get(f"/api/renders/{render_id}").json()
     assert {(j["width"], j["height"], j["state"]) for j in detail["rerender_jobs"]} == {(128, 128, PLANNED),
@@ -166,11 +162,7 @@ def test_rerender_queues_through_the_rerender_flow_and_progress_shows(client, we
                        headers=bearer(token)).status_code == 404
 
 
-def test_retry_cancel_and_delete(client, web_cat, token, monkeypatch):
-    import flows.rerender
-
-    started = []
-    monkeypatch.setattr(flows.rerender, "start_in_background", started.append)
+def test_retry_cancel_and_delete(client, web_cat, token):
     done_id = make_render(web_cat, record("a", 1))
     queued, broken = record("b", 2), record("c", 3)
     submission = web_cat.create_submission("film", "night-city", "film/x.yaml", "0" * 64, 2)
@@ -178,7 +170,7 @@ def test_retry_cancel_and_delete(client, web_cat, token, monkeypatch):
     web_cat.fail(broken["key"], "CUDA out of memory")
     assert client.post(f"/api/jobs/{queued['key']}/retry", headers=bearer(token)).status_code == 400
     assert client.post(f"/api/jobs/{broken['key']}/retry", headers=bearer(token)).json()["state"] == PLANNED
-    assert started == [[broken["key"]]]
+    assert requested_starts(web_cat) == [[broken["key"]]]
     cancelled = client.post(f"/api/jobs/{queued['key']}/cancel", headers=bearer(token)).json()
     assert cancelled["state"] == FAILED and cancelled["error"] == "cancelled by token:pipeline-bot"
     sub = client.get(f"/api/submissions/{submission}").json()

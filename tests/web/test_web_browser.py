@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from web_support import StepClock, make_render, png, record, seed_catalogue, served_over_http
+from web_support import StepClock, make_render, png, record, requested_starts, seed_catalogue, served_over_http
 
 from catalogue.models import Job
 
@@ -27,9 +27,11 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-ru
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    """A seeded catalogue served over HTTP: yields (base_url, catalogue, ids, started re-render keys)."""
+    """A seeded catalogue served over HTTP: yields (base_url, catalogue, ids, requested starts).
 
-    import flows.rerender
+    Requested starts: a function giving the job keys of each rerender request the gallery recorded;
+    no dispatcher runs here, the test plays the render worker (below)."""
+
     from catalogue import Catalogue
     from catalogue.auth import add_user
     from catalogue.web import create_app
@@ -44,13 +46,9 @@ def studio(tmp_path_factory):
         make_render(cat, record("hero", seed), colour)
     with cat.transaction() as session:
         add_user(session, "alice", "correct horse battery", cat.clock())
-    started: list[list[str]] = []
-    original = flows.rerender.start_in_background
-    flows.rerender.start_in_background = started.append  # the test plays the render worker (below)
     app = create_app(cat, Settings(home=root / "home", secret_key="browser-test-secret-0123"))
     with served_over_http(app) as (host, port):
-        yield f"http://{host}:{port}", cat, ids, started
-    flows.rerender.start_in_background = original
+        yield f"http://{host}:{port}", cat, ids, lambda: requested_starts(cat)
     cat.close()
 
 
@@ -123,7 +121,7 @@ def test_hostile_prompt_shows_as_text(page, studio):
 
 
 def test_sign_in_approve_with_a_note_and_ask_for_a_bigger_render(page, studio, tmp_path):
-    base, cat, ids, started = studio
+    base, cat, ids, requested = studio
     target = ids["hero2"]
     page.goto(base + f"/renders/{target}")
     page.click("text=Sign in")
@@ -139,6 +137,7 @@ def test_sign_in_approve_with_a_note_and_ask_for_a_bigger_render(page, studio, t
     page.check("input[name=sizes][value='128x128']")
     page.click("button:has-text('Queue re-render')")
     assert page.locator("#progress .jobs").inner_text().count("planned") == 1
+    started = requested()
     assert len(started) == 1
     # Play the render worker: take the planned job and catalogue its result.
     (key,) = started[0]

@@ -49,11 +49,8 @@ def routes(app, methods=None):
 
 
 @pytest.fixture
-def studio(web_cat, settings, user, token, monkeypatch):
+def studio(web_cat, settings, user, token):
     """The gallery with renders, a failed job, a finished export and a submission; ids to fill paths with."""
-    import flows.rerender
-
-    monkeypatch.setattr(flows.rerender, "start_in_background", lambda keys: None)
     ids = seed_catalogue(web_cat)
     failed = record("broken", 4)
     submission = web_cat.create_submission("film", "night-city", "film/x.yaml", "0" * 64, 1)

@@ -79,6 +79,14 @@ def make_render(cat: Catalogue, rec: dict, color=(200, 30, 30)) -> str:
     return cat.ingest(rec["key"], png(color, (rec["width"], rec["height"])), full, "w1")
 
 
+def requested_starts(cat: Catalogue) -> list[list[str]]:
+    """The job keys of each rerender request the gallery recorded and nothing has started yet, oldest first."""
+    from catalogue import rerender_requests
+
+    with cat.transaction() as session:
+        return [r["job_keys"] for r in rerender_requests.waiting(session)]
+
+
 def seed_catalogue(cat: Catalogue) -> dict[str, str]:
     """A small studio catalogue: two teams, tags, sizes, a lineage, and a hostile prompt."""
     ids = {}
