@@ -70,3 +70,31 @@ def test_rerender_of_an_unknown_render_is_a_clear_error(prefect_api, backend):
     result = CliRunner().invoke(app, ["rerender", "--render", "NOPE", "--size", "128x128"])
     assert result.exit_code == 2
     assert "render 'NOPE' is not in the catalogue" in result.output
+
+
+def test_a_rerender_asked_for_in_the_gallery_is_rendered_by_the_dispatchers_background_run(prefect_api, backend,
+                                                                                          tmp_path):
+    """The whole path a gallery button takes: plan + request (catalogue), dispatcher (flows), then the
+    default start — no `rerender` deployment is registered, so a detached `python -m flows.runs`."""
+    import time
+
+    from catalogue import Catalogue
+    from catalogue.web import actions
+    from flows.requests import RerenderDispatcher
+    from linstudio.settings import get_settings
+
+    assert run_manifests([write_manifest(tmp_path, "hero.yaml", ONE_JOB)]).counts["rendered"] == 1
+    catalogue = Catalogue.from_settings(get_settings())
+    try:
+        (source,) = catalogue.renders(limit=10)
+        (key,) = actions.rerender(catalogue, source["render_id"], [(128, 128)], "alice")
+        assert len(RerenderDispatcher(catalogue).dispatch_waiting()) == 1
+        deadline = time.monotonic() + 240
+        while catalogue.job_states([key])[key] != "done" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        logs = "".join(p.read_text(errors="replace") for p in (get_settings().home / "logs").glob("rerender-*.log"))
+        assert catalogue.job_states([key]) == {key: "done"}, logs[-3000:]
+        (child,) = [r for r in catalogue.renders(limit=10) if r["parent_render_id"] == source["render_id"]]
+        assert (child["width"], child["height"]) == (128, 128)
+    finally:
+        catalogue.close()
