@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from catalogue import export as exporting
 from catalogue import review, search
 from catalogue.models import REVIEW_STATUSES
-from catalogue.web import actions, exports, service
+from catalogue.web import actions, exports, service, views
 from catalogue.web.security import Viewer, reader, writer
 
 router = APIRouter(prefix="/api", tags=["catalogue"])
@@ -72,13 +72,7 @@ def list_renders(request: Request, _who: Reader, q: str | None = None, team: str
 
 @router.get("/renders/{render_id}", summary="One render: record, siblings, lineage, reviews, re-render jobs")
 def get_render(request: Request, render_id: str, _who: Reader) -> dict:
-    with request.app.state.catalogue.transaction() as session:
-        render = service.render_full(session, render_id)
-        if render is None:
-            raise actions.NotFound(f"render {render_id}: not in the catalogue")
-        return {"render": render, "siblings": service.siblings(session, render["asset_pk"]),
-                "lineage": service.lineage(session, render_id), "reviews": review.history(session, render_id),
-                "rerender_jobs": service.rerender_jobs(session, render)}
+    return views.render_detail(request.app.state.catalogue, render_id)
 
 
 @router.get("/renders/{render_id}/reviews", summary="Review history, newest first")
@@ -129,11 +123,7 @@ def list_submissions(request: Request, _who: Reader, team: str | None = None, be
 
 @router.get("/submissions/{submission_id}", summary="One submission: status, errors, renders")
 def get_submission(request: Request, submission_id: str, _who: Reader) -> dict:
-    with request.app.state.catalogue.transaction() as session:
-        found = service.submission(session, submission_id)
-    if found is None:
-        raise actions.NotFound(f"submission {submission_id}: not in the catalogue")
-    return found
+    return views.submission_detail(request.app.state.catalogue, submission_id)
 
 
 @router.post("/export", status_code=202, summary="Queue an export of renders to a folder or S3 prefix",
@@ -157,8 +147,4 @@ def list_exports(request: Request, _who: Reader, limit: Annotated[int, Query(ge=
 
 @router.get("/exports/{export_id}", summary="One export: state, files done of total, the files once done")
 def get_export(request: Request, export_id: str, _who: Reader) -> dict:
-    with request.app.state.catalogue.transaction() as session:
-        found = exports.get(session, export_id)
-    if found is None:
-        raise actions.NotFound(f"export {export_id}: not in the catalogue")
-    return found
+    return views.export_detail(request.app.state.catalogue, export_id)

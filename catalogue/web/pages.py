@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from catalogue import auth, review, search
 from catalogue import export as exporting
 from catalogue.models import EXPORT_QUEUED, EXPORT_RUNNING, REVIEW_STATUSES
-from catalogue.web import actions, downloads, exports, service, throttle
+from catalogue.web import actions, downloads, exports, service, throttle, views
 from catalogue.web.security import SESSION_COOKIE, Viewer, csrf_token, reader, require_csrf, viewer, writer
 
 log = logging.getLogger(__name__)
@@ -66,25 +66,19 @@ def gallery(request: Request, who: Reader, q: str | None = None, team: str | Non
 
 @router.get("/renders/{render_id}", response_class=HTMLResponse)
 def render_page(request: Request, render_id: str, who: Reader):
-    with request.app.state.catalogue.transaction() as session:
-        render = service.render_full(session, render_id)
-        if render is None:
-            raise actions.NotFound(f"render {render_id}: not in the catalogue")
-        context = {"render": render, "siblings": service.siblings(session, render["asset_pk"]),
-                   "lineage": service.lineage(session, render_id), "reviews": review.history(session, render_id),
-                   "jobs": service.rerender_jobs(session, render)}
-    pending = any(job["state"] in ("planned", "running") for job in context["jobs"])
+    detail = views.render_detail(request.app.state.catalogue, render_id)
+    render, jobs = detail["render"], detail["rerender_jobs"]
+    pending = any(job["state"] in ("planned", "running") for job in jobs)
     suggested = [(render["width"] * k, render["height"] * k) for k in (2, 4)
                  if max(render["width"], render["height"]) * k <= actions.MAX_SIDE]
     return page(request, "render.html", who, statuses=REVIEW_STATUSES, refresh=pending, suggested=suggested,
-                **context)
+                render=render, siblings=detail["siblings"], lineage=detail["lineage"], reviews=detail["reviews"],
+                jobs=jobs)
 
 
 @router.get("/renders/{render_id}/download")
 def download(request: Request, render_id: str, _who: Reader):
-    render = request.app.state.catalogue.render(render_id)
-    if render is None:
-        raise actions.NotFound(f"render {render_id}: not in the catalogue")
+    render = views.render_row(request.app.state.catalogue, render_id)
     name = f"{render['asset_id']}_{render['seed']}_{render['width']}x{render['height']}_{render_id}.png"
     return downloads.object_response(request.app.state.catalogue.store, render["object_key"], name, "image/png",
                                      request.app.state.settings.s3_public_endpoint)
@@ -92,9 +86,7 @@ def download(request: Request, render_id: str, _who: Reader):
 
 @router.get("/renders/{render_id}/thumb")
 def thumbnail(request: Request, render_id: str, _who: Reader):
-    render = request.app.state.catalogue.render(render_id)
-    if render is None:
-        raise actions.NotFound(f"render {render_id}: not in the catalogue")
+    render = views.render_row(request.app.state.catalogue, render_id)
     return downloads.object_response(request.app.state.catalogue.store, render["thumb_key"], f"{render_id}.webp",
                                      "image/webp", request.app.state.settings.s3_public_endpoint, attachment=False,
                                      cache=True)
@@ -159,10 +151,7 @@ def exports_page(request: Request, who: Reader):
 
 @router.get("/exports/{export_id}", response_class=HTMLResponse)
 def export_page(request: Request, export_id: str, who: Reader):
-    with request.app.state.catalogue.transaction() as session:
-        found = exports.get(session, export_id)
-    if found is None:
-        raise actions.NotFound(f"export {export_id}: not in the catalogue")
+    found = views.export_detail(request.app.state.catalogue, export_id)
     return page(request, "export.html", who, export=found, refresh=found["state"] in (EXPORT_QUEUED, EXPORT_RUNNING))
 
 
@@ -177,10 +166,7 @@ def submissions_page(request: Request, who: Reader, team: str | None = None, bef
 
 @router.get("/submissions/{submission_id}", response_class=HTMLResponse)
 def submission_page(request: Request, submission_id: str, who: Reader):
-    with request.app.state.catalogue.transaction() as session:
-        found = service.submission(session, submission_id)
-    if found is None:
-        raise actions.NotFound(f"submission {submission_id}: not in the catalogue")
+    found = views.submission_detail(request.app.state.catalogue, submission_id)
     return page(request, "submission.html", who, submission=found)
 
 

@@ -1,0 +1,52 @@
+"""What a page and its JSON twin both show: one lookup each, shared so the two cannot drift apart.
+
+`/renders/{id}` and `/api/renders/{id}` show the same render, `/submissions/{id}` and its API the
+same submission, and so on; each lookup here reads it in one transaction and refuses an unknown id
+with the same NotFound (404) either way. The routes then only shape the answer: a template or JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from catalogue import review
+from catalogue.api import Catalogue
+from catalogue.web import exports, service
+from catalogue.web.actions import NotFound
+
+
+def render_row(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
+    """The render as `Catalogue.render` gives it (object and thumbnail keys: for downloads)."""
+    render = catalogue.render(render_id)
+    if render is None:
+        raise NotFound(f"render {render_id}: not in the catalogue")
+    return render
+
+
+def render_detail(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
+    """The asset page's content: the render, its siblings, lineage, review history and re-render jobs."""
+    with catalogue.transaction() as session:
+        render = service.render_full(session, render_id)
+        if render is None:
+            raise NotFound(f"render {render_id}: not in the catalogue")
+        return {"render": render, "siblings": service.siblings(session, render["asset_pk"]),
+                "lineage": service.lineage(session, render_id), "reviews": review.history(session, render_id),
+                "rerender_jobs": service.rerender_jobs(session, render)}
+
+
+def submission_detail(catalogue: Catalogue, submission_id: str) -> dict[str, Any]:
+    """One submission: its derived status, errors and renders."""
+    with catalogue.transaction() as session:
+        found = service.submission(session, submission_id)
+    if found is None:
+        raise NotFound(f"submission {submission_id}: not in the catalogue")
+    return found
+
+
+def export_detail(catalogue: Catalogue, export_id: str) -> dict[str, Any]:
+    """One export: its state, files done of total, and the files once done."""
+    with catalogue.transaction() as session:
+        found = exports.get(session, export_id)
+    if found is None:
+        raise NotFound(f"export {export_id}: not in the catalogue")
+    return found
