@@ -15,20 +15,21 @@ from catalogue.web import exports, service
 from catalogue.web.actions import NotFound
 
 
+def _found(value: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    if value is None:
+        raise NotFound(f"{what}: not in the catalogue")
+    return value
+
+
 def render_row(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
     """The render as `Catalogue.render` gives it (object and thumbnail keys: for downloads)."""
-    render = catalogue.render(render_id)
-    if render is None:
-        raise NotFound(f"render {render_id}: not in the catalogue")
-    return render
+    return _found(catalogue.render(render_id), f"render {render_id}")
 
 
 def render_detail(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
     """The asset page's content: the render, its siblings, lineage, review history and re-render jobs."""
     with catalogue.transaction() as session:
-        render = service.render_full(session, render_id)
-        if render is None:
-            raise NotFound(f"render {render_id}: not in the catalogue")
+        render = _found(service.render_full(session, render_id), f"render {render_id}")
         return {"render": render, "siblings": service.siblings(session, render["asset_pk"]),
                 "lineage": service.lineage(session, render_id), "reviews": review.history(session, render_id),
                 "rerender_jobs": service.rerender_jobs(session, render)}
@@ -37,16 +38,10 @@ def render_detail(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
 def submission_detail(catalogue: Catalogue, submission_id: str) -> dict[str, Any]:
     """One submission: its derived status, errors and renders."""
     with catalogue.transaction() as session:
-        found = service.submission(session, submission_id)
-    if found is None:
-        raise NotFound(f"submission {submission_id}: not in the catalogue")
-    return found
+        return _found(service.submission(session, submission_id), f"submission {submission_id}")
 
 
 def export_detail(catalogue: Catalogue, export_id: str) -> dict[str, Any]:
     """One export: its state, files done of total, and the files once done."""
     with catalogue.transaction() as session:
-        found = exports.get(session, export_id)
-    if found is None:
-        raise NotFound(f"export {export_id}: not in the catalogue")
-    return found
+        return _found(exports.get(session, export_id), f"export {export_id}")
