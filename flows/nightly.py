@@ -52,10 +52,11 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
     if todo and shard_deployments_available():
         by_key = {r["key"]: r for r in todo}
         large_pool = settings.large_gpu_pool is not None
+        registry = None  # what the memory estimates ask; only routing to a large-GPU pool needs them
         if large_pool:
             from linfusion_engine.registry import ModelRegistry
 
-            registry = ModelRegistry.from_settings(settings)  # what the memory estimates ask
+            registry = ModelRegistry.from_settings(settings)
 
         def send(keys: list[str]) -> DispatchedShard:
             shard_records = [by_key[k] for k in keys]

@@ -19,21 +19,16 @@ import threading
 from collections.abc import Callable
 
 from catalogue import rerender_requests
+from flows.rerender import start_in_background
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
 
 
-def _start_in_background(job_keys: list[str]) -> None:
-    from flows.rerender import start_in_background
-
-    start_in_background(job_keys)
-
-
 class RerenderDispatcher:
     """Starts the jobs of `catalogue`'s rerender requests, in one daemon thread (see the module docstring)."""
 
-    def __init__(self, catalogue, start: Callable[[list[str]], None] = _start_in_background,
+    def __init__(self, catalogue, start: Callable[[list[str]], None] = start_in_background,
                  poll_seconds: float = POLL_SECONDS,
                  stale_seconds: float = rerender_requests.STALE_SECONDS) -> None:
         self.catalogue = catalogue
@@ -70,6 +65,11 @@ class RerenderDispatcher:
             log.info("%s request %s: started %d job(s) for %s", claimed["kind"], claimed["request_id"],
                      len(claimed["job_keys"]), claimed["requested_by"])
         return started
+
+    @property
+    def running(self) -> bool:
+        """Whether its thread is looking at the requests (between `start` and `stop`)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         if self._thread is not None:

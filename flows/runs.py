@@ -20,7 +20,7 @@ from flows.batch import finish_submissions, load_and_expand, plan_run, release_a
 from flows.leases import worker_id
 from flows.outcomes import JobOutcome, RunSummary, redact_url
 from flows.prefect_env import configure_prefect_defaults
-from flows.rerender import RerenderError
+from catalogue.rerenders import RerenderError
 from linstudio_settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
     configure_prefect_defaults()
     from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
 
-    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
+    catalogue = Catalogue.from_settings(settings)
     try:
         catalogue.migrate()
         catalogue.sweep_intents()
@@ -83,7 +83,7 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
     configure_prefect_defaults()
     from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
 
-    catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
+    catalogue = Catalogue.from_settings(settings)
     try:
         catalogue.migrate()
         records, skipped = [], []

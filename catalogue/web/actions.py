@@ -72,7 +72,8 @@ def rerender(catalogue: Catalogue, render_id: str, sizes: list[tuple[int, int]],
     except rerenders.RerenderError as exc:
         raise ActionError(str(exc)) from None
     keys = [r["key"] for r in records]
-    todo = [k for k in keys if k not in catalogue.rendered_keys(keys)]
+    rendered = catalogue.rendered_keys(keys)
+    todo = [k for k in keys if k not in rendered]
     if todo:
         with catalogue.transaction() as session:
             rerender_requests.request_start(session, "rerender", todo, who, catalogue.clock())

@@ -32,7 +32,6 @@ from catalogue.web import actions, limits, security
 from catalogue.web.export_runner import ExportRunner
 
 
-
 class BackgroundService(Protocol):
     """Something that runs beside the server (threads): started with it, stopped when it stops."""
 

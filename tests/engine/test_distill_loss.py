@@ -13,8 +13,8 @@ from linfusion_engine.distill.loss import Attn1Capture, distillation_loss, train
 from linfusion_engine.distill.setup import (
     build_linfusion, encode_captions, load_pipeline, resolve_base, student_and_teacher)
 from linfusion_engine.linfusion import LinFusion, is_mounted
-from linstudio.settings import get_settings
 from linfusion_engine.registry import ModelRegistry
+from linstudio.settings import get_settings
 
 
 @pytest.fixture(scope="module")

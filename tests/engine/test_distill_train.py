@@ -23,8 +23,8 @@ from linfusion_engine.distill.data import CaptionedImages, find_examples
 from linfusion_engine.distill.setup import encode_captions, load_pipeline, resolve_base
 from linfusion_engine.distill.train import DistillConfig, DistillRunError, distill, read_metrics
 from linfusion_engine.linfusion import LinFusion
-from linstudio.settings import get_settings
 from linfusion_engine.registry import ModelRegistry
+from linstudio.settings import get_settings
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 TEACHER_STEPS = 60
@@ -32,6 +32,11 @@ TEACHER_STEPS = 60
 
 def _studio_registry() -> ModelRegistry:
     return ModelRegistry.from_settings(get_settings())
+
+
+def train(config: DistillConfig, **options):
+    """`distill` as the command runs it: the studio's registry, no progress bar."""
+    return distill(config, registry=_studio_registry(), progress=False, **options)
 
 
 def make_images(folder, count=8, size=64):
@@ -65,7 +70,7 @@ def data(tmp_path_factory):
 def trained_teacher(tmp_path_factory, data):
     """tiny-sd15 with its whole UNet fine-tuned as a denoiser on `data` for TEACHER_STEPS steps."""
     folder = tmp_path_factory.mktemp("teacher") / "pipeline"
-    pipe = load_pipeline(resolve_base("tiny-sd15", ModelRegistry.from_settings(get_settings())))
+    pipe = load_pipeline(resolve_base("tiny-sd15", _studio_registry()))
     dataset = CaptionedImages(find_examples(data), 64)
     pixels = torch.stack([dataset[i]["pixels"] for i in range(len(dataset))])  # (8, 3, 64, 64)
     captions = [dataset[i]["caption"] for i in range(len(dataset))]
@@ -104,7 +109,7 @@ def _distillation_terms(lines):
 
 @pytest.mark.slow
 def test_random_init_200_steps_at_least_halve_the_distillation_terms(trained_teacher, data, tmp_path):
-    result = distill(_config(trained_teacher, data, tmp_path / "out", steps=200, init="random"), progress=False, registry=_studio_registry())
+    result = train(_config(trained_teacher, data, tmp_path / "out", steps=200, init="random"))
     lines = read_metrics(tmp_path / "out")
     assert [line["step"] for line in lines] == list(range(1, 201))
     assert lines == result.metrics
@@ -118,7 +123,7 @@ def test_random_init_200_steps_at_least_halve_the_distillation_terms(trained_tea
 
 
 def test_teacher_init_keeps_the_distillation_terms_small(trained_teacher, data, tmp_path):
-    distill(_config(trained_teacher, data, tmp_path / "out", steps=30, init="teacher"), progress=False, registry=_studio_registry())
+    train(_config(trained_teacher, data, tmp_path / "out", steps=30, init="teacher"))
     lines = read_metrics(tmp_path / "out")
     terms = [line["loss_teacher"] + line["loss_feature"] for line in lines]
     # random init starts near 0.1 on this teacher; the teacher's own projections start near 0.001
@@ -129,7 +134,7 @@ def test_teacher_init_keeps_the_distillation_terms_small(trained_teacher, data, 
 def test_resume_after_an_interruption_continues_the_same_curve(trained_teacher, data, tmp_path):
     common = dict(steps=12, init="random", checkpoint_every=5, gradient_accumulation=2, batch_size=2,
                   learning_rate=1e-3)
-    distill(_config(trained_teacher, data, tmp_path / "whole", **common), progress=False, registry=_studio_registry())
+    train(_config(trained_teacher, data, tmp_path / "whole", **common))
     whole = read_metrics(tmp_path / "whole")
 
     class Interrupted(Exception):
@@ -141,15 +146,15 @@ def test_resume_after_an_interruption_continues_the_same_curve(trained_teacher, 
 
     interrupted = tmp_path / "interrupted"
     with pytest.raises(Interrupted):
-        distill(_config(trained_teacher, data, interrupted, **common), progress=False, on_log=crash_after_step_8, registry=_studio_registry())
+        train(_config(trained_teacher, data, interrupted, **common), on_log=crash_after_step_8)
     assert [c.step for c in list_checkpoints(default_checkpoint_dir(interrupted))] == [5]
     assert len(read_metrics(interrupted)) == 8  # logged past the checkpoint before dying
     with pytest.raises(DistillRunError, match="pass --resume"):
-        distill(_config(trained_teacher, data, interrupted, **common), progress=False, registry=_studio_registry())
+        train(_config(trained_teacher, data, interrupted, **common))
     with pytest.raises(DistillRunError, match="seed: checkpoint 0, now 1"):
-        distill(_config(trained_teacher, data, interrupted, resume=True, **{**common, "seed": 1}), progress=False, registry=_studio_registry())
+        train(_config(trained_teacher, data, interrupted, resume=True, **{**common, "seed": 1}))
 
-    result = distill(_config(trained_teacher, data, interrupted, resume=True, **common), progress=False, registry=_studio_registry())
+    result = train(_config(trained_teacher, data, interrupted, resume=True, **common))
     assert result.resumed_from == 5
     assert read_metrics(interrupted) == [{**line, "seconds": other["seconds"]}
                                          for line, other in zip(whole, read_metrics(interrupted))]
@@ -169,7 +174,7 @@ def test_result_is_published_format_and_renders_through_a_manifest(trained_teach
     from manifests.load import load_manifests
 
     out = tmp_path / "studio-lf"
-    distill(_config(trained_teacher, data, out, steps=3, init="teacher"), progress=False, registry=_studio_registry())
+    train(_config(trained_teacher, data, out, steps=3, init="teacher"))
     config = json.loads((out / "config.json").read_text())
     assert config["_class_name"] == "LinFusion" and len(config["modules_list"]) == 4
     assert {p.name for p in out.iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors",
@@ -202,7 +207,7 @@ def test_result_is_published_format_and_renders_through_a_manifest(trained_teach
 
 def test_sdxl_family_distils_in_bf16_and_loads(data, tmp_path):
     out = tmp_path / "xl"
-    result = distill(_config("tiny-sdxl", data, out, steps=2, mixed_precision="bf16"), progress=False, registry=_studio_registry())
+    result = train(_config("tiny-sdxl", data, out, steps=2, mixed_precision="bf16"))
     assert [line["step"] for line in result.metrics] == [1, 2]
     assert all(np.isfinite(line["loss"]) for line in result.metrics)
     modules = LinFusion.from_pretrained(out).config.modules_list

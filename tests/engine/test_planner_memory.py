@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 SCRIPT = r"""
 import json
 from linfusion_engine import Engine, RenderRequest, planner
-from linstudio.settings import get_settings
 from linfusion_engine.registry import ModelRegistry
+from linstudio.settings import get_settings
 out = []
 for model, strategy, width, height in [("tiny-sd15", "direct", 512, 512), ("tiny-sd15", "sdedit", 256, 256),
                                        ("tiny-sdxl", "direct", 384, 384)]:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from linfusion_engine import Engine, RenderRequest
-from linstudio.settings import get_settings
 from linfusion_engine.registry import ModelRegistry
+from linstudio.settings import get_settings
 
 
 @pytest.fixture(scope="module")

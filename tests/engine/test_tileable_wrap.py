@@ -17,8 +17,8 @@ from linfusion_engine import Engine, RenderRequest, tiling
 from linfusion_engine.strategies import StagePipelines, StageInputs, run_stage
 from linfusion_engine.strategies.highres import dilated_convs
 from linfusion_engine.schedulers import make_scheduler
-from linstudio.settings import get_settings
 from linfusion_engine.registry import ModelRegistry
+from linstudio.settings import get_settings
 
 
 @pytest.fixture(scope="module")

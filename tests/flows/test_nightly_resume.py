@@ -72,7 +72,8 @@ def test_a_submission_left_running_after_its_jobs_ended_is_settled_not_rendered_
     try:
         (submission_id,) = statuses(catalogue)
         assert catalogue.start_submission(submission_id) and inbox.take(submission_id) is not None
-        planned = plan_run(catalogue, load_and_expand([small_manifest], get_settings()), force=False, submission_ids=[submission_id])
+        planned = plan_run(catalogue, load_and_expand([small_manifest], get_settings()), force=False,
+                           submission_ids=[submission_id])
         first, second, third = planned.to_render
         png = io.BytesIO()
         Image.new("RGB", (64, 64), (9, 9, 9)).save(png, format="PNG")

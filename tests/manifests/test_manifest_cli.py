@@ -77,8 +77,8 @@ def test_validate_needs_a_path():
 def test_plan_lists_jobs_with_short_keys_and_totals():
     result = invoke("plan", str(EXAMPLES / "film.yaml"), str(EXAMPLES / "ad.yaml"))
     assert result.exit_code == 0, result.output
-    jobs = [job for loaded in load_manifests([EXAMPLES / "film.yaml", EXAMPLES / "ad.yaml"], settings=get_settings()).manifests
-            for job in expand_jobs(loaded)]
+    loaded_examples = load_manifests([EXAMPLES / "film.yaml", EXAMPLES / "ad.yaml"], settings=get_settings())
+    jobs = [job for loaded in loaded_examples.manifests for job in expand_jobs(loaded)]
     lines = result.stdout.splitlines()
     assert lines[1].split() == ["KEY", "ASSET", "SIZE", "SEED", "MODEL", "STRATEGY", "STAGES", "EST-PEAK", "EST-TIME",
                                 "FEATURES"]  # issue 5: stages and estimates

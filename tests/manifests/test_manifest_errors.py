@@ -8,9 +8,8 @@ import textwrap
 import pytest
 from PIL import Image
 
-from linstudio.settings import Settings
+from linstudio.settings import Settings, get_settings
 from manifests import ManifestError, load_manifests
-from linstudio.settings import get_settings
 
 VALID = """\
 version: 1
@@ -306,7 +305,8 @@ def test_gif_is_refused(tmp_path):
 def test_escaping_the_manifest_folder_is_refused(tmp_path):
     png(tmp_path / "outside.png")
     folder = tmp_path / "film"
-    result = load_manifests([write(folder, with_asset("init_image: {image: ../outside.png, mask: a/../../outside.png}\n"))], settings=get_settings())
+    manifest = write(folder, with_asset("init_image: {image: ../outside.png, mask: a/../../outside.png}\n"))
+    result = load_manifests([manifest], settings=get_settings())
     hint = "leaves the manifest folder; use a path inside it or under a shared root (LINSTUDIO_SHARED_ROOTS)"
     assert [(e.line, e.key_path, e.message) for e in result.errors] == [
         (12, "assets[0].init_image.image", f"'../outside.png' {hint}"),
@@ -342,7 +342,8 @@ def test_links_leading_out_are_refused(tmp_path):
     folder.mkdir()
     (folder / "link.png").symlink_to(secret)
     secret = os.path.realpath(secret)
-    found = load_manifests([write(folder, with_asset("ip_adapter: {images: [link.png]}\n"))], settings=get_settings()).errors
+    manifest = write(folder, with_asset("ip_adapter: {images: [link.png]}\n"))
+    found = load_manifests([manifest], settings=get_settings()).errors
     assert [(e.key_path, e.message) for e in found] == [
         ("assets[0].ip_adapter.images[0]", f"'link.png' is a link that leads outside the manifest folder ({secret}); "
                                            "use a path inside it or under a shared root (LINSTUDIO_SHARED_ROOTS)")]

@@ -90,9 +90,11 @@ def test_the_gallery_runs_the_dispatcher_it_is_handed_and_stops_it_with_the_serv
         started.set()
 
     dispatcher = RerenderDispatcher(web_cat, start=start, poll_seconds=0.05)
+    assert not dispatcher.running
     with TestClient(create_app(web_cat, settings, background=[dispatcher])) as client:
+        assert dispatcher.running
         made = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["128x128"]},
                            headers=bearer(token))
         assert started.wait(10), "the dispatcher never started the requested re-render"
     assert seen == [made.json()["job_keys"]]
-    assert dispatcher._thread is not None and not dispatcher._thread.is_alive()
+    assert not dispatcher.running
