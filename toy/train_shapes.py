@@ -1,0 +1,440 @@
+"""Train `shapes-sd15`, the built-in model whose images a program can judge, on this CPU.
+
+    python -m toy.train_shapes vae   --run toy/runs/shapes --steps 1500 [--resume]
+    python -m toy.train_shapes data  --run toy/runs/shapes --count 12000
+    python -m toy.train_shapes unet  --run toy/runs/shapes --steps 6000 [--resume]
+    python -m toy.train_shapes check  --run toy/runs/shapes     # 32 held-out prompts, read back
+    python -m toy.train_shapes export --run toy/runs/shapes --out linfusion_engine/builtin_models/shapes-sd15
+
+The model has exactly SD-1.5's diffusers pipeline layout (so every path of the engine applies):
+an `AutoencoderKL` that downsamples 8x to 4 latent channels, a `UNet2DConditionModel` with
+self-attention at its high-resolution levels, a small `CLIPTextModel` over the project's real
+CLIP tokenizer (77 tokens, 49,408 ids) and SD's DDIM schedule. Only its widths are small.
+
+Why stages: the VAE is trained first on pixels (L1 + MSE, a tiny KL weight), then a data set of
+latents is encoded once with it, so the UNet and text encoder train on cached latents (the
+expensive part of SD training, the VAE encode, is paid once). Every stage writes checkpoints
+into `--run` (never into git) and `--resume` continues from the newest one with the same RNG
+streams; `loss.jsonl` logs the curve. Only `export` writes the committed model folder.
+
+Training choices, each for a reason:
+- Offset noise (0.1 x a per-channel constant added to the noise): the world is flat colours, and
+  SD's schedule leaves a little signal at t=999, so without it a model struggles to make a
+  whole background darker or lighter than mid-grey (the known "offset noise" fix).
+- 10% empty prompts, for classifier-free guidance; 10% colour-less prompts (`a circle on the
+  left`), which the IP-Adapter issue needs (the colours then come from elsewhere).
+- An EMA of the weights is what gets exported: short training runs sample much better from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from toy.shapes import draw, scene_from_seed
+
+NATIVE = 128  # the model's native side in pixels
+LATENT = NATIVE // 8  # 16: the latent side at the native size
+TEXT_HIDDEN = 64
+# Seeds below this are the training world; the quality bench draws its prompts from above it.
+TRAIN_SEED_LIMIT = 10_000_000
+EVAL_SEED_START = 10_000_000
+
+
+# -- the architecture ---------------------------------------------------------------------------
+def vae_config() -> dict:
+    """AutoencoderKL, 8x down to 4 channels like SD's, at toy width; no mid-block attention.
+
+    Without the mid-block attention the VAE is purely convolutional, so it decodes a 2048 px
+    latent (a 256x256 token grid) at the same cost per pixel as a 128 px one, tiled or not.
+    """
+    return {
+        "in_channels": 3, "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [16, 32, 64, 64],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 8,
+        "sample_size": NATIVE,
+        "mid_block_add_attention": False,
+    }
+
+
+def unet_config() -> dict:
+    """SD-1.5's UNet layout at toy width: cross- and self-attention at the two high-resolution
+    levels, none at the lowest but in the mid block; 4 heads (`attention_head_dim` is the head
+    count in these configs; SD-1.5's 8 would leave 4 channels per head at this width). The
+    widths were chosen by step time on this 2-core CPU: 0.4 s per batch of 32 for (32, 64, 64)
+    against 1.0 s for (64, 128, 128); the 4x4 bottom level is cheap, so it gets 128."""
+    return {
+        "sample_size": LATENT,
+        "in_channels": 4, "out_channels": 4,
+        "block_out_channels": [32, 64, 128],
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": TEXT_HIDDEN,
+        "attention_head_dim": 4,
+        "norm_num_groups": 8,
+    }
+
+
+def text_config():
+    from transformers import CLIPTextConfig
+
+    from linfusion_engine.tokenizers import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE
+
+    # Token ids are OpenAI CLIP's: start 49406, end (and pad) 49407.
+    return CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN,
+                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH,
+                          projection_dim=TEXT_HIDDEN, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def scheduler_config() -> dict:
+    """SD-1.5's training schedule (scaled_linear 0.00085..0.012, epsilon), as DDIM settings."""
+    return {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"}
+
+
+# -- run folders and checkpoints -----------------------------------------------------------------
+@dataclass
+class Run:
+    """A training run's folder: checkpoints per stage, the latent data set, the loss log."""
+
+    root: Path
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def checkpoints(self, stage: str) -> list[Path]:
+        return sorted(self.stage_dir(stage).glob("step-*.pt"))
+
+    def log(self, stage: str, record: dict) -> None:
+        self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        with (self.stage_dir(stage) / "loss.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def save(self, stage: str, step: int, state: dict, keep: int = 2) -> None:
+        """Write through a temp file, then rename: a kill mid-save never leaves a torn checkpoint."""
+        folder = self.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"step-{step:08d}.pt"
+        tmp = target.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(target)
+        for old in self.checkpoints(stage)[:-keep]:
+            old.unlink()
+
+    def latest(self, stage: str) -> dict | None:
+        found = self.checkpoints(stage)
+        return torch.load(found[-1], weights_only=False) if found else None
+
+
+def rng_state(generator: torch.Generator, py: random.Random) -> dict:
+    return {"torch": generator.get_state(), "python": py.getstate(), "global": torch.get_rng_state()}
+
+
+def restore_rng(state: dict, generator: torch.Generator, py: random.Random) -> None:
+    generator.set_state(state["torch"])
+    py.setstate(state["python"])
+    torch.set_rng_state(state["global"])
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def image_tensor(images: list) -> torch.Tensor:
+    """PIL RGB images -> (B, 3, H, W) float in [-1, 1], as the VAE reads them."""
+    array = np.stack([np.asarray(image, dtype=np.float32) for image in images])  # (B, H, W, 3)
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1  # (B, 3, H, W)
+
+
+# -- stage 1: the VAE ---------------------------------------------------------------------------
+def train_vae(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 64, seed: int = 1) -> None:
+    """L1 + MSE reconstruction of random crops of jittered scenes, KL weight 1e-6."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**vae_config())
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    py = random.Random(seed)
+    step = 0
+    state = run.latest("vae") if resume else None
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], generator, py)
+        step = state["step"]
+        print(f"vae: resumed at step {step}", flush=True)
+    elif run.checkpoints("vae"):
+        sys.exit(f"{run.stage_dir('vae')} holds checkpoints: pass --resume, or use a new --run")
+    started = time.time()
+    while step < steps:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, 1e-3, 100)
+        crops = []
+        for _ in range(batch):
+            # Scenes at 128 px (the native scale of edges) and some at 64-256 px, so the decoder sees
+            # the edge curvatures the SDEdit chain's larger sizes produce.
+            side = py.choice([128, 128, 96, 192, 256])
+            image = draw(scene_from_seed(py.randrange(TRAIN_SEED_LIMIT), jitter=True), side, side)
+            x, y = py.randrange(side - crop + 1), py.randrange(side - crop + 1)
+            crops.append(image.crop((x, y, x + crop, y + crop)))
+        pixels = image_tensor(crops)  # (B, 3, crop, crop)
+        posterior = vae.encode(pixels).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        decoded = vae.decode(latents).sample
+        recon = F.l1_loss(decoded, pixels) + F.mse_loss(decoded, pixels)
+        kl = posterior.kl().mean() / (crop * crop)
+        loss = recon + 1e-6 * kl * (crop * crop)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % 25 == 0 or step == steps:
+            run.log("vae", {"step": step, "loss": loss.item(), "recon": recon.item(), "kl": kl.item(),
+                            "seconds": round(time.time() - started, 1)})
+            print(f"vae step {step}: loss {loss.item():.4f} recon {recon.item():.4f}", flush=True)
+        if step % 250 == 0 or step == steps:
+            run.save("vae", step, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                   "rng": rng_state(generator, py), "config": vae_config()})
+
+
+def load_vae(run: Run):
+    from diffusers import AutoencoderKL
+
+    state = run.latest("vae")
+    if state is None:
+        sys.exit("no VAE checkpoint: run the `vae` stage first")
+    vae = AutoencoderKL(**state["config"])
+    vae.load_state_dict(state["model"])
+    return vae.eval()
+
+
+# -- stage 2: the latent data set ----------------------------------------------------------------
+def encode_data(run: Run, count: int, seed_start: int = 0) -> None:
+    """Encode `count` jittered 128 px scenes once; store latent means, the scaling factor, prompts.
+
+    The scaling factor is 1 / std of the latents, as SD's 0.18215 was chosen: the UNet then
+    sees unit-variance latents and the pipeline's `latents * scaling_factor` is exact.
+    """
+    vae = load_vae(run)
+    means, scenes = [], []
+    with torch.no_grad():
+        for start in range(seed_start, seed_start + count, 64):
+            seeds = range(start, min(start + 64, seed_start + count))
+            batch_scenes = [scene_from_seed(seed, jitter=True) for seed in seeds]
+            pixels = image_tensor([draw(scene, NATIVE, NATIVE) for scene in batch_scenes])
+            means.append(vae.encode(pixels).latent_dist.mean)  # (b, 4, 16, 16)
+            scenes.extend(batch_scenes)
+            if len(scenes) % 1024 < 64:
+                print(f"data: {len(scenes)}/{count}", flush=True)
+    latents = torch.cat(means)  # (count, 4, 16, 16)
+    scaling = float(1.0 / latents.std())
+    prompts = [scene.prompt for scene in scenes]
+    colorless = [scene.colorless_prompt for scene in scenes]
+    run.root.mkdir(parents=True, exist_ok=True)
+    torch.save({"latents": latents, "scaling_factor": scaling, "prompts": prompts, "colorless": colorless},
+               run.root / "data.pt")
+    print(f"data: {count} latents, std {latents.std():.3f}, scaling_factor {scaling:.4f}", flush=True)
+
+
+# -- stage 3: UNet and text encoder --------------------------------------------------------------
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids  # (B, 77)
+
+
+def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 2, lr: float = 5e-4) -> None:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from linfusion_engine.tokenizers import clip_tokenizer
+
+    data = torch.load(run.root / "data.pt", weights_only=False)
+    latents = data["latents"] * data["scaling_factor"]  # (N, 4, 16, 16), unit variance
+    tokenizer = clip_tokenizer()
+    ids_full = tokenize(tokenizer, data["prompts"])  # (N, 77)
+    ids_colorless = tokenize(tokenizer, data["colorless"])  # (N, 77)
+    ids_empty = tokenize(tokenizer, [""])  # (1, 77)
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config())
+    text = CLIPTextModel(text_config())
+    ema_unet = UNet2DConditionModel(**unet_config())
+    ema_text = CLIPTextModel(text_config())
+    ema_unet.load_state_dict(unet.state_dict())
+    ema_text.load_state_dict(text.state_dict())
+    params = list(unet.parameters()) + list(text.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
+                                 if k not in ("set_alpha_to_one", "steps_offset")})
+    alphas = scheduler.alphas_cumprod  # (1000,)
+    generator = torch.Generator().manual_seed(seed)
+    py = random.Random(seed)
+    step = 0
+    state = run.latest("unet") if resume else None
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        text.load_state_dict(state["text"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_text.load_state_dict(state["ema_text"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], generator, py)
+        step = state["step"]
+        print(f"unet: resumed at step {step}", flush=True)
+    elif run.checkpoints("unet"):
+        sys.exit(f"{run.stage_dir('unet')} holds checkpoints: pass --resume, or use a new --run")
+    ema_pairs = list(zip(list(ema_unet.parameters()) + list(ema_text.parameters()), params))
+    started = time.time()
+    running = []
+    while step < steps:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr, 200)
+        index = torch.randint(0, latents.shape[0], (batch,), generator=generator)
+        x0 = latents[index]  # (B, 4, 16, 16)
+        kind = torch.rand(batch, generator=generator)  # < 0.1 empty, < 0.2 colour-less, else full
+        ids = torch.where((kind < 0.2)[:, None], ids_colorless[index], ids_full[index])  # (B, 77)
+        ids = torch.where((kind < 0.1)[:, None], ids_empty.expand(batch, -1), ids)  # (B, 77)
+        noise = torch.randn(x0.shape, generator=generator)
+        noise = noise + 0.1 * torch.randn((batch, 4, 1, 1), generator=generator)  # offset noise
+        t = torch.randint(0, 1000, (batch,), generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        hidden = text(ids).last_hidden_state  # (B, 77, TEXT_HIDDEN)
+        prediction = unet(noisy, t, encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema_param, param in ema_pairs:
+                ema_param.lerp_(param, 1 - decay)
+        step += 1
+        running.append(loss.item())
+        if step % 50 == 0 or step == steps:
+            run.log("unet", {"step": step, "loss": float(np.mean(running)), "lr": optimizer.param_groups[0]["lr"],
+                             "seconds": round(time.time() - started, 1)})
+            print(f"unet step {step}: loss {np.mean(running):.4f} ({time.time() - started:.0f} s)", flush=True)
+            running = []
+        if step % 250 == 0 or step == steps:
+            run.save("unet", step, {"unet": unet.state_dict(), "text": text.state_dict(),
+                                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "step": step,
+                                    "rng": rng_state(generator, py)})
+
+
+# -- export -------------------------------------------------------------------------------------
+def export(run: Run, out: Path, dtype: str = "float16") -> None:
+    """Write the EMA weights as an SD-1.5 diffusers folder (no tokenizer/: the engine builds the
+    real CLIP tokenizer for folders that lack one)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from linfusion_engine.tokenizers import clip_tokenizer
+
+    data = torch.load(run.root / "data.pt", weights_only=False)
+    state = run.latest("unet")
+    vae_state = run.latest("vae")
+    vae = AutoencoderKL(**{**vae_config(), "scaling_factor": round(data["scaling_factor"], 5)})
+    vae.load_state_dict(vae_state["model"])
+    unet = UNet2DConditionModel(**unet_config())
+    unet.load_state_dict(state["ema_unet"])
+    text = CLIPTextModel(text_config())
+    text.load_state_dict(state["ema_text"])
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=DDIMScheduler(**scheduler_config()), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.to(getattr(torch, dtype))
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(out / "tokenizer", ignore_errors=True)
+    print(f"exported step {state['step']} to {out}", flush=True)
+
+
+def sample_check(run: Run, prompts: int = 32, steps: int = 20, guidance: float = 7.5) -> dict:
+    """Render `prompts` held-out scenes from the newest UNet checkpoint and read them back.
+
+    A progress check while training (diffusers' own pipeline, softmax attention, 128 px): the
+    product's figures come from `bench/quality_bench.py` through the engine.
+    """
+    import tempfile
+
+    from diffusers import StableDiffusionPipeline
+
+    from toy.analyzer import analyze, matches
+
+    with tempfile.TemporaryDirectory() as folder:
+        export(run, Path(folder), dtype="float32")
+        from linfusion_engine.tokenizers import clip_tokenizer
+
+        pipe = StableDiffusionPipeline.from_pretrained(folder, tokenizer=clip_tokenizer(), safety_checker=None,
+                                                       feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = [scene_from_seed(EVAL_SEED_START + i) for i in range(prompts)]
+    hits = {"color": 0, "shape": 0, "position": 0, "background": 0, "all": 0, "single": 0}
+    for index, scene in enumerate(scenes):
+        image = pipe(scene.prompt, num_inference_steps=steps, guidance_scale=guidance, height=NATIVE, width=NATIVE,
+                     generator=torch.Generator().manual_seed(index)).images[0]
+        reading = analyze(image)
+        right = matches(reading, scene)
+        for key, ok in right.items():
+            hits[key] += ok
+        hits["all"] += all(right.values())
+        hits["single"] += reading.objects == 1
+        if index < 8:
+            image.save(run.root / f"check-{index}.png")
+    report = {key: round(value / prompts, 3) for key, value in hits.items()}
+    print(f"check ({prompts} prompts): {report}", flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=["vae", "data", "unet", "export", "check"])
+    parser.add_argument("--run", type=Path, default=Path("toy/runs/shapes"))
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--count", type=int, default=12000)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run(args.run)
+    if args.stage == "vae":
+        train_vae(run, args.steps, args.resume, **({"batch": args.batch} if args.batch else {}))
+    elif args.stage == "data":
+        encode_data(run, args.count)
+    elif args.stage == "unet":
+        train_unet(run, args.steps, args.resume, **({"batch": args.batch} if args.batch else {}))
+    elif args.stage == "check":
+        sample_check(run)
+    else:
+        export(run, args.out or Path("linfusion_engine/builtin_models/shapes-sd15"))
+
+
+if __name__ == "__main__":
+    main()
