@@ -5,6 +5,7 @@
 #   make test-heavy the `heavy` tests: full-size SD-XL on the CPU (~12 GB RAM, minutes); .ci/run runs it too
 #   make test-fast  the suite without real services, for the inner loop
 #   make test-faults  the fault suite on its own (services stopped and killed mid-batch; docs/reliability.md)
+#   make test-changed only the tests the working tree's changes can affect (infra/changed_tests.py says how)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,7 +17,7 @@ TORCH ?= torch==2.13.0
 OPEN_CLIP ?= open-clip-torch==3.3.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-heavy test-faults bench clean
+.PHONY: setup demo test test-fast test-heavy test-faults test-changed bench clean
 
 setup: $(STAMP)
 
@@ -45,6 +46,13 @@ test-fast: setup
 test-faults: setup
 	@bash infra/ensure-test-deps.sh
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
+test-changed: setup
+	@bash infra/ensure-test-deps.sh
+	@paths="$$($(PY) infra/changed_tests.py $(if $(BASE),--base $(BASE)))"; \
+	if [ -z "$$paths" ]; then echo "no changes against HEAD: nothing to test"; exit 0; fi; \
+	echo "testing: $$(echo $$paths)"; \
+	$(PY) -m pytest -m "not heavy and not faults_slow" $(PYTEST_ARGS) $$paths
 
 bench: setup
 	$(PY) bench/attention_bench.py
