@@ -265,6 +265,6 @@ def estimate_peak_gib(record: dict, registry) -> float:
     entry = registry.get(record["model"])
     plan = plan_render(record.get("strategy") or "auto", record["width"], record["height"], entry.family,
                        entry.native_size)
-    result = estimate(plan, steps=record.get("steps") or 30, family=entry.family, tiny=entry.is_tiny,
+    result = estimate(plan, steps=record.get("steps") or 30, family=entry.family, tiny=entry.is_toy_scale,
                       guidance=(record.get("guidance") or 0) > 1)
     return result.peak_bytes / GIB

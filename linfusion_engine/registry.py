@@ -14,6 +14,9 @@ Where things are
 `base` and `linfusion` are locations:
 - `builtin:tiny-sd15` / `builtin:tiny-sdxl`: built deterministically on first use under
   HOME/models (see `linfusion_engine.tiny`);
+- `package:NAME`: trained weights shipped inside this package (`linfusion_engine/builtin_models/NAME`,
+  e.g. `shapes-sd15`, trained by `toy/train_shapes.py`): nothing to build or download, identified
+  like any local model, by the sha256 of its files;
 - an absolute or `~` path: a local folder in diffusers layout, or (for `base`) a single-file
   checkpoint (`.safetensors` / `.ckpt`) in the original SD layout, read with the component configs
   the project carries (`linfusion_engine/checkpoints.py`);
@@ -40,6 +43,9 @@ PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 BUILTIN_PREFIX = "builtin:"
+PACKAGE_PREFIX = "package:"
+# Where `package:NAME` locations live: trained weights committed with the code.
+PACKAGED_MODELS_DIR = Path(__file__).resolve().parent / "builtin_models"
 # Bumped whenever `linfusion_engine.tiny` changes what it builds, so job keys follow.
 TINY_BUILD_VERSION = "1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
@@ -96,6 +102,16 @@ class ModelEntry:
     @property
     def is_tiny(self) -> bool:
         return self.base.startswith(BUILTIN_PREFIX)
+
+    @property
+    def is_packaged(self) -> bool:
+        """True for a base shipped with the code (`package:`), such as the trained `shapes-sd15`."""
+        return self.base.startswith(PACKAGE_PREFIX)
+
+    @property
+    def is_toy_scale(self) -> bool:
+        """A toy-width architecture (a tiny or packaged built-in): the planner's `tiny` cost profile."""
+        return self.is_tiny or self.is_packaged
 
     @property
     def base_format(self) -> str:
@@ -169,6 +185,9 @@ def resolve_location(location: str, models_dir: Path) -> Path | None:
     if location.startswith(BUILTIN_PREFIX):
         folder = models_dir / location[len(BUILTIN_PREFIX):] / f"v{TINY_BUILD_VERSION}"
         return folder  # built on first use: always "available"
+    if location.startswith(PACKAGE_PREFIX):
+        folder = PACKAGED_MODELS_DIR / location[len(PACKAGE_PREFIX):]
+        return folder if folder.is_dir() else None
     if location.startswith(("/", "~", ".")):
         path = Path(location).expanduser()
         return path if path.exists() else None
@@ -184,7 +203,7 @@ def is_single_file(location: str) -> bool:
 
 def location_format(location: str) -> str:
     """`builtin`, `single file`, `folder` or `hub`: how a location is stored, told from its spelling."""
-    if location.startswith(BUILTIN_PREFIX):
+    if location.startswith((BUILTIN_PREFIX, PACKAGE_PREFIX)):
         return "builtin"
     if is_single_file(location):
         return "single file"
@@ -207,6 +226,9 @@ def how_to_provide(location: str, option: str = "--base") -> str:
 
     `option` is the `linstudio models add` option that sets this location (--base, --linfusion).
     """
+    if location.startswith(PACKAGE_PREFIX):
+        return (f"'{location}' ships with the code at {PACKAGED_MODELS_DIR / location[len(PACKAGE_PREFIX):]}, "
+                "which is missing: reinstall linfusion-studio from a complete checkout.")
     if HUB_ID_RE.match(location) and not location.startswith(("/", "~", ".")):
         return (f"'{location}' is not in the local Hugging Face cache ({hf_cache_dir()}). Copy the cache "
                 f"from a machine that has it, or run `huggingface-cli download {location}` where the network "
@@ -399,6 +421,10 @@ class ModelRegistry:
         before = dict(cache)
         weights = {}
 
+        # A model shipped with the code is its files, configs included (its VAE's scaling factor
+        # lives in a config): a retrained or re-exported `shapes-sd15` gets new job keys.
+        counted = (*WEIGHT_SUFFIXES, ".json") if entry.is_packaged else WEIGHT_SUFFIXES
+
         def add(role: str, location_path: Path | None) -> None:
             """A single file counts under its role alone (renaming or moving it changes nothing);
             a folder's weight files count by their path inside it."""
@@ -408,7 +434,7 @@ class ModelRegistry:
                 weights[role] = _file_digest(location_path.resolve(), cache)
                 return
             for path in sorted(location_path.rglob("*")):
-                if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+                if path.is_file() and path.suffix in counted:
                     weights[f"{role}/{path.relative_to(location_path)}"] = _file_digest(path.resolve(), cache)
 
         add("base", self.base_path(entry))

@@ -3,6 +3,7 @@
     python -m toy.train_shapes vae   --run toy/runs/shapes --steps 1500 [--resume]
     python -m toy.train_shapes data  --run toy/runs/shapes --count 12000
     python -m toy.train_shapes unet  --run toy/runs/shapes --steps 6000 [--resume]
+    python -m toy.train_shapes decoder --run toy/runs/shapes --steps 1500 [--resume]  # sharper decodes
     python -m toy.train_shapes check  --run toy/runs/shapes     # 32 held-out prompts, read back
     python -m toy.train_shapes export --run toy/runs/shapes --out linfusion_engine/builtin_models/shapes-sd15
 
@@ -102,9 +103,21 @@ def text_config():
 
 
 def scheduler_config() -> dict:
-    """SD-1.5's training schedule (scaled_linear 0.00085..0.012, epsilon), as DDIM settings."""
+    """SD-1.5's beta range, rescaled to zero terminal SNR, with v-prediction.
+
+    SD-1.5's own schedule (scaled_linear 0.00085..0.012, epsilon) leaves sqrt(alpha_bar) = 0.07 of
+    the image in x_t at t = 999. In this world that leak is fatal: a flat-colour object is a strong,
+    object-sized signal, so a model trained on it learns to read the layout (which shape, where)
+    from the leak, and when sampling starts from pure noise it takes the layout from the noise,
+    whatever the prompt says (measured: the first run, 6,500 steps, put the same object at the same
+    place for five different position phrases). Rescaled to zero terminal SNR (Lin et al. 2024,
+    diffusers' `rescale_betas_zero_snr`), x_999 holds no image at all, so the layout must come from
+    the prompt; v-prediction keeps the objective defined there. "trailing" spacing makes the
+    samplers start at t = 999. SD-2.1 uses v-prediction too: the engine's paths all handle it.
+    """
     return {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-            "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"}
+            "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "v_prediction",
+            "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 
 
 # -- run folders and checkpoints -----------------------------------------------------------------
@@ -217,10 +230,64 @@ def train_vae(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 6
                                    "rng": rng_state(generator, py), "config": vae_config()})
 
 
-def load_vae(run: Run):
+def train_decoder(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 64, seed: int = 3) -> None:
+    """Fine-tune the VAE's decoder alone, the encoder frozen: sharper edges and truer colours.
+
+    The latent space is the encoder's, so the UNet trained on it stays valid while this runs;
+    the decoder learns from the posterior mean, which is what the engine's stages decode.
+    """
+    vae = load_vae(run, stage="vae")
+    for parameter in vae.parameters():
+        parameter.requires_grad_(False)
+    trainable = [p for name, p in vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=3e-4, weight_decay=0.0)
+    py = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    step = 0
+    state = run.latest("decoder") if resume else None
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], generator, py)
+        step = state["step"]
+    elif run.checkpoints("decoder"):
+        sys.exit(f"{run.stage_dir('decoder')} holds checkpoints: pass --resume, or use a new --run")
+    vae.train()
+    started = time.time()
+    while step < steps:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, 3e-4, 50)
+        crops = []
+        for _ in range(batch):
+            side = py.choice([128, 128, 96, 192, 256])
+            image = draw(scene_from_seed(py.randrange(TRAIN_SEED_LIMIT), jitter=True), side, side)
+            x, y = py.randrange(side - crop + 1), py.randrange(side - crop + 1)
+            crops.append(image.crop((x, y, x + crop, y + crop)))
+        pixels = image_tensor(crops)  # (B, 3, crop, crop)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mean  # (B, 4, crop/8, crop/8)
+        decoded = vae.decode(latents).sample
+        loss = F.l1_loss(decoded, pixels) + F.mse_loss(decoded, pixels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        step += 1
+        if step % 25 == 0 or step == steps:
+            run.log("decoder", {"step": step, "loss": loss.item(), "seconds": round(time.time() - started, 1)})
+            print(f"decoder step {step}: loss {loss.item():.4f}", flush=True)
+        if step % 250 == 0 or step == steps:
+            run.save("decoder", step, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                       "rng": rng_state(generator, py), "config": vae_config()})
+
+
+def load_vae(run: Run, stage: str | None = None):
+    """The newest VAE: the fine-tuned decoder's checkpoint when there is one (unless `stage` names one)."""
     from diffusers import AutoencoderKL
 
-    state = run.latest("vae")
+    state = run.latest(stage) if stage else (run.latest("decoder") or run.latest("vae"))
     if state is None:
         sys.exit("no VAE checkpoint: run the `vae` stage first")
     vae = AutoencoderKL(**state["config"])
@@ -262,7 +329,32 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids  # (B, 77)
 
 
-def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 2, lr: float = 5e-4) -> None:
+def low_frequency_noise(shape: tuple, generator: torch.Generator, weight: float) -> torch.Tensor:
+    """Gaussian noise at the object's scale (4x4 and 8x8 grids, upsampled), `weight` each: (B, C, H, W).
+
+    SD's schedule leaves sqrt(alpha_bar) = 0.07 of the image in x_t even at t = 999. A flat-colour
+    object is a strong, object-sized signal, so a model trained on it reads the layout (where the
+    object is, which shape) from that leak instead of from the prompt, and at sampling time, when
+    the start is pure noise, takes it from whatever the noise suggests. Noise with power at the
+    object's scale drowns the leak at high t, so there the layout can only come from the text.
+    """
+    batch, channels, height, width = shape
+    total = torch.zeros(shape)
+    for grid in (4, 8):
+        coarse = torch.randn((batch, channels, grid, grid), generator=generator)  # (B, C, g, g)
+        total += weight * F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return total
+
+
+def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 2, lr: float = 5e-4,
+               high_t: float = 0.0, low_frequency: float = 0.0, offset_noise: float = 0.0) -> None:
+    """UNet and text encoder on the cached latents, epsilon objective, EMA kept for export.
+
+    `high_t`: the share of each batch whose timestep is drawn from the noisier half (500-999)
+    instead of uniformly. Layout (where the object goes, which shape it is) is decided there; the
+    first run (uniform t, 5000 steps) learned colours and backgrounds but placed objects almost
+    at random, so the continuation spends more of its steps where the prompt's position matters.
+    """
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -285,7 +377,7 @@ def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 
     params = list(unet.parameters()) + list(text.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
-                                 if k not in ("set_alpha_to_one", "steps_offset")})
+                                 if k not in ("set_alpha_to_one", "steps_offset", "timestep_spacing")})
     alphas = scheduler.alphas_cumprod  # (1000,)
     generator = torch.Generator().manual_seed(seed)
     py = random.Random(seed)
@@ -314,13 +406,20 @@ def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 
         ids = torch.where((kind < 0.2)[:, None], ids_colorless[index], ids_full[index])  # (B, 77)
         ids = torch.where((kind < 0.1)[:, None], ids_empty.expand(batch, -1), ids)  # (B, 77)
         noise = torch.randn(x0.shape, generator=generator)
-        noise = noise + 0.1 * torch.randn((batch, 4, 1, 1), generator=generator)  # offset noise
+        if offset_noise > 0:
+            noise = noise + offset_noise * torch.randn((batch, 4, 1, 1), generator=generator)
+        if low_frequency > 0:
+            noise = noise + low_frequency_noise(tuple(noise.shape), generator, low_frequency)
         t = torch.randint(0, 1000, (batch,), generator=generator)
+        if high_t > 0:
+            noisier = torch.rand(batch, generator=generator) < high_t
+            t = torch.where(noisier, torch.randint(500, 1000, (batch,), generator=generator), t)
         a = alphas[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         hidden = text(ids).last_hidden_state  # (B, 77, TEXT_HIDDEN)
         prediction = unet(noisy, t, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction, noise)
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v = sqrt(a) eps - sqrt(1 - a) x0
+        loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -344,9 +443,10 @@ def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 
 
 
 # -- export -------------------------------------------------------------------------------------
-def export(run: Run, out: Path, dtype: str = "float16") -> None:
-    """Write the EMA weights as an SD-1.5 diffusers folder (no tokenizer/: the engine builds the
-    real CLIP tokenizer for folders that lack one)."""
+def export(run: Run, out: Path, dtype: str = "float32", ema: bool = True) -> None:
+    """Write the EMA weights (or, `ema=False`, the raw ones: a look at a run in progress) as an
+    SD-1.5 diffusers folder (no tokenizer/: the engine builds the real CLIP tokenizer for folders
+    that lack one)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -354,13 +454,13 @@ def export(run: Run, out: Path, dtype: str = "float16") -> None:
 
     data = torch.load(run.root / "data.pt", weights_only=False)
     state = run.latest("unet")
-    vae_state = run.latest("vae")
+    vae_state = run.latest("decoder") or run.latest("vae")  # the encoder is the same in both
     vae = AutoencoderKL(**{**vae_config(), "scaling_factor": round(data["scaling_factor"], 5)})
     vae.load_state_dict(vae_state["model"])
     unet = UNet2DConditionModel(**unet_config())
-    unet.load_state_dict(state["ema_unet"])
+    unet.load_state_dict(state["ema_unet" if ema else "unet"])
     text = CLIPTextModel(text_config())
-    text.load_state_dict(state["ema_text"])
+    text.load_state_dict(state["ema_text" if ema else "text"])
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
                                    scheduler=DDIMScheduler(**scheduler_config()), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -412,7 +512,7 @@ def sample_check(run: Run, prompts: int = 32, steps: int = 20, guidance: float =
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=["vae", "data", "unet", "export", "check"])
+    parser.add_argument("stage", choices=["vae", "data", "unet", "decoder", "export", "check"])
     parser.add_argument("--run", type=Path, default=Path("toy/runs/shapes"))
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--count", type=int, default=12000)
@@ -420,16 +520,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--high-t", type=float, default=0.0, help="unet: share of timesteps drawn from 500-999")
+    parser.add_argument("--low-frequency", type=float, default=0.0,
+                        help="unet: weight of the object-scale noise added at every step (see low_frequency_noise)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Run(args.run)
     if args.stage == "vae":
         train_vae(run, args.steps, args.resume, **({"batch": args.batch} if args.batch else {}))
+    elif args.stage == "decoder":
+        train_decoder(run, args.steps, args.resume, **({"batch": args.batch} if args.batch else {}))
     elif args.stage == "data":
         encode_data(run, args.count)
     elif args.stage == "unet":
-        train_unet(run, args.steps, args.resume, **({"batch": args.batch} if args.batch else {}))
+        train_unet(run, args.steps, args.resume, high_t=args.high_t, low_frequency=args.low_frequency, **({"batch": args.batch} if args.batch else {}))
     elif args.stage == "check":
         sample_check(run)
     else:

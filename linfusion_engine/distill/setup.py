@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,10 @@ def load_pipeline(base: BaseModel):
     from linfusion_engine.tiny import quiet_progress_bars
 
     if base.entry is not None:
-        base.registry.require_available(base.entry)
+        # The teacher is the base alone: an entry whose LinFusion weights are what this run is
+        # about to produce (a new model's registry entry naming its future folder) must not be
+        # refused for lacking them.
+        base.registry.require_available(replace(base.entry, linfusion="none"))
         pipe = load_base_pipeline(base.registry, base.entry, dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
         return pipe

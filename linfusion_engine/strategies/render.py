@@ -35,7 +35,7 @@ def render_stages(engine, request, width: int, height: int, generator, condition
     plan = planner.plan_render(request.strategy, width, height, entry.family, entry.native_size)
     budget = device_budget_bytes(engine.device)
     dtype_bytes = _dtype_bytes(engine.dtype)
-    common = dict(steps=request.steps, family=entry.family, tiny=entry.is_tiny, dtype_bytes=dtype_bytes,
+    common = dict(steps=request.steps, family=entry.family, tiny=entry.is_toy_scale, dtype_bytes=dtype_bytes,
                   device_kind=engine.device.type, guidance=request.guidance > 1, budget_bytes=budget)
     normal = planner.estimate(plan, **common)
     low_memory = request.low_memory if request.low_memory is not None else (
@@ -43,7 +43,7 @@ def render_stages(engine, request, width: int, height: int, generator, condition
     chosen = planner.estimate(plan, **{**common, "low_memory": low_memory}) if low_memory else normal
 
     forced_tile = getattr(engine, "vae_tile_px", None)
-    profile = planner.profile_for(entry.family, entry.is_tiny)
+    profile = planner.profile_for(entry.family, entry.is_toy_scale)
     tiled_sizes: list[str] = []
 
     def vae_tile_px(w: int, h: int) -> int | None:

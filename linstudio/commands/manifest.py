@@ -141,7 +141,7 @@ def _render_plan(job, registry) -> dict:
     configured = (get_settings().device or "cuda").split(":")[0]
     on_cpu = configured == "cpu"
     return plan_job(strategy=job.strategy, width=job.width, height=job.height, steps=job.steps,
-                    guidance=job.guidance, family=entry.family, native=entry.native_size, tiny=entry.is_tiny,
+                    guidance=job.guidance, family=entry.family, native=entry.native_size, tiny=entry.is_toy_scale,
                     device_kind="cpu" if on_cpu else "cuda", dtype_bytes=4 if on_cpu else 2)
 
 

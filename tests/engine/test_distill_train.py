@@ -213,3 +213,21 @@ def test_sdxl_family_distils_in_bf16_and_loads(data, tmp_path):
     modules = LinFusion.from_pretrained(out).config.modules_list
     assert modules[0]["projection_mid_dim"] == modules[0]["dim_n"] // 16  # SD-XL's published MLP width
     assert json.loads((out / "distill.json").read_text())["family"] == "sdxl"
+
+
+def test_a_registry_entry_whose_linfusion_folder_is_still_to_come_can_be_distilled(tmp_path):
+    """Distilling a new model's layers into the folder its registry entry already names (as the
+    built-in shapes-sd15 was made): the teacher needs the base only, so the absent LinFusion folder
+    is not a reason to refuse; an absent base still is."""
+    from linfusion_engine.registry import ModelEntry, ModelNotAvailableError
+
+    registry = ModelRegistry(tmp_path / "models.yaml", get_settings().models_dir)
+    future = tmp_path / "future-linfusion"
+    registry.add(ModelEntry("fresh", "sd15", "builtin:tiny-sd15", str(future), 64))
+    assert registry.missing(registry.get("fresh"))  # the render path would refuse it
+    pipe = load_pipeline(resolve_base("fresh", registry))
+    assert pipe.unet is not None and not future.exists()
+
+    registry.add(ModelEntry("gone", "sd15", str(tmp_path / "no-base"), str(future), 64))
+    with pytest.raises(ModelNotAvailableError, match="base model"):
+        load_pipeline(resolve_base("gone", registry))

@@ -124,3 +124,30 @@ def test_registry_and_scheduler_names_import_without_torch():
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_packaged_model_ships_with_the_code_and_is_identified_by_its_files(tmp_path, registry, monkeypatch):
+    """`package:NAME` locations (trained weights committed with the code, like shapes-sd15): always
+    local, no build step, identified by the sha256 of every file, configs included."""
+    from linfusion_engine import registry as registry_module
+
+    packaged = tmp_path / "packaged"
+    (packaged / "toy-model" / "unet").mkdir(parents=True)
+    (packaged / "toy-model" / "vae").mkdir()
+    (packaged / "toy-model" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"W" * 32)
+    config = packaged / "toy-model" / "vae" / "config.json"
+    config.write_text('{"scaling_factor": 0.5}')
+    monkeypatch.setattr(registry_module, "PACKAGED_MODELS_DIR", packaged)
+    entry = ModelEntry("toy", "sd15", "package:toy-model", "none", 128, builtin=True)
+
+    assert entry.is_packaged and entry.is_toy_scale and not entry.is_tiny
+    assert entry.base_format == "builtin" and registry.missing(entry) == []
+    assert set(registry.weight_digests(entry)) == {"base/unet/diffusion_pytorch_model.safetensors",
+                                                   "base/vae/config.json"}  # the scaling factor lives there
+    first = registry.identity(entry)
+    config.write_text('{"scaling_factor": 0.25}')
+    assert registry.identity(entry) != first
+
+    gone = ModelEntry("gone", "sd15", "package:not-shipped", "none", 128, builtin=True)
+    with pytest.raises(ModelNotAvailableError, match="ships with the code"):
+        registry.require_available(gone)

@@ -1,0 +1,251 @@
+"""Quality bench: what `shapes-sd15` draws, read back by the shapes world's analyzer.
+
+Every case renders the same held-out prompts (seeds from `toy.train_shapes.EVAL_SEED_START`
+on, never used in training) through the product's own engine, and the analyzer reads each image:
+object colour, shape, position, background colour, all four together, and whether exactly one
+object was drawn. The same table is made for the trained LinFusion weights and for the untrained
+`from_unet` start, so a studio sees what distillation buys. Also: LinFusion against softmax at
+128 px (mean absolute pixel difference, same seed), the wrap seam of a tileable render, and
+seconds per image.
+
+    .venv/bin/python bench/quality_bench.py [--prompts 200] [--big-prompts 20] [--steps 20]
+        [--cases NAME,...] [--resume] [--no-write]
+
+Results go to bench/out/quality.json case by case (`--resume` skips finished cases, so a long
+run survives an interruption) and, at the end, between the `<!-- bench:quality -->` markers of
+docs/quality.md. Figures are reported, not asserted: a thresholded test would make CI flaky.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runnable as a plain script from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchdocs import update_section  # noqa: E402
+from toy.analyzer import analyze, matches  # noqa: E402
+from toy.shapes import scene_from_seed  # noqa: E402
+from toy.train_shapes import EVAL_SEED_START  # noqa: E402
+
+DOC = REPO / "docs" / "quality.md"
+RESULTS = REPO / "bench" / "out" / "quality.json"
+MODEL = "shapes-sd15"
+UNTRAINED = "shapes-sd15-from-unet"  # the same base with LinFusion built from its own attention
+ATTRIBUTES = ("color", "shape", "position", "background")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the table: a size, a strategy and an attention mode on one model."""
+
+    name: str
+    width: int
+    height: int
+    strategy: str
+    attention: str
+    model: str = MODEL
+    big: bool = False  # renders only --big-prompts prompts (the 2048 px case)
+    tileable: str | bool = False
+    goal: str = ""
+
+
+# In the order they run: the goals first, then the untrained start, then the cross-resolution
+# report. `256-auto-linear` is `direct` (auto renders directly up to twice the native side), so it
+# is also the cross-resolution experiment's 256 px LinFusion row.
+CASES: tuple[Case, ...] = (
+    Case("128-direct-softmax", 128, 128, "direct", "softmax", goal=">= 85%"),
+    Case("128-direct-linear", 128, 128, "direct", "linear", goal=">= 80%, within 5 points of softmax"),
+    Case("256-auto-linear", 256, 256, "auto", "linear", goal=">= 75%"),
+    Case("512-auto-linear", 512, 512, "auto", "linear", goal=">= 70%, single object >= 90%"),
+    Case("2048-auto-linear", 2048, 2048, "auto", "linear", big=True, goal=">= 60% on >= 20 prompts"),
+    Case("256x128-tileable-x-linear", 256, 128, "direct", "linear", tileable="x", goal="seam vs column step"),
+    # The untrained start, for what distillation buys.
+    Case("128-direct-linear-untrained", 128, 128, "direct", "linear", model=UNTRAINED),
+    Case("256-auto-linear-untrained", 256, 256, "auto", "linear", model=UNTRAINED),
+    Case("512-auto-linear-untrained", 512, 512, "auto", "linear", model=UNTRAINED),
+    Case("2048-auto-linear-untrained", 2048, 2048, "auto", "linear", model=UNTRAINED, big=True),
+    # The paper's cross-resolution experiment at toy scale: direct sampling above native.
+    Case("256-direct-softmax", 256, 256, "direct", "softmax", goal="report (cross-resolution)"),
+    Case("512-direct-softmax", 512, 512, "direct", "softmax", goal="report (cross-resolution)"),
+    Case("512-direct-linear", 512, 512, "direct", "linear", goal="report (cross-resolution)"),
+)
+
+
+@dataclass
+class CaseResult:
+    """A case's figures: rates in [0, 1] over `prompts` images."""
+
+    case: str
+    prompts: int
+    rates: dict[str, float] = field(default_factory=dict)
+    seconds_per_image: float = 0.0
+    seam: dict[str, float] | None = None
+    command: str = ""  # the invocation that measured it (a table may join several --resume runs)
+    steps: int = 0
+    guidance: float = 0.0
+
+
+def wrap_seam(image) -> dict[str, float]:
+    """Mean absolute difference across the left/right wrap edge, against neighbouring columns."""
+    pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3)
+    across_wrap = float(np.abs(pixels[:, 0] - pixels[:, -1]).mean())
+    neighbours = float(np.abs(np.diff(pixels, axis=1)).mean())
+    return {"wrap": across_wrap, "columns": neighbours}
+
+
+def registry_with_untrained(home: Path):
+    """The studio registry plus `shapes-sd15-from-unet`: the same files, LinFusion `from_unet`."""
+    from linfusion_engine.registry import ModelEntry, ModelRegistry
+
+    registry = ModelRegistry(home / "models.yaml", home / "models")
+    trained = registry.get(MODEL)
+    registry.add(ModelEntry(UNTRAINED, trained.family, trained.base, "from_unet", trained.native_size,
+                            "shapes-sd15 with untrained LinFusion layers (bench only)"))
+    return registry
+
+
+def run_case(case: Case, engines: dict, prompts: int, steps: int, guidance: float, images: Path | None) -> CaseResult:
+    from linfusion_engine import RenderRequest
+
+    engine = engines[case.model]
+    hits = dict.fromkeys((*ATTRIBUTES, "all", "single"), 0)
+    seams = []
+    started = time.perf_counter()
+    for index in range(prompts):
+        scene = scene_from_seed(EVAL_SEED_START + index)
+        request = RenderRequest(scene.prompt, seed=index, width=case.width, height=case.height, steps=steps,
+                                guidance=guidance, attention=case.attention, strategy=case.strategy,
+                                tileable=case.tileable)
+        image = engine.render(request).image
+        right = matches(analyze(image), scene)
+        reading_single = analyze(image).objects == 1
+        for key in ATTRIBUTES:
+            hits[key] += right[key]
+        hits["all"] += all(right.values())
+        hits["single"] += reading_single
+        if case.tileable:
+            seams.append(wrap_seam(image))
+        if images is not None and index < 8:
+            image.save(images / f"{case.name}-{index}.png")
+    elapsed = time.perf_counter() - started
+    result = CaseResult(case.name, prompts, {key: value / prompts for key, value in hits.items()}, elapsed / prompts)
+    if seams:
+        result.seam = {key: float(np.mean([s[key] for s in seams])) for key in ("wrap", "columns")}
+    return result
+
+
+def linear_vs_softmax(engine, prompts: int, steps: int, guidance: float) -> float:
+    """Mean absolute pixel difference (0-255) between LinFusion and softmax at 128 px, same seeds."""
+    from linfusion_engine import RenderRequest
+
+    differences = []
+    for index in range(prompts):
+        prompt = scene_from_seed(EVAL_SEED_START + index).prompt
+        pair = [np.asarray(engine.render(RenderRequest(prompt, seed=index, width=128, height=128, steps=steps,
+                                                       guidance=guidance, attention=mode)).image, dtype=np.float32)
+                for mode in ("linear", "softmax")]
+        differences.append(float(np.abs(pair[0] - pair[1]).mean()))
+    return float(np.mean(differences))
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def report(results: dict, steps: int, guidance: float) -> str:
+    rows = ["| case | model | prompts | steps | colour | shape | position | background | all four | single object "
+            "| s/image | goal |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for case in CASES:
+        found = results.get(case.name)
+        if found is None or "rates" not in found:
+            continue
+        rates = found["rates"]
+        model = "trained LinFusion" if case.model == MODEL else "untrained (from_unet)"
+        if case.attention == "softmax":
+            model = "softmax (the base)"
+        rows.append(f"| {case.name} | {model} | {found['prompts']} | {found.get('steps') or steps} | " + " | ".join(
+            percent(rates[key]) for key in (*ATTRIBUTES, "all", "single"))
+            + f" | {found['seconds_per_image']:.2f} | {case.goal} |")
+    commands = sorted({found["command"] for found in results.values() if found.get("command")})
+    lines = ["Measured by (`.venv/bin/python` each, in one checkout; later runs add cases with `--resume`):", "",
+             *[f"- `{command}`" for command in commands], "",
+             f"Guidance {guidance}, the engine's default scheduler (euler), fp32 on this 2-core CPU; prompts "
+             f"from seed {EVAL_SEED_START} on (never used in training); each figure is the share of images "
+             "whose attribute the analyzer read as the prompt asked.", "", *rows]
+    seam_rows = [(name, found["seam"]) for name, found in results.items() if found.get("seam")]
+    if seam_rows:
+        lines += ["", "| tileable case | mean abs. difference across the wrap edge | between neighbouring columns |",
+                  "| --- | --- | --- |"]
+        lines += [f"| {name} | {seam['wrap']:.2f} | {seam['columns']:.2f} |" for name, seam in seam_rows]
+    if "linear-vs-softmax" in results:
+        found = results["linear-vs-softmax"]
+        lines += ["", f"LinFusion against softmax at 128x128, same seed: mean absolute pixel difference "
+                      f"{found['trained']:.2f} (trained) and {found['untrained']:.2f} (untrained from_unet), "
+                      f"on a 0-255 scale, over {found['prompts']} prompts."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--big-prompts", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--resume", action="store_true", help="keep finished cases from bench/out/quality.json")
+    parser.add_argument("--images", type=Path, default=None, help="save the first 8 images of each case here")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--no-write", action="store_true", help="do not rewrite docs/quality.md")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from linfusion_engine import Engine
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    wanted = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
+    results = json.loads(args.results.read_text()) if args.resume and args.results.is_file() else {}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    if args.images:
+        args.images.mkdir(parents=True, exist_ok=True)
+    command = "bench/quality_bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command.strip()
+    with tempfile.TemporaryDirectory() as home:
+        registry = registry_with_untrained(Path(home))
+        engines = {name: Engine(name, device="cpu", registry=registry) for name in (MODEL, UNTRAINED)}
+        for case in wanted:
+            if case.name in results:
+                continue
+            prompts = args.big_prompts if case.big else args.prompts
+            result = run_case(case, engines, prompts, args.steps, args.guidance, args.images)
+            result.command, result.steps, result.guidance = command, args.steps, args.guidance
+            results[case.name] = asdict(result)
+            args.results.write_text(json.dumps(results, indent=1))
+            print(f"{case.name}: all four {percent(result.rates['all'])}, single {percent(result.rates['single'])}, "
+                  f"{result.seconds_per_image:.2f} s/image", flush=True)
+        if "linear-vs-softmax" not in results and not args.cases:
+            count = min(args.prompts, 50)
+            results["linear-vs-softmax"] = {
+                "prompts": count, "command": command,
+                "trained": linear_vs_softmax(engines[MODEL], count, args.steps, args.guidance),
+                "untrained": linear_vs_softmax(engines[UNTRAINED], count, args.steps, args.guidance)}
+            args.results.write_text(json.dumps(results, indent=1))
+    text = report(results, args.steps, args.guidance)
+    print(text)
+    if not args.no_write:
+        update_section("quality", text, doc=DOC, heading="## Figures")
+
+
+if __name__ == "__main__":
+    main()
