@@ -184,6 +184,22 @@ def image_tensor(images: list) -> torch.Tensor:
 
 
 # -- stage 1: the VAE ---------------------------------------------------------------------------
+def random_crops(py: random.Random, batch: int, crop: int) -> torch.Tensor:
+    """`batch` random crop x crop pieces of jittered training scenes, (B, 3, crop, crop) in [-1, 1].
+
+    Scenes at 128 px (the native scale of edges) and some at 96-256 px, so the decoder sees the
+    edge curvatures the SDEdit chain's larger sizes produce. Same draws, same order as the first
+    VAE run, so its checkpoints resume onto the same curve.
+    """
+    crops = []
+    for _ in range(batch):
+        side = py.choice([128, 128, 96, 192, 256])
+        image = draw(scene_from_seed(py.randrange(TRAIN_SEED_LIMIT), jitter=True), side, side)
+        x, y = py.randrange(side - crop + 1), py.randrange(side - crop + 1)
+        crops.append(image.crop((x, y, x + crop, y + crop)))
+    return image_tensor(crops)
+
+
 def train_vae(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 64, seed: int = 1) -> None:
     """L1 + MSE reconstruction of random crops of jittered scenes, KL weight 1e-6."""
     from diffusers import AutoencoderKL
@@ -207,15 +223,7 @@ def train_vae(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 6
     while step < steps:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, 1e-3, 100)
-        crops = []
-        for _ in range(batch):
-            # Scenes at 128 px (the native scale of edges) and some at 64-256 px, so the decoder sees
-            # the edge curvatures the SDEdit chain's larger sizes produce.
-            side = py.choice([128, 128, 96, 192, 256])
-            image = draw(scene_from_seed(py.randrange(TRAIN_SEED_LIMIT), jitter=True), side, side)
-            x, y = py.randrange(side - crop + 1), py.randrange(side - crop + 1)
-            crops.append(image.crop((x, y, x + crop, y + crop)))
-        pixels = image_tensor(crops)  # (B, 3, crop, crop)
+        pixels = random_crops(py, batch, crop)  # (B, 3, crop, crop)
         posterior = vae.encode(pixels).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         decoded = vae.decode(latents).sample
@@ -265,13 +273,7 @@ def train_decoder(run: Run, steps: int, resume: bool, batch: int = 16, crop: int
     while step < steps:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, 3e-4, 50)
-        crops = []
-        for _ in range(batch):
-            side = py.choice([128, 128, 96, 192, 256])
-            image = draw(scene_from_seed(py.randrange(TRAIN_SEED_LIMIT), jitter=True), side, side)
-            x, y = py.randrange(side - crop + 1), py.randrange(side - crop + 1)
-            crops.append(image.crop((x, y, x + crop, y + crop)))
-        pixels = image_tensor(crops)  # (B, 3, crop, crop)
+        pixels = random_crops(py, batch, crop)  # (B, 3, crop, crop)
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mean  # (B, 4, crop/8, crop/8)
         decoded = vae.decode(latents).sample
