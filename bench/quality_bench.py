@@ -128,12 +128,12 @@ def run_case(case: Case, engines: dict, prompts: int, steps: int, guidance: floa
                                 guidance=guidance, attention=case.attention, strategy=case.strategy,
                                 tileable=case.tileable)
         image = engine.render(request).image
-        right = matches(analyze(image), scene)
-        reading_single = analyze(image).objects == 1
+        reading = analyze(image)
+        right = matches(reading, scene)
         for key in ATTRIBUTES:
             hits[key] += right[key]
         hits["all"] += all(right.values())
-        hits["single"] += reading_single
+        hits["single"] += reading.objects == 1
         if case.tileable:
             seams.append(wrap_seam(image))
         if images is not None and index < 8:
@@ -209,11 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="do not rewrite docs/quality.md")
     args = parser.parse_args(argv)
 
-    import torch
-
     from linfusion_engine import Engine
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     wanted = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
     results = json.loads(args.results.read_text()) if args.resume and args.results.is_file() else {}
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -155,6 +155,21 @@ class Run:
         for old in self.checkpoints(stage)[:-keep]:
             old.unlink()
 
+    def resume_or_start(self, stage: str, resume: bool, optimizer, generator: torch.Generator,
+                        py: random.Random) -> tuple[dict | None, int]:
+        """(checkpoint, step) to go on from: the newest checkpoint with the optimizer and RNG streams
+        restored (so the curve continues exactly), or (None, 0) for a fresh start. A fresh start over
+        existing checkpoints is refused: it would interleave two runs' checkpoints."""
+        state = self.latest(stage) if resume else None
+        if state is None:
+            if self.checkpoints(stage):
+                sys.exit(f"{self.stage_dir(stage)} holds checkpoints: pass --resume, or use a new --run")
+            return None, 0
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], generator, py)
+        print(f"{stage}: resumed at step {state['step']}", flush=True)
+        return state, state["step"]
+
     def latest(self, stage: str) -> dict | None:
         found = self.checkpoints(stage)
         return torch.load(found[-1], weights_only=False) if found else None
@@ -209,16 +224,9 @@ def train_vae(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 6
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     py = random.Random(seed)
-    step = 0
-    state = run.latest("vae") if resume else None
+    state, step = run.resume_or_start("vae", resume, optimizer, generator, py)
     if state is not None:
         vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"], generator, py)
-        step = state["step"]
-        print(f"vae: resumed at step {step}", flush=True)
-    elif run.checkpoints("vae"):
-        sys.exit(f"{run.stage_dir('vae')} holds checkpoints: pass --resume, or use a new --run")
     started = time.time()
     while step < steps:
         for group in optimizer.param_groups:
@@ -259,15 +267,9 @@ def train_decoder(run: Run, steps: int, resume: bool, batch: int = 16, crop: int
     optimizer = torch.optim.AdamW(trainable, lr=3e-4, weight_decay=0.0)
     py = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
-    step = 0
-    state = run.latest("decoder") if resume else None
+    state, step = run.resume_or_start("decoder", resume, optimizer, generator, py)
     if state is not None:
         vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"], generator, py)
-        step = state["step"]
-    elif run.checkpoints("decoder"):
-        sys.exit(f"{run.stage_dir('decoder')} holds checkpoints: pass --resume, or use a new --run")
     vae.train()
     started = time.time()
     while step < steps:
@@ -389,19 +391,12 @@ def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 
     alphas = scheduler.alphas_cumprod  # (1000,)
     generator = torch.Generator().manual_seed(seed)
     py = random.Random(seed)
-    step = 0
-    state = run.latest("unet") if resume else None
+    state, step = run.resume_or_start("unet", resume, optimizer, generator, py)
     if state is not None:
         unet.load_state_dict(state["unet"])
         text.load_state_dict(state["text"])
         ema_unet.load_state_dict(state["ema_unet"])
         ema_text.load_state_dict(state["ema_text"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"], generator, py)
-        step = state["step"]
-        print(f"unet: resumed at step {step}", flush=True)
-    elif run.checkpoints("unet"):
-        sys.exit(f"{run.stage_dir('unet')} holds checkpoints: pass --resume, or use a new --run")
     ema_pairs = list(zip(list(ema_unet.parameters()) + list(ema_text.parameters()), params))
     started = time.time()
     running = []
