@@ -67,6 +67,33 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+_SUBPROCESSES = {"linstudio": 0, "other": 0}
+
+
+def _count_subprocesses() -> None:
+    """Count the processes the tests start: `linstudio` CLI runs (each pays for importing torch,
+    diffusers and Prefect) and everything else (services, helper scripts). Printed at the end."""
+    import subprocess
+
+    original = subprocess.Popen.__init__
+
+    def counting_init(self, args, *rest, **kwargs):
+        words = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
+        cli = any(w.endswith("linstudio") or w in ("linstudio", "linstudio.cli") for w in words)
+        _SUBPROCESSES["linstudio" if cli else "other"] += 1
+        original(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = counting_init
+
+
+_count_subprocesses()
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"subprocesses started by this session: {_SUBPROCESSES['linstudio']} `linstudio` "
+                                f"CLI runs, {_SUBPROCESSES['other']} others (services, git, helper scripts)")
+
+
 def pytest_unconfigure(config):
     """Remove the session's temp folder (homes, tiny models, Prefect home) once everything is torn down."""
     import shutil
