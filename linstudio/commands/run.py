@@ -65,7 +65,7 @@ def run(
         typer.echo(json.dumps(summary.to_json(), indent=2))
     else:
         typer.echo(summary.to_text())
-        typer.echo(_where_to_look(settings))
+        typer.echo(_where_to_look(settings, summary))
     raise typer.Exit(exit_status(summary))
 
 
@@ -105,7 +105,17 @@ class _Progress:
             self.bar.stop()
 
 
-def _where_to_look(settings) -> str:
+def _projects(summary) -> dict[str, int]:
+    """`team/project` -> how many of this run's jobs it had (rendered or already catalogued)."""
+    counts: dict[str, int] = {}
+    for outcome in summary.outcomes:
+        if outcome.status in ("rendered", "skipped"):
+            project = "/".join(outcome.label.split("/")[:2])
+            counts[project] = counts.get(project, 0) + 1
+    return counts
+
+
+def _where_to_look(settings, summary) -> str:
     store = settings.resolved_store_url
     lines = ["", "Where the results are:", f"  catalogue: {settings.resolved_database_url}", f"  images:    {store}"]
     if store.startswith("file://"):
@@ -114,4 +124,7 @@ def _where_to_look(settings) -> str:
               "  linstudio serve                    # the gallery, at http://127.0.0.1:8400",
               "  linstudio catalogue ls             # every render, newest first",
               "  linstudio catalogue show RENDER_ID # one render's settings and files"]
+    for project, count in _projects(summary).items():
+        team = project.split("/")[0]
+        lines.append(f"  linstudio catalogue ls --team {team:<12} # {project}: {count} render(s) in this run")
     return "\n".join(lines)
