@@ -120,3 +120,28 @@ def test_rendered_tileable_images_have_no_seam(engine, tileable, strategy, size)
         assert seam_y <= 1.5 * rows, (seam_y, rows)
     assert result.metadata["tiling"]["wrap_axes"] == ("xy" if tileable is True else "x")
     assert result.metadata["tileable"] == tileable
+
+
+def test_tiles_are_normalised_by_the_whole_images_statistics():
+    """A GroupNorm run per tile normalises each tile by its own content, so one colour comes out
+    differently on either side of a tile border; `whole_image_norms` gives every tile the
+    statistics of the whole image (exactly here, where the preview is the whole input)."""
+    norm = torch.nn.GroupNorm(2, 4)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5, 1.5]))
+        norm.bias.copy_(torch.tensor([0.0, 0.1, -0.2, 0.3]))
+    image = torch.zeros(1, 4, 16, 32)
+    image[..., 20:] = 1.0  # (1, 4, 16, 32): a bright object over the right third
+    image += 0.1 * torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = norm(image)
+        per_tile = tiling._tiled(norm, image, 1, 4, tile=16, overlap=4, axes="")
+        with tiling.whole_image_norms(norm, image, norm):
+            shared = tiling._tiled(norm, image, 1, 4, tile=16, overlap=4, axes="")
+        restored = norm(image)
+    assert (per_tile - whole).abs().max() > 0.5  # the failure this guards against
+    assert torch.allclose(shared, whole, atol=1e-5)
+    assert torch.equal(restored, whole)  # the module's own forward is back after the block
+    # a shrunk preview keeps each region's share of the image
+    preview = tiling.preview_of(image, 8)
+    assert preview.shape[-2:] == (4, 8) and abs(float(preview.mean() - image.mean())) < 1e-5
