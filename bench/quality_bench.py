@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--big-prompts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=3.0,
+                        help="shapes-sd15's guidance: at SD's usual 7.5 it oversaturates colours (docs/quality.md)")
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--resume", action="store_true", help="keep finished cases from bench/out/quality.json")
     parser.add_argument("--images", type=Path, default=None, help="save the first 8 images of each case here")

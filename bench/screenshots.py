@@ -2,8 +2,7 @@
 
     .venv/bin/python bench/screenshots.py [--out docs/screenshots]
 
-Renders `toy/demo-shapes.yaml` (the shapes example manifest, which joins manifests/examples/ when
-shapes-sd15 lands) into a fresh LINSTUDIO_HOME (the embedded default), re-renders its key art at
+Renders `manifests/examples/shapes.yaml` (the shapes example manifest that `make demo` runs) into a fresh LINSTUDIO_HOME (the embedded default), re-renders its key art at
 2x so the asset page has a lineage, serves the gallery with `linstudio serve`, and photographs the
 front page and the re-render's page in Debian's Chromium (Playwright, never `playwright install`). A visitor then sees what a newcomer's `make demo` shows:
 shapes that match their prompts, not flat squares made up for a test.
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
         for variable in ("LINSTUDIO_DATABASE_URL", "LINSTUDIO_STORE_URL", "PREFECT_API_URL"):
             env.pop(variable, None)
-        linstudio("run", str(REPO / "toy" / "demo-shapes.yaml"), env=env)
+        linstudio("run", str(REPO / "manifests" / "examples" / "shapes.yaml"), env=env)
         linstudio("rerender", "--tag", "key-art", "--size", "256x256", env=env)
         listing = linstudio("catalogue", "ls", "--json", env=env).stdout
         import json

@@ -72,6 +72,9 @@ def test_ls_shows_builtins_and_what_is_local(run):
     assert lines["tiny-sd15"].split()[1:4] == ["sd15", "64", "builtin"] and lines["tiny-sd15"].endswith("yes")
     assert lines["sd15"].split()[3] == "hub" and lines["sd15"].split()[5] == "trained"
     assert "missing: base, linfusion" in lines["sdxl"]
+    # the trained built-in ships with the code: local, its LinFusion layers distilled
+    assert lines["shapes-sd15"].split()[1:4] == ["sd15", "128", "builtin"] and lines["shapes-sd15"].endswith("yes")
+    assert lines["shapes-sd15"].split()[5] == "trained"
 
 
 def test_ls_json(run):
@@ -83,6 +86,7 @@ def test_ls_json(run):
     assert any("huggingface-cli download runwayml/stable-diffusion-v1-5" in p for p in rows["sd15"]["missing"])
     assert rows["sd21"]["native_size"] == 768 and rows["sd21"]["builtin"] is True
     assert rows["tiny-sd15"]["linfusion_state"] == "untrained (from_unet)"
+    assert rows["shapes-sd15"]["linfusion_state"] == "trained (builtin)" and rows["shapes-sd15"]["available"] is True
 
 
 @pytest.mark.parametrize(("family", "native", "prediction"), [

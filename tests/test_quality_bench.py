@@ -15,11 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from linfusion_engine.registry import BUILTIN_ENTRIES
-
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "quality_bench.py"
-# The bench measures shapes-sd15, which lands with issue 25 (its run test waits for the weights).
-SHAPES_LANDED = "shapes-sd15" in {entry.name for entry in BUILTIN_ENTRIES}
 
 
 def load_bench():
@@ -30,7 +26,6 @@ def load_bench():
     return module
 
 
-@pytest.mark.skipif(not SHAPES_LANDED, reason="shapes-sd15 is not committed yet (issue 25)")
 def test_a_tiny_run_reads_its_images_back_and_reports_them(tmp_path):
     bench = load_bench()
     results = tmp_path / "quality.json"

@@ -6,6 +6,8 @@
     python -m toy.train_shapes decoder --run toy/runs/shapes --steps 1500 [--resume]  # sharper decodes
     python -m toy.train_shapes check  --run toy/runs/shapes     # 32 held-out prompts, read back
     python -m toy.train_shapes probe  --run toy/runs/shapes     # do position words move the object?
+    python -m toy.train_shapes layout --run toy/runs/shapes     # the same, in seconds, at t = 999
+    python -m toy.train_shapes colours --run toy/runs/shapes    # does the VAE keep each colour at each size?
     python -m toy.train_shapes export --run toy/runs/shapes --out linfusion_engine/builtin_models/shapes-sd15
 
 The model has exactly SD-1.5's diffusers pipeline layout (so every path of the engine applies):
@@ -199,7 +201,10 @@ def image_tensor(images: list) -> torch.Tensor:
 
 
 # -- stage 1: the VAE ---------------------------------------------------------------------------
-def random_crops(py: random.Random, batch: int, crop: int) -> torch.Tensor:
+VAE_SIDES = (128, 128, 96, 192, 256)  # scene sides the VAE's crops are cut from
+
+
+def random_crops(py: random.Random, batch: int, crop: int, sides: tuple[int, ...] = VAE_SIDES) -> torch.Tensor:
     """`batch` random crop x crop pieces of jittered training scenes, (B, 3, crop, crop) in [-1, 1].
 
     Scenes at 128 px (the native scale of edges) and some at 96-256 px, so the decoder sees the
@@ -208,7 +213,7 @@ def random_crops(py: random.Random, batch: int, crop: int) -> torch.Tensor:
     """
     crops = []
     for _ in range(batch):
-        side = py.choice([128, 128, 96, 192, 256])
+        side = py.choice(sides)
         image = draw(scene_from_seed(py.randrange(TRAIN_SEED_LIMIT), jitter=True), side, side)
         x, y = py.randrange(side - crop + 1), py.randrange(side - crop + 1)
         crops.append(image.crop((x, y, x + crop, y + crop)))
@@ -252,11 +257,15 @@ def train_vae(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 6
                                    "rng": rng_state(generator, py), "config": vae_config()})
 
 
-def train_decoder(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 64, seed: int = 3) -> None:
+def train_decoder(run: Run, steps: int, resume: bool, batch: int = 16, crop: int = 64, seed: int = 3,
+                  sides: tuple[int, ...] = VAE_SIDES) -> None:
     """Fine-tune the VAE's decoder alone, the encoder frozen: sharper edges and truer colours.
 
     The latent space is the encoder's, so the UNet trained on it stays valid while this runs;
     the decoder learns from the posterior mean, which is what the engine's stages decode.
+    `crop` and `sides`: larger crops of larger scenes teach the decoder the flat expanses of the
+    512 px and larger stages (a decoder tuned on 64 px crops alone drew orange as (227, 165, 41) at
+    128 px and drifted to yellow, (233, 191, 47), at 512 px).
     """
     vae = load_vae(run, stage="vae")
     for parameter in vae.parameters():
@@ -275,7 +284,7 @@ def train_decoder(run: Run, steps: int, resume: bool, batch: int = 16, crop: int
     while step < steps:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, 3e-4, 50)
-        pixels = random_crops(py, batch, crop)  # (B, 3, crop, crop)
+        pixels = random_crops(py, batch, crop, sides)  # (B, 3, crop, crop)
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mean  # (B, 4, crop/8, crop/8)
         decoded = vae.decode(latents).sample
@@ -357,7 +366,8 @@ def low_frequency_noise(shape: tuple, generator: torch.Generator, weight: float)
 
 
 def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 2, lr: float = 5e-4,
-               high_t: float = 0.0, low_frequency: float = 0.0, offset_noise: float = 0.0) -> None:
+               high_t: float = 0.0, high_t_from: int = 500, low_frequency: float = 0.0,
+               offset_noise: float = 0.0) -> None:
     """UNet and text encoder on the cached latents, epsilon objective, EMA kept for export.
 
     `high_t`: the share of each batch whose timestep is drawn from the noisier half (500-999)
@@ -416,7 +426,7 @@ def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 
         t = torch.randint(0, 1000, (batch,), generator=generator)
         if high_t > 0:
             noisier = torch.rand(batch, generator=generator) < high_t
-            t = torch.where(noisier, torch.randint(500, 1000, (batch,), generator=generator), t)
+            t = torch.where(noisier, torch.randint(high_t_from, 1000, (batch,), generator=generator), t)
         a = alphas[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         hidden = text(ids).last_hidden_state  # (B, 77, TEXT_HIDDEN)
@@ -544,9 +554,80 @@ def probe(run: Run, ema: bool = False, steps: int = 20, seeds: tuple[int, ...] =
     return rows
 
 
+def colour_probe(run: Run, sides: tuple[int, ...] = (128, 256, 512, 1024)) -> int:
+    """Does the VAE keep every palette colour at every size? Encode and decode one triangle per
+    colour at each side; print the object's mean decoded colour and what the analyzer reads.
+    Returns how many readings are wrong. (A VAE whose GroupNorms saw only small crops drifts with
+    the image size: its orange read as yellow from 256 px on.)"""
+    from PIL import Image
+
+    from toy.analyzer import analyze
+    from toy.shapes import PALETTE, Scene, object_mask
+
+    vae = load_vae(run)
+    wrong = 0
+    for colour in PALETTE:
+        background = "blue" if colour != "blue" else "white"
+        cells = []
+        for side in sides:
+            scene = Scene(colour, "triangle", "center", background)
+            with torch.no_grad():
+                decoded = vae.decode(vae.encode(image_tensor([draw(scene, side, side)])).latent_dist.mean).sample
+            pixels = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).numpy()  # (side, side, 3)
+            mean = pixels[object_mask(scene, side, side)].mean(0).round().astype(int)
+            read = analyze(Image.fromarray(pixels.round().astype(np.uint8))).color
+            wrong += read != colour
+            cells.append(f"{side}: {tuple(int(v) for v in mean)} {read}")
+        print(f"{colour:7s} {PALETTE[colour]} -> " + ", ".join(cells), flush=True)
+    print(f"colours: {wrong} wrong of {len(PALETTE) * len(sides)}", flush=True)
+    return wrong
+
+
+def layout_probe(run: Run, ema: bool = False, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Where the UNet puts the object at t = 999, per position phrase: a check in seconds.
+
+    With zero terminal SNR, x_999 is pure noise and the v target there is minus the image, so the
+    UNet's first prediction is its idea of the whole layout. This reads that prediction in latent
+    space, no sampling, no VAE: the centre of mass of its deviation from its own mean, as fractions
+    of the width and height. A model that follows the position words puts "left" near x = 0.25,
+    "top" near y = 0.25; one that ignores them answers every phrase with one place.
+    """
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from linfusion_engine.tokenizers import clip_tokenizer
+    from toy.shapes import POSITIONS
+
+    state = run.latest("unet")
+    unet = UNet2DConditionModel(**unet_config())
+    unet.load_state_dict(state["ema_unet" if ema else "unet"])
+    text = CLIPTextModel(text_config())
+    text.load_state_dict(state["ema_text" if ema else "text"])
+    scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
+                                 if k not in ("set_alpha_to_one", "steps_offset", "timestep_spacing")})
+    prompts = [f"a red square {anchor.phrase}, blue background" for anchor in POSITIONS.values()]
+    noise = torch.randn((1, 4, LATENT, LATENT), generator=torch.Generator().manual_seed(seed))
+    noise = noise.expand(len(prompts), -1, -1, -1)  # (P, 4, 16, 16): one start for every phrase
+    t = torch.full((len(prompts),), 999)
+    a = scheduler.alphas_cumprod[999]
+    with torch.no_grad():
+        hidden = text(tokenize(clip_tokenizer(), prompts)).last_hidden_state  # (P, 77, TEXT_HIDDEN)
+        v = unet(noise, t, encoder_hidden_states=hidden).sample  # (P, 4, 16, 16)
+    x0 = a.sqrt() * noise - (1 - a).sqrt() * v  # (P, 4, 16, 16): the predicted image latent
+    energy = (x0 - x0.mean(dim=(2, 3), keepdim=True)).pow(2).sum(1)  # (P, 16, 16)
+    weights = energy / energy.sum(dim=(1, 2), keepdim=True)  # (P, 16, 16)
+    coords = (torch.arange(LATENT, dtype=torch.float32) + 0.5) / LATENT  # (16,): cell centres
+    found = {}
+    for name, w in zip(POSITIONS, weights):
+        found[name] = (float((w.sum(0) * coords).sum()), float((w.sum(1) * coords).sum()))
+        print(f"step {state['step']}: {name:6s} -> x {found[name][0]:.2f} y {found[name][1]:.2f} "
+              f"(anchor {POSITIONS[name].x:.2f}, {POSITIONS[name].y:.2f})", flush=True)
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=["vae", "data", "unet", "decoder", "export", "check", "probe"])
+    parser.add_argument("stage", choices=["vae", "data", "unet", "decoder", "export", "check", "probe", "layout", "colours"])
     parser.add_argument("--run", type=Path, default=Path("toy/runs/shapes"))
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--count", type=int, default=12000)
@@ -554,7 +635,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--high-t", type=float, default=0.0, help="unet: share of timesteps drawn from 500-999")
+    parser.add_argument("--crop", type=int, default=64, help="decoder: crop side in pixels")
+    parser.add_argument("--sides", default=",".join(map(str, VAE_SIDES)),
+                        help="decoder: the scene sides crops are cut from, comma-separated")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                        help="export: the weights' dtype on disk (the engine loads them at its own dtype; "
+                             "float16 keeps the model under the 40 MB the repository allows)")
+    parser.add_argument("--high-t", type=float, default=0.0, help="unet: share of timesteps drawn from --high-t-from..999")
+    parser.add_argument("--high-t-from", type=int, default=500)
     parser.add_argument("--low-frequency", type=float, default=0.0,
                         help="unet: weight of the object-scale noise added at every step (see low_frequency_noise)")
     args = parser.parse_args(argv)
@@ -564,17 +652,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "vae":
         train_vae(run, args.steps, args.resume, **({"batch": args.batch} if args.batch else {}))
     elif args.stage == "decoder":
-        train_decoder(run, args.steps, args.resume, **({"batch": args.batch} if args.batch else {}))
+        train_decoder(run, args.steps, args.resume, crop=args.crop, sides=tuple(int(x) for x in args.sides.split(",")),
+                      **({"batch": args.batch} if args.batch else {}))
     elif args.stage == "data":
         encode_data(run, args.count)
     elif args.stage == "unet":
-        train_unet(run, args.steps, args.resume, high_t=args.high_t, low_frequency=args.low_frequency, **({"batch": args.batch} if args.batch else {}))
+        train_unet(run, args.steps, args.resume, high_t=args.high_t, high_t_from=args.high_t_from, low_frequency=args.low_frequency, **({"batch": args.batch} if args.batch else {}))
     elif args.stage == "check":
         sample_check(run)
     elif args.stage == "probe":
         probe(run)
+    elif args.stage == "layout":
+        layout_probe(run)
+    elif args.stage == "colours":
+        colour_probe(run)
     else:
-        export(run, args.out or Path("linfusion_engine/builtin_models/shapes-sd15"))
+        export(run, args.out or Path("linfusion_engine/builtin_models/shapes-sd15"), dtype=args.dtype)
 
 
 if __name__ == "__main__":

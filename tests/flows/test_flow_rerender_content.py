@@ -16,20 +16,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.runs import render_planned_jobs, run_manifests
-from linfusion_engine.registry import BUILTIN_ENTRIES
 from linstudio.cli import app
 from toy.analyzer import analyze
 
-# The trained model lands with issue 25; until its weights are committed these tests wait for it
-# (they are written against it, and start running the moment its registry entry exists).
-SHAPES_LANDED = "shapes-sd15" in {entry.name for entry in BUILTIN_ENTRIES}
-pytestmark = [pytest.mark.services, pytest.mark.skipif(not SHAPES_LANDED, reason="shapes-sd15 is not committed yet (issue 25)")]
+pytestmark = pytest.mark.services
 
 SHAPES_JOB = """
 version: 1
-team: concept
+team: game
 project: provenance
-defaults: {model: shapes-sd15, steps: 12, sizes: [128x128]}
+defaults: {model: shapes-sd15, steps: 12, guidance: 3.0, sizes: [128x128]}
 assets:
   - id: circle
     prompt: "a red circle on the left, blue background"

@@ -40,7 +40,7 @@ def folder(tmp_path, monkeypatch) -> Path:
 def test_validate_examples_passes():
     result = invoke("validate", str(EXAMPLES))
     assert result.exit_code == 0, result.output
-    assert result.stdout == "4 manifests, all valid\n"
+    assert result.stdout == "5 manifests, all valid\n"
     assert result.stderr == ""
 
 

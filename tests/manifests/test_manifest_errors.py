@@ -154,7 +154,7 @@ def test_scheduler_and_attention_and_strategy_choices(tmp_path):
 def test_unknown_model_lists_the_registry_and_suggests(tmp_path):
     assert errors(tmp_path, with_asset("model: sd16\n")) == [
         (12, "assets[0].model",
-         "unknown model 'sd16'; registered: sd15, sd21, sdxl, tiny-sd15, tiny-sdxl; did you mean 'sd15'?")]
+         "unknown model 'sd16'; registered: sd15, sd21, sdxl, shapes-sd15, tiny-sd15, tiny-sdxl; did you mean 'sd15'?")]
 
 
 def test_unknown_model_in_defaults_is_one_error_for_all_assets(tmp_path):
