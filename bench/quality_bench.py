@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0,
                         help="shapes-sd15's guidance: at SD's usual 7.5 it oversaturates colours (docs/quality.md)")
-    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--cases", default="", help="comma-separated case names, `linear-vs-softmax` among them "
+                                                    "(default: all)")
     parser.add_argument("--resume", action="store_true", help="keep finished cases from bench/out/quality.json")
     parser.add_argument("--images", type=Path, default=None, help="save the first 8 images of each case here")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
             args.results.write_text(json.dumps(results, indent=1))
             print(f"{case.name}: all four {percent(result.rates['all'])}, single {percent(result.rates['single'])}, "
                   f"{result.seconds_per_image:.2f} s/image", flush=True)
-        if "linear-vs-softmax" not in results and not args.cases:
+        if "linear-vs-softmax" not in results and (not args.cases or "linear-vs-softmax" in args.cases.split(",")):
             count = min(args.prompts, 50)
             results["linear-vs-softmax"] = {
                 "prompts": count, "command": command,

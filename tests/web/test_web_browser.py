@@ -1,14 +1,13 @@
 """The gallery in a real browser (Debian's Chromium driven by Playwright), with JavaScript turned off:
 search, filter, open an asset, follow the lineage, approve with a note, ask for a bigger render.
 
-One server (uvicorn in a thread of this process) and one browser serve the whole module. Set
-LINSTUDIO_SCREENSHOTS=1 to refresh the screenshots committed in docs/screenshots/.
+One server (uvicorn in a thread of this process) and one browser serve the whole module. The
+screenshots in docs/screenshots/ come from real shapes-sd15 renders (bench/screenshots.py), not
+from this module's made-up catalogue.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from catalogue.models import Job
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -78,9 +76,6 @@ def page(browser):
 def screenshot(page, name: str, tmp_path: Path) -> Path:
     path = tmp_path / name
     page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("LINSTUDIO_SCREENSHOTS"):
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, SCREENSHOTS / name)
     return path
 
 
