@@ -21,7 +21,7 @@ def test_the_summary_points_at_each_team_project_it_rendered():
         JobOutcome("k4", "ad/launch/banner 64x64 seed 1", "failed", reason="boom"),
     ])
     text = _where_to_look(settings, summary)
-    assert "linstudio catalogue ls --team concept      # concept/shapes-world: 2 render(s) in this run" in text
-    assert "linstudio catalogue ls --team game         # game/dungeon-kit: 1 render(s) in this run" in text
+    assert "  linstudio catalogue ls --team concept --project shapes-world # 2 render(s) in this run" in text
+    assert "  linstudio catalogue ls --team game --project dungeon-kit # 1 render(s) in this run" in text
     assert "ad/launch" not in text  # nothing of it was catalogued
     assert "PNG files under /tmp/store/renders/<team>/<project>/<asset>/" in text

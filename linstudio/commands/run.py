@@ -125,6 +125,7 @@ def _where_to_look(settings, summary) -> str:
               "  linstudio catalogue ls             # every render, newest first",
               "  linstudio catalogue show RENDER_ID # one render's settings and files"]
     for project, count in _projects(summary).items():
-        team = project.split("/")[0]
-        lines.append(f"  linstudio catalogue ls --team {team:<12} # {project}: {count} render(s) in this run")
+        team, name = project.split("/")
+        command = f"linstudio catalogue ls --team {team} --project {name}"
+        lines.append(f"  {command:<34} # {count} render(s) in this run")
     return "\n".join(lines)
