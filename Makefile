@@ -5,6 +5,7 @@
 #   make test-heavy the `heavy` tests: full-size SD-XL on the CPU (~12 GB RAM, minutes); .ci/run runs it too
 #   make test-fast  the suite without real services, for the inner loop
 #   make test-faults  the fault suite on its own (services stopped and killed mid-batch; docs/reliability.md)
+#   make test-faults-slow  only the fault tests `make test` leaves out (`faults_slow`): what .ci/run adds
 #   make test-changed only the tests the working tree's changes can affect (infra/changed_tests.py says how)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -17,7 +18,7 @@ TORCH ?= torch==2.13.0
 OPEN_CLIP ?= open-clip-torch==3.3.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-heavy test-faults test-changed bench clean
+.PHONY: setup demo test test-fast test-heavy test-faults test-faults-slow test-changed bench clean
 
 setup: $(STAMP)
 
@@ -46,6 +47,10 @@ test-fast: setup
 test-faults: setup
 	@bash infra/ensure-test-deps.sh
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
+test-faults-slow: setup
+	@bash infra/ensure-test-deps.sh
+	$(PY) -m pytest tests/faults -m faults_slow $(PYTEST_ARGS)
 
 test-changed: setup
 	@bash infra/ensure-test-deps.sh

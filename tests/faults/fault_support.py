@@ -40,6 +40,9 @@ FLOW_COMMANDS = ("run", "rerender")
 # Both backends, for `@pytest.mark.parametrize("studio", BACKENDS, indirect=True)`.
 BACKENDS = [pytest.param("embedded", id="sqlite+file"),
             pytest.param("services", id="postgres+s3", marks=pytest.mark.services)]
+# One backend, the production one, for faults whose handling the backend does not change (bad or
+# edited input files): both backends stay where it does (transactions, leases, object writes, outages).
+PRODUCTION = [BACKENDS[1]]
 
 
 def summary_of(returncode: int, stdout: str, stderr: str) -> dict:
