@@ -11,7 +11,7 @@ seconds per image.
     .venv/bin/python bench/quality_bench.py [--prompts 200] [--big-prompts 20] [--steps 20]
         [--cases NAME,...] [--resume] [--no-write]
 
-Results go to bench/out/quality.json case by case (`--resume` skips finished cases, so a long
+Results go to docs/quality.json case by case (`--resume` skips finished cases, so a long
 run survives an interruption) and, at the end, between the `<!-- bench:quality -->` markers of
 docs/quality.md. Figures are reported, not asserted: a thresholded test would make CI flaky.
 """
@@ -39,7 +39,7 @@ from toy.shapes import scene_from_seed  # noqa: E402
 from toy.train_shapes import EVAL_SEED_START  # noqa: E402
 
 DOC = REPO / "docs" / "quality.md"
-RESULTS = REPO / "bench" / "out" / "quality.json"
+RESULTS = REPO / "docs" / "quality.json"  # committed: a later --resume run adds cases to the record
 MODEL = "shapes-sd15"
 UNTRAINED = "shapes-sd15-from-unet"  # the same base with LinFusion built from its own attention
 ATTRIBUTES = ("color", "shape", "position", "background")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="shapes-sd15's guidance: at SD's usual 7.5 it oversaturates colours (docs/quality.md)")
     parser.add_argument("--cases", default="", help="comma-separated case names, `linear-vs-softmax` among them "
                                                     "(default: all)")
-    parser.add_argument("--resume", action="store_true", help="keep finished cases from bench/out/quality.json")
+    parser.add_argument("--resume", action="store_true", help="keep finished cases from the results file")
     parser.add_argument("--images", type=Path, default=None, help="save the first 8 images of each case here")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="do not rewrite docs/quality.md")
