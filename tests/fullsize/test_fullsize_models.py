@@ -37,7 +37,7 @@ LONG_PROMPT = ("matte painting of a ruined château on a cliff above a stormy fj
                "artist, trending on a portfolio site, the last words here are beyond the window")
 
 
-def manifest_text(model: str) -> str:
+def manifest_text(model: str, side: int) -> str:
     return f"""
 version: 1
 team: film
@@ -47,7 +47,7 @@ defaults:
   steps: 2
   guidance: 5.0
   scheduler: euler
-  sizes: [128x128]  # the load path is under test, not the pixels: a small render keeps it cheap
+  sizes: [{side}x{side}]
 assets:
   - id: chateau-linear
     prompt: "{LONG_PROMPT}"
@@ -101,10 +101,12 @@ def sd15_hub_cache(tmp_path_factory) -> Path:
     shutil.rmtree(cache, ignore_errors=True)
 
 
-def _render_and_read(env: dict, manifest_dir: Path, model: str) -> dict[str, dict]:
+def _render_and_read(env: dict, manifest_dir: Path, model: str, side: int = 128) -> dict[str, dict]:
+    """Render the first-day manifest at `side` px (the load path is under test, not the pixels: SD-1.5
+    renders at 128 px to stay cheap) and read both renders back from the catalogue."""
     manifest = manifest_dir / "first-day.yaml"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(manifest_text(model))
+    manifest.write_text(manifest_text(model, side))
     done = linstudio(env, "run", str(manifest), "--json")
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     summary = json.loads(done.stdout)
@@ -119,7 +121,7 @@ def _render_and_read(env: dict, manifest_dir: Path, model: str) -> dict[str, dic
         for render in renders.values():
             image = Image.open(io.BytesIO(catalogue.store.get(render["object_key"])))
             pixels = np.asarray(image.convert("RGB"))
-            assert image.size == (128, 128) and pixels.std() > 0  # an image, not a blank
+            assert image.size == (side, side) and pixels.std() > 0  # an image, not a blank
         assert catalogue.check().ok
     finally:
         catalogue.close()

@@ -27,7 +27,7 @@ def test_an_sdxl_single_file_renders_with_two_commands(studio_env, sdxl_file, tm
     added = linstudio(env, "models", "add", "house-xl", "--base", str(sdxl_file))
     assert added.returncode == 0, added.stderr
     assert "registered 'house-xl' (sdxl, single file)" in added.stdout
-    renders = _render_and_read(env, tmp_path / "manifests", "house-xl")
+    renders = _render_and_read(env, tmp_path / "manifests", "house-xl", side=256)
     sha = file_sha256(sdxl_file)
     for render in renders.values():
         meta = render["engine"]
