@@ -138,3 +138,34 @@ def test_a_failure_the_catalogue_cannot_take_is_not_rendered_again():
     assert render.calls["n"] == 1 and slept == []
     assert outcome.status == "failed" and outcome.reason == "ValueError: the engine refused this job"
     assert outcome.recorded is False
+
+
+class RecordingKeeper:
+    """The lease keeper's side of a job: which leases it is asked to keep renewing."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.failures: dict[str, str] = {}
+
+    def hold(self, key: str) -> None:
+        self.held.add(key)
+
+    def let_go(self, key: str) -> None:
+        self.held.discard(key)
+
+    def record_failure(self, key: str, reason: str) -> bool:
+        self.failures[key] = reason
+        return True
+
+
+@pytest.mark.parametrize("fails", [0, 99], ids=["rendered", "failed"])
+def test_every_job_lets_go_of_its_lease_when_it_ends(fails):
+    """A lease left held is renewed for as long as the run lives, so the job would look taken to
+    every other run; rendered or failed, the runner lets go of it."""
+    keeper = RecordingKeeper()
+    ctx = context(StandInCatalogue(), renderer_failing(fails, ValueError("bad input")))
+    ctx.keeper = keeper
+    outcome = run_job(ctx, RECORD, sleep=lambda _: None)
+    assert outcome.status == ("rendered" if fails == 0 else "failed")
+    assert keeper.held == set()
+    assert keeper.failures == ({} if fails == 0 else {RECORD["key"]: outcome.reason})
