@@ -38,7 +38,7 @@ ROOM_TESTS: dict[str, list[str]] = {
               "tests/engine/test_strategy_gpu_bench.py"],
     "manifests/examples": ["tests/manifests", "tests/test_docs.py"],
     "docs": ["tests/test_docs.py", "tests/test_architecture.py"],
-    "infra": ["tests/test_infra.py"],
+    "infra": ["tests/test_infra.py", "tests/test_infra_scripts.py"],
 }
 ALWAYS = ["tests/test_architecture.py"]  # cheap, and any moved import can break it
 
