@@ -79,7 +79,7 @@ def _count_subprocesses() -> None:
 
     def counting_init(self, args, *rest, **kwargs):
         words = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
-        cli = any(w.endswith("linstudio") or w in ("linstudio", "linstudio.cli") for w in words)
+        cli = any(w.endswith("linstudio") or w == "linstudio.cli" for w in words)  # the script, or -m
         _SUBPROCESSES["linstudio" if cli else "other"] += 1
         original(self, args, *rest, **kwargs)
 

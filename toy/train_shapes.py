@@ -128,6 +128,14 @@ def scheduler_config() -> dict:
             "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
 
 
+def training_scheduler():
+    """The noise schedule training draws from: `scheduler_config` less the sampling-only keys."""
+    from diffusers import DDPMScheduler
+
+    sampling_only = ("set_alpha_to_one", "steps_offset", "timestep_spacing")
+    return DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k not in sampling_only})
+
+
 # -- run folders and checkpoints -----------------------------------------------------------------
 @dataclass
 class Run:
@@ -368,14 +376,14 @@ def low_frequency_noise(shape: tuple, generator: torch.Generator, weight: float)
 def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 2, lr: float = 5e-4,
                high_t: float = 0.0, high_t_from: int = 500, low_frequency: float = 0.0,
                offset_noise: float = 0.0) -> None:
-    """UNet and text encoder on the cached latents, epsilon objective, EMA kept for export.
+    """UNet and text encoder on the cached latents, v-prediction objective, EMA kept for export.
 
-    `high_t`: the share of each batch whose timestep is drawn from the noisier half (500-999)
-    instead of uniformly. Layout (where the object goes, which shape it is) is decided there; the
+    `high_t`: the share of each batch whose timestep is drawn from `high_t_from`..999 instead of
+    uniformly. Layout (where the object goes, which shape it is) is decided there; the
     first run (uniform t, 5000 steps) learned colours and backgrounds but placed objects almost
     at random, so the continuation spends more of its steps where the prompt's position matters.
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     from linfusion_engine.tokenizers import clip_tokenizer
@@ -396,8 +404,7 @@ def train_unet(run: Run, steps: int, resume: bool, batch: int = 32, seed: int = 
     ema_text.load_state_dict(text.state_dict())
     params = list(unet.parameters()) + list(text.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
-                                 if k not in ("set_alpha_to_one", "steps_offset", "timestep_spacing")})
+    scheduler = training_scheduler()
     alphas = scheduler.alphas_cumprod  # (1000,)
     generator = torch.Generator().manual_seed(seed)
     py = random.Random(seed)
@@ -592,7 +599,7 @@ def layout_probe(run: Run, ema: bool = False, seed: int = 0) -> dict[str, tuple[
     of the width and height. A model that follows the position words puts "left" near x = 0.25,
     "top" near y = 0.25; one that ignores them answers every phrase with one place.
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     from linfusion_engine.tokenizers import clip_tokenizer
@@ -603,8 +610,7 @@ def layout_probe(run: Run, ema: bool = False, seed: int = 0) -> dict[str, tuple[
     unet.load_state_dict(state["ema_unet" if ema else "unet"])
     text = CLIPTextModel(text_config())
     text.load_state_dict(state["ema_text" if ema else "text"])
-    scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
-                                 if k not in ("set_alpha_to_one", "steps_offset", "timestep_spacing")})
+    scheduler = training_scheduler()
     prompts = [f"a red square {anchor.phrase}, blue background" for anchor in POSITIONS.values()]
     noise = torch.randn((1, 4, LATENT, LATENT), generator=torch.Generator().manual_seed(seed))
     noise = noise.expand(len(prompts), -1, -1, -1)  # (P, 4, 16, 16): one start for every phrase
