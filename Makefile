@@ -17,6 +17,11 @@ TORCH ?= torch==2.13.0
 # requirements (torchvision, timm) would pull a CUDA torch; only its vocabulary file is read.
 OPEN_CLIP ?= open-clip-torch==3.3.0
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, a test file each at a time (module fixtures such as the 2 GB full-size
+# checkpoint are built once): the suite waits on services, subprocesses and leases much of the
+# time, so two workers on two cores finish `make test` in about three quarters of the time
+# (docs/testing.md). `make test PARALLEL=` runs it in one process.
+PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: setup demo test test-fast test-heavy test-faults test-faults-slow test-changed bench clean
 
@@ -35,14 +40,14 @@ demo: setup
 
 test: setup
 	@bash infra/ensure-test-deps.sh
-	$(PY) -m pytest -m "not heavy and not faults_slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not heavy and not faults_slow" $(PARALLEL) $(PYTEST_ARGS)
 
 test-heavy: setup
 	@bash infra/ensure-test-deps.sh
 	$(PY) -m pytest -m heavy $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not services and not slow and not heavy and not faults_slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not services and not slow and not heavy and not faults_slow" $(PARALLEL) $(PYTEST_ARGS)
 
 test-faults: setup
 	@bash infra/ensure-test-deps.sh

@@ -9,6 +9,7 @@ the fixtures in `services.py`, and only when a test asks for them.
 
 from __future__ import annotations
 
+import collections
 import os
 import tempfile
 from pathlib import Path
@@ -68,6 +69,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 _SUBPROCESSES = {"linstudio": 0, "other": 0}
+_CLI_RUNS_PER_TEST: "collections.Counter[str]" = collections.Counter()
+_RUNNING_TEST = ["(collection)"]
 
 
 def _count_subprocesses() -> None:
@@ -81,6 +84,8 @@ def _count_subprocesses() -> None:
         words = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
         cli = any(w.endswith("linstudio") or w == "linstudio.cli" for w in words)  # the script, or -m
         _SUBPROCESSES["linstudio" if cli else "other"] += 1
+        if cli:
+            _CLI_RUNS_PER_TEST[_RUNNING_TEST[0]] += 1
         original(self, args, *rest, **kwargs)
 
     subprocess.Popen.__init__ = counting_init
@@ -89,9 +94,37 @@ def _count_subprocesses() -> None:
 _count_subprocesses()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Name the running test, so the subprocess counter can say which tests start the CLI most."""
+    _RUNNING_TEST[0] = item.nodeid
+    yield
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist each worker counts its own processes: hand them to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["linstudio_subprocesses"] = dict(_SUBPROCESSES)
+        workeroutput["linstudio_cli_runs_per_test"] = dict(_CLI_RUNS_PER_TEST)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """The controller's side of `pytest_sessionfinish`: add a finished worker's counts to the total."""
+    output = getattr(node, "workeroutput", {})
+    for kind, count in output.get("linstudio_subprocesses", {}).items():
+        _SUBPROCESSES[kind] += count
+    _CLI_RUNS_PER_TEST.update(output.get("linstudio_cli_runs_per_test", {}))
+
+
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"subprocesses started by this session: {_SUBPROCESSES['linstudio']} `linstudio` "
                                 f"CLI runs, {_SUBPROCESSES['other']} others (services, git, helper scripts)")
+    most = _CLI_RUNS_PER_TEST.most_common(10)
+    if most:
+        terminalreporter.write_line("tests that start the most `linstudio` processes: "
+                                    + ", ".join(f"{nodeid} ({count})" for nodeid, count in most))
 
 
 def pytest_unconfigure(config):
