@@ -61,8 +61,8 @@ class Case:
 
 
 # In the order they run: the goals first, then the untrained start, then the cross-resolution
-# report. `256-auto-linear` is `direct` (auto renders directly up to twice the native side), so it
-# is also the cross-resolution experiment's 256 px LinFusion row.
+# report. `auto` renders directly up to twice the native area (128 px here: 256x256 and above run
+# the SDEdit chain), so the cross-resolution experiment has its own `direct` rows.
 CASES: tuple[Case, ...] = (
     Case("128-direct-softmax", 128, 128, "direct", "softmax", goal=">= 85%"),
     Case("128-direct-linear", 128, 128, "direct", "linear", goal=">= 80%, within 5 points of softmax"),
@@ -76,6 +76,9 @@ CASES: tuple[Case, ...] = (
     Case("512-auto-linear-untrained", 512, 512, "auto", "linear", model=UNTRAINED),
     Case("2048-auto-linear-untrained", 2048, 2048, "auto", "linear", model=UNTRAINED, big=True),
     # The paper's cross-resolution experiment at toy scale: direct sampling above native.
+    Case("256-direct-linear", 256, 256, "direct", "linear", goal="report (cross-resolution)"),
+    Case("256-direct-linear-untrained", 256, 256, "direct", "linear", model=UNTRAINED,
+         goal="report (cross-resolution)"),
     Case("256-direct-softmax", 256, 256, "direct", "softmax", goal="report (cross-resolution)"),
     Case("512-direct-softmax", 512, 512, "direct", "softmax", goal="report (cross-resolution)"),
     Case("512-direct-linear", 512, 512, "direct", "linear", goal="report (cross-resolution)"),

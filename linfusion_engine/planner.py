@@ -6,7 +6,10 @@ time, so the flow and the operator can route a 16K job to a large GPU before it 
 module imports no torch (manifest planning must answer in about a second).
 
 Published recipes (see the LinFusion reference, section 3), scaled by the model's native size:
-- `direct`: one text-to-image pass at the target; good up to about twice the native side.
+- `direct`: one text-to-image pass at the target; good up to about twice the native *area*
+  (SD-1.5: 724x724, 1024x512). Above it the model repeats its content: `shapes-sd15` at twice its
+  native side (four times the area) drew more than one object in 86% of 200 held-out prompts
+  (docs/quality.md).
 - `sdedit`: a text-to-image base whose area is at most twice the native area (SD-1.5: 1024x512
   for 16384x8192), then one image-to-image stage per doubling with strengths 0.4, 0.3, 0.2, 0.1
   (0.1 for any further doubling); the last stage lands exactly on the target, so a target that is
@@ -16,7 +19,9 @@ Published recipes (see the LinFusion reference, section 3), scaled by the model'
   linspace(0.32, 0, n + 1)[:n]. When the target is not the base times 2^n, the doublings stop at
   the largest size not above the target and a final `refine` stage (resize + image-to-image at
   strength 0.1, no dilated branch) lands on it.
-- `auto`: `direct` up to twice the native side, above it `highres` for SD-XL, `sdedit` otherwise.
+- `auto`: `direct` up to twice the native area, which is exactly the largest base `sdedit` starts
+  from, so `auto` never renders in one pass a size the published recipe would not; above it
+  `highres` for SD-XL, `sdedit` otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ STRATEGIES: tuple[str, ...] = ("auto", "direct", "sdedit", "highres")
 SDEDIT_STRENGTHS: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)  # per doubling, published for SD-1.5
 HIGHRES_FIRST_STRENGTH = 0.32  # linspace(0.32, 0, n + 1), published for SD-XL
 REFINE_STRENGTH = 0.1  # the last stage of a highres chain that is not an exact doubling
-DIRECT_LIMIT = 2  # direct sampling holds up to about twice the native side
+DIRECT_AREA_LIMIT = 2  # direct sampling holds up to about twice the native area (the published base)
 GIB = 1024**3
 
 
@@ -89,7 +94,7 @@ def choose_strategy(requested: str, width: int, height: int, family: str, native
         raise ValueError(f"strategy 'highres' is the SD-XL recipe; model family {family!r} uses sdedit")
     if requested != "auto":
         return requested
-    if max(width, height) <= DIRECT_LIMIT * native:
+    if width * height <= DIRECT_AREA_LIMIT * native * native:
         return "direct"
     return "highres" if family == "sdxl" else "sdedit"
 

@@ -1,7 +1,7 @@
 """`direct`: one text-to-image pass at the target size, with LinFusion's linear attention.
 
 Linear attention keeps memory linear in the token count, so any multiple of 8 runs; above about
-twice the native side content starts to repeat, which is what `sdedit` and `highres` are for.
+twice the native area content starts to repeat, which is what `sdedit` and `highres` are for.
 """
 
 from __future__ import annotations

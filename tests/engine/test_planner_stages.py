@@ -52,11 +52,15 @@ def test_highres_non_power_of_two_ends_with_a_refine_stage_and_says_so():
     assert "resize-and-refine" in plan.note
 
 
-def test_auto_picks_by_size_and_family():
-    assert choose_strategy("auto", 1024, 1024, "sd15", 512) == "direct"
+def test_auto_renders_directly_up_to_twice_the_native_area():
+    assert choose_strategy("auto", 1024, 512, "sd15", 512) == "direct"  # 2x the area: the published base
+    assert choose_strategy("auto", 720, 720, "sd15", 512) == "direct"
+    assert choose_strategy("auto", 728, 728, "sd15", 512) == "sdedit"  # just over 2x the area
+    assert choose_strategy("auto", 1024, 1024, "sd15", 512) == "sdedit"  # 2x the side repeats content
     assert choose_strategy("auto", 2048, 1024, "sd15", 512) == "sdedit"
+    assert choose_strategy("auto", 1408, 1408, "sdxl", 1024) == "direct"
+    assert choose_strategy("auto", 2048, 2048, "sdxl", 1024) == "highres"
     assert choose_strategy("auto", 4096, 4096, "sdxl", 1024) == "highres"
-    assert choose_strategy("auto", 2048, 2048, "sdxl", 1024) == "direct"
     with pytest.raises(ValueError, match="SD-XL recipe"):
         choose_strategy("highres", 1024, 1024, "sd15", 512)
     with pytest.raises(ValueError, match="unknown strategy"):

@@ -42,8 +42,9 @@ def test_linstudio_run_renders_strategies_and_tileable(prefect_api, backend, tmp
             (128, 64, None), (256, 128, 0.4)]
         assert panorama["tiling"]["wrap_axes"] == "x"
         assert panorama["memory"]["estimate_bytes"] > 0 and panorama["memory"]["measured_rss_bytes"] is not None
-        wall = renders["moss-wall-tile"]["engine"]
-        assert wall["strategy"] == "direct" and wall["strategy_requested"] == "auto"
+        wall = renders["moss-wall-tile"]["engine"]  # 128 px on a 64 px model: 4x the area, so auto -> sdedit
+        assert wall["strategy"] == "sdedit" and wall["strategy_requested"] == "auto"
+        assert [(s["width"], s["height"], s["strength"]) for s in wall["stages"]] == [(64, 64, None), (128, 128, 0.4)]
         assert wall["tiling"]["wrap_axes"] == "xy"
         png = catalogue.store.get(renders["cavern-panorama"]["object_key"])
         image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float32)
