@@ -183,7 +183,12 @@ def check_web_destination(destination: str, allowed_roots: list[Path]) -> str:
     """
     if destination.startswith("s3://"):
         return destination
-    path = Path(destination.removeprefix("file://")).expanduser()
+    folder = destination.removeprefix("file://")
+    # No `~` over the web: expanding `~name` raises for an unknown account, so the answer (400 or
+    # 500) would tell a caller which system accounts exist. Every `~` form is refused alike.
+    if folder.startswith("~"):
+        raise ActionError(f"export destination {destination!r}: give an absolute folder (not ~) or an s3:// prefix")
+    path = Path(folder)
     if not path.is_absolute():
         raise ActionError(f"export destination {destination!r}: give an absolute folder or an s3:// prefix")
     resolved = path.resolve()

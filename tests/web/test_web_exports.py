@@ -69,6 +69,10 @@ def test_an_api_export_is_queued_answered_at_once_and_written_in_the_background(
     ids = seed_catalogue(web_cat)
     outside = export_of(client, token, tmp_path / "elsewhere", [ids["hero1"]])
     assert outside.status_code == 400 and "may only write under" in outside.json()["detail"]
+    # `~` is refused alike for every account name, so the answer says nothing of which accounts exist.
+    for home_relative in ("~root/x", "~nosuchuser-4e1d/x", "~/x", "file://~nosuchuser-4e1d/x"):
+        refused = export_of(client, token, home_relative, [ids["hero1"]])
+        assert refused.status_code == 400 and "not ~" in refused.json()["detail"], (home_relative, refused.text)
     nothing = client.post("/api/export", json={"destination": str(settings.home / "exports"), "project": "elves"},
                           headers=bearer(token))
     assert nothing.status_code == 400 and "nothing approved" in nothing.json()["detail"]  # refused in the request
