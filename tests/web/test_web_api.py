@@ -29,6 +29,13 @@ def test_openapi_describes_the_api(client):
     assert not any(not p.startswith("/api/") for p in paths)  # pages stay out of the API description
 
 
+def test_a_405_names_every_method_the_path_takes(client, web_cat):
+    ids = seed_catalogue(web_cat)
+    answer = client.put(f"/api/renders/{ids['hero1']}")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "DELETE, GET"  # GET and DELETE are two routes on one path
+
+
 def test_review_needs_someone_and_history_records_who(client, web_cat, token):
     render_id = make_render(web_cat, record())
     refused = client.post(f"/api/renders/{render_id}/review", json={"status": "approved"})
