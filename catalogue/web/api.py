@@ -17,6 +17,7 @@ from catalogue import export as exporting
 from catalogue import review, search
 from catalogue.models import REVIEW_STATUSES
 from catalogue.web import actions, exports, service, views
+from catalogue.web.redact import for_viewer
 from catalogue.web.security import Viewer, reader, writer
 
 router = APIRouter(prefix="/api", tags=["catalogue"])
@@ -57,7 +58,7 @@ def filters_from(q: str | None, team: str | None, project: str | None, tag: str 
 
 
 @router.get("/renders", response_model=RenderPage, summary="Search and filter renders, newest first")
-def list_renders(request: Request, _who: Reader, q: str | None = None, team: str | None = None,
+def list_renders(request: Request, who: Reader, q: str | None = None, team: str | None = None,
                  project: str | None = None, tag: str | None = None, model: str | None = None,
                  size: Annotated[str | None, Query(description="WIDTHxHEIGHT")] = None,
                  status: Annotated[str | None, Query(description="approved, rejected, changes_requested or "
@@ -67,12 +68,12 @@ def list_renders(request: Request, _who: Reader, q: str | None = None, team: str
     filters = filters_from(q, team, project, tag, model, size, status, date_from, date_to)
     with request.app.state.catalogue.transaction() as session:
         page = search.search(session, filters, limit, cursor)
-    return {"items": page.items, "next": page.next}
+    return {"items": for_viewer(page.items, who), "next": page.next}
 
 
 @router.get("/renders/{render_id}", summary="One render: record, siblings, lineage, reviews, re-render jobs")
-def get_render(request: Request, render_id: str, _who: Reader) -> dict:
-    return views.render_detail(request.app.state.catalogue, render_id)
+def get_render(request: Request, render_id: str, who: Reader) -> dict:
+    return for_viewer(views.render_detail(request.app.state.catalogue, render_id), who)
 
 
 @router.get("/renders/{render_id}/reviews", summary="Review history, newest first")
@@ -114,16 +115,16 @@ def cancel_job(request: Request, job_key: str, who: Writer) -> dict:
 
 
 @router.get("/submissions", summary="Submitted manifests, newest first, with derived status")
-def list_submissions(request: Request, _who: Reader, team: str | None = None, before: str | None = None,
+def list_submissions(request: Request, who: Reader, team: str | None = None, before: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
     with request.app.state.catalogue.transaction() as session:
         items = service.submissions(session, team, limit, before)
-    return {"items": items, "next": items[-1]["submission_id"] if len(items) == limit else None}
+    return {"items": for_viewer(items, who), "next": items[-1]["submission_id"] if len(items) == limit else None}
 
 
 @router.get("/submissions/{submission_id}", summary="One submission: status, errors, renders")
-def get_submission(request: Request, submission_id: str, _who: Reader) -> dict:
-    return views.submission_detail(request.app.state.catalogue, submission_id)
+def get_submission(request: Request, submission_id: str, who: Reader) -> dict:
+    return for_viewer(views.submission_detail(request.app.state.catalogue, submission_id), who)
 
 
 @router.post("/export", status_code=202, summary="Queue an export of renders to a folder or S3 prefix",
@@ -140,11 +141,11 @@ def post_export(request: Request, body: ExportIn, who: Writer) -> dict:
 
 
 @router.get("/exports", summary="Recent exports, newest first, with their progress")
-def list_exports(request: Request, _who: Reader, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
+def list_exports(request: Request, who: Reader, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
     with request.app.state.catalogue.transaction() as session:
-        return {"items": exports.recent(session, limit)}
+        return {"items": for_viewer(exports.recent(session, limit), who)}
 
 
 @router.get("/exports/{export_id}", summary="One export: state, files done of total, the files once done")
-def get_export(request: Request, export_id: str, _who: Reader) -> dict:
-    return views.export_detail(request.app.state.catalogue, export_id)
+def get_export(request: Request, export_id: str, who: Reader) -> dict:
+    return for_viewer(views.export_detail(request.app.state.catalogue, export_id), who)

@@ -16,6 +16,7 @@ from catalogue import auth, review, search
 from catalogue import export as exporting
 from catalogue.models import EXPORT_QUEUED, EXPORT_RUNNING, REVIEW_STATUSES
 from catalogue.web import actions, downloads, exports, service, throttle, views
+from catalogue.web.redact import for_viewer
 from catalogue.web.security import SESSION_COOKIE, Viewer, csrf_token, reader, require_csrf, viewer, writer
 
 log = logging.getLogger(__name__)
@@ -144,14 +145,14 @@ def export_form(request: Request, who: Writer, destination: Annotated[str, Form(
 @router.get("/exports", response_class=HTMLResponse)
 def exports_page(request: Request, who: Reader):
     with request.app.state.catalogue.transaction() as session:
-        items = exports.recent(session, 50)
+        items = for_viewer(exports.recent(session, 50), who)
     return page(request, "exports.html", who, exports=items,
                 refresh=any(e["state"] in (EXPORT_QUEUED, EXPORT_RUNNING) for e in items))
 
 
 @router.get("/exports/{export_id}", response_class=HTMLResponse)
 def export_page(request: Request, export_id: str, who: Reader):
-    found = views.export_detail(request.app.state.catalogue, export_id)
+    found = for_viewer(views.export_detail(request.app.state.catalogue, export_id), who)
     return page(request, "export.html", who, export=found, refresh=found["state"] in (EXPORT_QUEUED, EXPORT_RUNNING))
 
 
@@ -161,12 +162,12 @@ def submissions_page(request: Request, who: Reader, team: str | None = None, bef
         items = service.submissions(session, team, 50, before)
     older = f"/submissions?{urlencode({'before': items[-1]['submission_id']} | ({'team': team} if team else {}))}" \
         if len(items) == 50 else None
-    return page(request, "submissions.html", who, submissions=items, team=team, older=older)
+    return page(request, "submissions.html", who, submissions=for_viewer(items, who), team=team, older=older)
 
 
 @router.get("/submissions/{submission_id}", response_class=HTMLResponse)
 def submission_page(request: Request, submission_id: str, who: Reader):
-    found = views.submission_detail(request.app.state.catalogue, submission_id)
+    found = for_viewer(views.submission_detail(request.app.state.catalogue, submission_id), who)
     return page(request, "submission.html", who, submission=found)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from pathlib import PurePath
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -156,6 +157,7 @@ def _submission_dict(row: Submission, counts: Counter) -> dict[str, Any]:
     """
     status = getattr(row, "status", None) or derived_status(counts)
     return {"submission_id": row.id, "team": row.team, "project": row.project, "manifest_path": row.manifest_path,
+            "manifest_name": PurePath(row.manifest_path).name,
             "job_count": row.job_count, "created_at": row.created_at.isoformat(), "status": status,
             "error": getattr(row, "error", None), "submitted_by": getattr(row, "submitted_by", None),
             "jobs": {state: counts[state] for state in (PLANNED, RUNNING, DONE, FAILED)}}

@@ -10,12 +10,16 @@ from web_support import bearer, csrf_of, make_render, record, requested_starts, 
 from catalogue.models import FAILED, PLANNED
 
 
-def test_list_uses_the_cli_field_names_and_pages_with_next(client, web_cat):
+def test_list_uses_the_cli_field_names_and_pages_with_next(client, web_cat, token):
     ids = seed_catalogue(web_cat)
     cli_shape = web_cat.renders(limit=1)[0]
+    signed_in = client.get("/api/renders", params={"limit": 2}, headers=bearer(token)).json()
+    assert set(cli_shape) <= set(signed_in["items"][0])
     body = client.get("/api/renders", params={"limit": 2}).json()
     assert set(body) == {"items", "next"}
-    assert set(cli_shape) <= set(body["items"][0]) and body["items"][0]["render_id"] == ids["evil"]
+    # Anonymous readers get the same fields less the server paths (catalogue/web/redact.py).
+    assert set(cli_shape) - set(body["items"][0]) == {"object_uri", "thumb_uri"}
+    assert body["items"][0]["render_id"] == ids["evil"]
     second = client.get("/api/renders", params={"limit": 2, "cursor": body["next"]}).json()
     assert [i["render_id"] for i in second["items"]] == [ids["big"], ids["hero2"]]
     found = client.get("/api/renders", params={"q": "forest", "team": "games"}).json()
@@ -34,6 +38,21 @@ def test_a_405_names_every_method_the_path_takes(client, web_cat):
     answer = client.put(f"/api/renders/{ids['hero1']}")
     assert answer.status_code == 405
     assert answer.headers["allow"] == "DELETE, GET"  # GET and DELETE are two routes on one path
+
+
+def test_anonymous_readers_see_no_server_paths_and_signed_in_ones_see_them(client, web_cat, token):
+    secret_folder = "/srv/studio-secret-7f3a/manifests"
+    render_id = make_render(web_cat, record("hero", 1, manifest_path=f"{secret_folder}/night.yaml"))
+    submission_id = web_cat.render(render_id)["submission_id"]
+    routes = ["/api/submissions", f"/api/submissions/{submission_id}", "/api/renders", f"/api/renders/{render_id}",
+              "/submissions", f"/submissions/{submission_id}"]
+    for route in routes:
+        anonymous = client.get(route)
+        assert anonymous.status_code == 200 and "studio-secret-7f3a" not in anonymous.text, route
+    listed = client.get("/api/submissions").json()["items"][0]
+    assert listed["manifest_name"] == "night.yaml" and "manifest_path" not in listed
+    signed_in = client.get("/api/submissions", headers=bearer(token)).json()["items"][0]
+    assert signed_in["manifest_path"] == f"{secret_folder}/night.yaml"
 
 
 def test_review_needs_someone_and_history_records_who(client, web_cat, token):

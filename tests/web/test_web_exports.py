@@ -85,10 +85,13 @@ def test_an_api_export_is_queued_answered_at_once_and_written_in_the_background(
     until(lambda: client.get(export["url"]).json()["state"] == "running")
     assert not target.exists() or not list(target.iterdir())  # answered before a file was written
     slow.gate.set()
-    done = wait_for_export(client, export["export_id"])
+    done = wait_for_export(client, export["export_id"], **bearer(token))
     assert (done["state"], done["done"], done["error"]) == ("done", 2, None)
     assert sorted(p.name for p in target.iterdir()) == ["hero_1.jpg", "hero_2.jpg"]
     assert done["written"] == [(target / n).as_uri() for n in ("hero_1.jpg", "hero_2.jpg")]
+    # Anonymous readers see the export's progress, not where on the server it wrote.
+    seen = client.get(f"/api/exports/{export['export_id']}").json()
+    assert seen["state"] == "done" and "written" not in seen and "destination" not in seen
     assert client.get("/api/exports").json()["items"][0]["export_id"] == export["export_id"]
     assert client.get("/api/exports/NOPE").status_code == 404
 
