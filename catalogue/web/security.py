@@ -86,12 +86,14 @@ def csrf_token(request: Request) -> str:
     return request.app.state.signer.csrf_token(browser_id(request))
 
 
+WRITE_REFUSAL = "sign in or send an API token to change the catalogue"
+
+
 async def writer(request: Request) -> Viewer:
     """Dependency for state changes: someone authenticated, and for browser credentials a valid CSRF token."""
     who = viewer(request)
     if who is None:
-        raise HTTPException(401, "sign in or send an API token to change the catalogue",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, WRITE_REFUSAL, headers={"WWW-Authenticate": "Bearer"})
     if who.needs_csrf:
         await require_csrf(request)
     return who

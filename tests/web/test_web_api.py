@@ -55,6 +55,17 @@ def test_anonymous_readers_see_no_server_paths_and_signed_in_ones_see_them(clien
     assert signed_in["manifest_path"] == f"{secret_folder}/night.yaml"
 
 
+def test_an_anonymous_write_is_refused_before_its_body_is_read(client, web_cat):
+    render_id = make_render(web_cat, record())
+    for route in (f"/api/renders/{render_id}/review", "/api/export", f"/api/renders/{render_id}/rerender"):
+        for body in (b'{"status": "appr', b"\xff\xfe not utf-8", b"[" * 100):
+            answer = client.post(route, content=body, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 401, (route, body, answer.status_code, answer.text)
+            assert answer.headers["www-authenticate"] == "Bearer"
+    assert client.post(f"/api/renders/{render_id}/review", content=b"{", headers={
+        "Content-Type": "application/json", "Authorization": "Bearer wrong"}).status_code == 401
+
+
 def test_review_needs_someone_and_history_records_who(client, web_cat, token):
     render_id = make_render(web_cat, record())
     refused = client.post(f"/api/renders/{render_id}/review", json={"status": "approved"})
