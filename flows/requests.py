@@ -7,6 +7,11 @@ the gallery (`linstudio serve` hands it to the web app) and looks at the request
 flows.rerender.start_in_background: the `rerender` deployment where one is registered, else a
 detached local process), and marks it started. Requests left by a gallery that stopped — or by a
 dispatcher that died between claiming and starting — are picked up on the next look.
+
+The same re-render asked for twice (two clicks, two scripts) starts one process: a request's jobs
+that a process this dispatcher started is still rendering, or that are done, are not started
+again. The local processes it starts are reaped on every look, so none lingers as a zombie under
+the server.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import logging
 import os
 import secrets
 import socket
+import subprocess
 import threading
 from collections.abc import Callable
 
 from catalogue import rerender_requests
+from catalogue.models import DONE
 from flows.rerender import start_in_background
 
 log = logging.getLogger(__name__)
@@ -28,7 +35,7 @@ POLL_SECONDS = 2.0
 class RerenderDispatcher:
     """Starts the jobs of `catalogue`'s rerender requests, in one daemon thread (see the module docstring)."""
 
-    def __init__(self, catalogue, start: Callable[[list[str]], None] = start_in_background,
+    def __init__(self, catalogue, start: Callable[[list[str]], subprocess.Popen | None] = start_in_background,
                  poll_seconds: float = POLL_SECONDS,
                  stale_seconds: float = rerender_requests.STALE_SECONDS) -> None:
         self.catalogue = catalogue
@@ -38,6 +45,7 @@ class RerenderDispatcher:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._children: list[tuple[subprocess.Popen, frozenset[str]]] = []  # local runs and their job keys
 
     def dispatch_waiting(self) -> list[str]:
         """Claim and start every waiting request now; returns the ids of those started.
@@ -46,6 +54,7 @@ class RerenderDispatcher:
         Prefect server that is down for a minute delays a re-render rather than losing it.
         """
         started = []
+        self.reap()
         while not self._stop.is_set():
             cat = self.catalogue
             with cat.transaction() as session:
@@ -53,7 +62,10 @@ class RerenderDispatcher:
             if claimed is None:
                 break
             try:
-                self.start_jobs(claimed["job_keys"])
+                keys = self._still_to_start(claimed["job_keys"])
+                child = self.start_jobs(keys) if keys else None
+                if isinstance(child, subprocess.Popen):
+                    self._children.append((child, frozenset(keys)))
             except Exception as exc:  # noqa: BLE001 - logged; the request is tried again when its claim goes stale
                 log.warning("%s request %s (%d job(s)) for %s could not start: %s: %s", claimed["kind"],
                             claimed["request_id"], len(claimed["job_keys"]), claimed["requested_by"],
@@ -65,6 +77,18 @@ class RerenderDispatcher:
             log.info("%s request %s: started %d job(s) for %s", claimed["kind"], claimed["request_id"],
                      len(claimed["job_keys"]), claimed["requested_by"])
         return started
+
+    def _still_to_start(self, job_keys: list[str]) -> list[str]:
+        """The request's jobs that need a process: not done, and not in a run this dispatcher started
+        that is still going (a second request for the same re-render)."""
+        in_flight = {key for child, keys in self._children if child.poll() is None for key in keys}
+        states = self.catalogue.job_states(job_keys)
+        return [key for key in job_keys if key not in in_flight and states.get(key) != DONE]
+
+    def reap(self) -> int:
+        """Collect the exit status of the local runs that ended (no zombies); returns how many still run."""
+        self._children = [(child, keys) for child, keys in self._children if child.poll() is None]
+        return len(self._children)
 
     @property
     def running(self) -> bool:
@@ -81,6 +105,7 @@ class RerenderDispatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.reap()  # runs still going carry on (they are detached); finished ones are collected
 
     def _loop(self) -> None:
         while not self._stop.is_set():

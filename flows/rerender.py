@@ -28,14 +28,16 @@ from catalogue.rerenders import (  # noqa: F401 (re-exported: flows.rerender was
 log = logging.getLogger(__name__)
 
 
-def start_in_background(job_keys: list[str]) -> None:
-    """Render planned jobs without waiting: the `rerender` deployment if configured, else a local process."""
+def start_in_background(job_keys: list[str]) -> subprocess.Popen | None:
+    """Render planned jobs without waiting: the `rerender` deployment if configured, else a local
+    process, which is returned so that its starter can reap it when it ends (None for a deployment)."""
     if os.environ.get("PREFECT_API_URL") and _run_deployment(job_keys):
-        return
+        return None
     log_dir = _log_dir()
-    log_file = open(log_dir / f"rerender-{job_keys[0][:12]}.log", "ab")
-    subprocess.Popen([sys.executable, "-m", "flows.runs", *job_keys], stdout=log_file, stderr=subprocess.STDOUT,
-                     stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+    with open(log_dir / f"rerender-{job_keys[0][:12]}.log", "ab") as log_file:  # the child keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "flows.runs", *job_keys], stdout=log_file,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=os.environ.copy())
 
 
 def _log_dir() -> Path:

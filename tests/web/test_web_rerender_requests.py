@@ -9,6 +9,7 @@ both sides on the embedded SQLite catalogue, with a recording `start` in place o
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 from fastapi.testclient import TestClient
@@ -58,6 +59,32 @@ def test_asking_again_requests_what_is_not_rendered_yet_and_nothing_once_it_is(w
     web_cat.ingest(key, png((30, 200, 30), (128, 128)), {**stored, "engine": {}, "timings": {}}, "w1")
     assert actions.rerender(web_cat, render_id, [(128, 128)], "alice") == [key]
     assert requested_starts(web_cat) == []  # rendered: nothing to start
+
+
+def test_the_same_rerender_posted_twice_starts_one_process_and_it_is_reaped(web_cat, client, token):
+    import subprocess
+    import sys
+
+    render_id = make_render(web_cat, record())
+    children: list[subprocess.Popen] = []
+
+    def start(keys):  # a stand-in render process that lives until told to end
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        children.append(child)
+        return child
+
+    dispatcher = RerenderDispatcher(web_cat, start=start)
+    for _ in range(2):
+        made = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["128x128"]}, headers=bearer(token))
+        assert made.status_code == 202
+    assert len(dispatcher.dispatch_waiting()) == 2  # both requests are answered...
+    assert len(children) == 1 and dispatcher.reap() == 1  # ...by one process for the one job
+    children[0].stdin.close()  # the render ends on its own
+    deadline = time.monotonic() + 30
+    while dispatcher.reap() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert children[0].returncode == 0  # collected by the dispatcher's reap: no zombie under the server
+    assert requested_starts(web_cat) == []
 
 
 def test_a_start_that_fails_is_tried_again_once_its_claim_is_stale(web_cat):
