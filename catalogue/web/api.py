@@ -7,11 +7,12 @@ as `cursor` for the following page (null on the last one).
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from catalogue import export as exporting
 from catalogue import review, search
@@ -23,6 +24,19 @@ from catalogue.web.security import Viewer, reader, writer
 router = APIRouter(prefix="/api", tags=["catalogue"])
 Reader = Annotated[Viewer | None, Depends(reader)]
 Writer = Annotated[Viewer, Depends(writer)]
+
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date_only(value: Any) -> Any:
+    """Dates are YYYY-MM-DD text only: pydantic would read `date_to=0` as a Unix timestamp (1970-01-01)."""
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
+        return value
+    raise ValueError("expected a date like 2026-11-27 (YYYY-MM-DD)")
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date_only)]
 
 
 class RenderPage(BaseModel):
@@ -63,7 +77,9 @@ def list_renders(request: Request, who: Reader, q: str | None = None, team: str 
                  size: Annotated[str | None, Query(description="WIDTHxHEIGHT")] = None,
                  status: Annotated[str | None, Query(description="approved, rejected, changes_requested or "
                                                                  "unreviewed")] = None,
-                 date_from: date | None = None, date_to: date | None = None, cursor: str | None = None,
+                 date_from: Annotated[IsoDate | None, Query(description="YYYY-MM-DD, inclusive")] = None,
+                 date_to: Annotated[IsoDate | None, Query(description="YYYY-MM-DD, inclusive")] = None,
+                 cursor: str | None = None,
                  limit: Annotated[int, Query(ge=1, le=search.PAGE_MAX)] = search.PAGE_DEFAULT) -> dict:
     filters = filters_from(q, team, project, tag, model, size, status, date_from, date_to)
     with request.app.state.catalogue.transaction() as session:

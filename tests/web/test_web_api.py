@@ -66,6 +66,14 @@ def test_an_anonymous_write_is_refused_before_its_body_is_read(client, web_cat):
         "Content-Type": "application/json", "Authorization": "Bearer wrong"}).status_code == 401
 
 
+def test_dates_are_iso_text_never_unix_timestamps(client, web_cat):
+    seed_catalogue(web_cat)
+    for number in ("0", "1764979200", "-1"):
+        refused = client.get("/api/renders", params={"date_to": number})
+        assert refused.status_code == 422 and "YYYY-MM-DD" in refused.text, (number, refused.text)
+    assert client.get("/api/renders", params={"date_from": "2020-01-01", "date_to": "2099-12-31"}).status_code == 200
+
+
 def test_review_needs_someone_and_history_records_who(client, web_cat, token):
     render_id = make_render(web_cat, record())
     refused = client.post(f"/api/renders/{render_id}/review", json={"status": "approved"})
