@@ -34,6 +34,10 @@ class NotFound(CatalogueError, LookupError):
     """The render, job or submission named does not exist."""
 
 
+class Conflict(CatalogueError):
+    """The thing exists but is not in a state that allows this (answered 409)."""
+
+
 class Unavailable(CatalogueError):
     """A feature this installation cannot provide right now (e.g. the export queue is full)."""
 
@@ -87,7 +91,7 @@ def retry(catalogue: Catalogue, job_key: str, who: str) -> dict[str, Any]:
         if not service.retry_job(session, job_key, catalogue.clock()):
             if service.job_of(session, job_key) is None:
                 raise NotFound(f"job {job_key}: not in the catalogue")
-            raise ActionError(f"job {job_key}: only a failed job can be retried")
+            raise Conflict(f"job {job_key}: only a failed job can be retried")
         rerender_requests.request_start(session, "retry", [job_key], who, catalogue.clock())
     with catalogue.transaction() as session:
         return service.job_of(session, job_key)
@@ -99,7 +103,7 @@ def cancel(catalogue: Catalogue, job_key: str, who: str) -> dict[str, Any]:
         if not service.cancel_job(session, job_key, who, catalogue.clock()):
             if service.job_of(session, job_key) is None:
                 raise NotFound(f"job {job_key}: not in the catalogue")
-            raise ActionError(f"job {job_key}: only a queued (planned) job can be cancelled")
+            raise Conflict(f"job {job_key}: only a queued (planned) job can be cancelled")
         return service.job_of(session, job_key)
 
 

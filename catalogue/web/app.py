@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from catalogue import auth
 from catalogue.api import Catalogue
 from catalogue.errors import CatalogueError, ObjectNotFoundError
-from catalogue.web import actions, limits, security
+from catalogue.web import actions, errors, limits, security
 from catalogue.web.export_runner import ExportRunner
 
 
@@ -136,10 +136,11 @@ def wants_html(request: Request) -> bool:
     return not request.url.path.startswith("/api/") and request.url.path != "/openapi.json"
 
 
-def error_response(request: Request, status: int, message: str, headers: dict | None = None):
-    """JSON `{"detail": ...}` for the API, a small HTML page for browsers."""
+def error_response(request: Request, status: int, message: str, headers: dict | None = None,
+                   field: str | None = None):
+    """The API's one error body (catalogue.web.errors) for the API, a small HTML page for browsers."""
     if not wants_html(request):
-        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+        return JSONResponse(errors.body(status, message, field), status_code=status, headers=headers)
     if status == 401 and request.method == "GET":
         from fastapi.responses import RedirectResponse
         from urllib.parse import quote
@@ -175,13 +176,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return error_response(request, 422, problems)
+        found = exc.errors()
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in found)
+        field = ".".join(str(p) for p in found[0]["loc"]) if found else None
+        return error_response(request, 422, problems, field=field)
 
     @app.exception_handler(CatalogueError)
     async def catalogue_error(request: Request, exc: CatalogueError):
         if isinstance(exc, (LookupError, ObjectNotFoundError)):  # actions.NotFound, unknown renders and jobs
             status = 404
+        elif isinstance(exc, actions.Conflict):
+            status = 409
         elif isinstance(exc, actions.Unavailable):
             status = 503
         else:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import re
 
+from catalogue.web import errors
+
 MAX_BODY_BYTES = 1 << 20
 MAX_JSON_DEPTH = 32
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -109,7 +111,7 @@ class BodyLimits:
 
 
 async def _refuse(send, status: int, message: str) -> None:
-    body = json.dumps({"detail": message}).encode()
+    body = json.dumps(errors.body(status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

@@ -192,7 +192,7 @@ def test_rerender_queues_through_the_rerender_flow_and_progress_shows(client, we
     render_id = make_render(web_cat, record())
     assert client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["128x128"]}).status_code == 401
     bad = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["100x72"]}, headers=bearer(token))
-    assert bad.status_code == 400 and "multiple of 8" in bad.json()["detail"]
+    assert bad.status_code == 400 and "multiple of 8" in bad.json()["error"]["message"]
     made = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["128x128", [256, 128]]},
                        headers=bearer(token))
     assert made.status_code == 202
@@ -213,11 +213,13 @@ def test_retry_cancel_and_delete(client, web_cat, token):
     submission = web_cat.create_submission("film", "night-city", "film/x.yaml", "0" * 64, 2)
     web_cat.plan_jobs(submission, [queued, broken])
     web_cat.fail(broken["key"], "CUDA out of memory")
-    assert client.post(f"/api/jobs/{queued['key']}/retry", headers=bearer(token)).status_code == 400
+    wrong_state = client.post(f"/api/jobs/{queued['key']}/retry", headers=bearer(token))
+    assert wrong_state.status_code == 409 and wrong_state.json()["error"]["code"] == "conflict"
     assert client.post(f"/api/jobs/{broken['key']}/retry", headers=bearer(token)).json()["state"] == PLANNED
     assert requested_starts(web_cat) == [[broken["key"]]]
     cancelled = client.post(f"/api/jobs/{queued['key']}/cancel", headers=bearer(token)).json()
     assert cancelled["state"] == FAILED and cancelled["error"] == "cancelled by token:pipeline-bot"
+    assert client.post(f"/api/jobs/{queued['key']}/cancel", headers=bearer(token)).status_code == 409  # failed now
     sub = client.get(f"/api/submissions/{submission}").json()
     assert sub["jobs"] == {"planned": 1, "running": 0, "done": 0, "failed": 1}
     assert client.delete(f"/api/renders/{done_id}").status_code == 401

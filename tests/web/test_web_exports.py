@@ -68,14 +68,14 @@ def test_an_api_export_is_queued_answered_at_once_and_written_in_the_background(
                                                                                tmp_path, slow):
     ids = seed_catalogue(web_cat)
     outside = export_of(client, token, tmp_path / "elsewhere", [ids["hero1"]])
-    assert outside.status_code == 400 and "may only write under" in outside.json()["detail"]
+    assert outside.status_code == 400 and "may only write under" in outside.json()["error"]["message"]
     # `~` is refused alike for every account name, so the answer says nothing of which accounts exist.
     for home_relative in ("~root/x", "~nosuchuser-4e1d/x", "~/x", "file://~nosuchuser-4e1d/x"):
         refused = export_of(client, token, home_relative, [ids["hero1"]])
-        assert refused.status_code == 400 and "not ~" in refused.json()["detail"], (home_relative, refused.text)
+        assert refused.status_code == 400 and "not ~" in refused.json()["error"]["message"], (home_relative, refused.text)
     nothing = client.post("/api/export", json={"destination": str(settings.home / "exports"), "project": "elves"},
                           headers=bearer(token))
-    assert nothing.status_code == 400 and "nothing approved" in nothing.json()["detail"]  # refused in the request
+    assert nothing.status_code == 400 and "nothing approved" in nothing.json()["error"]["message"]  # refused in the request
 
     target = settings.home / "exports" / "delivery"
     made = export_of(client, token, target, [ids["hero1"], ids["hero2"]], format="jpeg", template="{asset_id}_{seed}")
@@ -217,7 +217,7 @@ def test_a_16k_export_does_not_hold_a_web_worker(client, web_cat, token, setting
     target = settings.home / "exports" / "16k"
     refused = export_of(client, token, target, [render_id], format="webp")
     assert refused.status_code == 400 and f"render {render_id} is 16384x16384: webp holds at most 16383" in \
-        refused.json()["detail"]
+        refused.json()["error"]["message"]
 
     started = time.monotonic()
     made = export_of(client, token, target, [render_id], format="tiff")

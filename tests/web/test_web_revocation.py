@@ -55,7 +55,7 @@ def test_a_revoked_token_is_refused_on_its_next_request_and_its_reviews_keep_its
     revoked = linstudio("tokens", "revoke", "nightly")
     assert revoked.exit_code == 0, revoked.output
     refused = review(client, render_id, "rejected", **bearer(token))
-    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
     assert reviewers(client, render_id) == ["token:nightly"]  # history keeps the name
 
     listed = json.loads(linstudio("tokens", "ls", "--json").output)
@@ -126,6 +126,6 @@ def test_a_disabled_user_is_refused_through_the_sso_header_too(served, settings)
     with TestClient(create_app(cat, settings.model_copy(update={"auth_header": "X-Forwarded-User"}))) as client:
         csrf = {"X-CSRF-Token": csrf_of(client)}
         response = review(client, render_id, **csrf, **{"X-Forwarded-User": "alice"})
-        assert response.status_code == 403 and "disabled" in response.json()["detail"]
+        assert response.status_code == 403 and "disabled" in response.json()["error"]["message"]
         assert review(client, render_id, **csrf, **{"X-Forwarded-User": "carol"}).status_code == 201  # no row needed
         assert reviewers(client, render_id) == ["carol"]
