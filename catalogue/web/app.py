@@ -102,6 +102,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 def _install_middleware(app: FastAPI) -> None:
     app.add_middleware(limits.BodyLimits)  # inside the ones below, so its refusals get the headers too
+    app.add_middleware(limits.RequestLimits)  # 414 / 431 before the body limits and authentication
 
     @app.middleware("http")
     async def authenticate_api_writes_first(request: Request, call_next):

@@ -19,8 +19,43 @@ from catalogue.web import errors
 
 MAX_BODY_BYTES = 1 << 20
 MAX_JSON_DEPTH = 32
+MAX_TARGET_BYTES = 8192  # path and query: the longest real one (a search with every filter) is ~1 KB
+MAX_HEADER_BYTES = 32768  # all header names and values together
+# What the HTTP parser itself buffers before it gives up (`linstudio serve` passes it to uvicorn):
+# well above the two limits above, so a long URL or header block reaches `RequestLimits` and is
+# answered 414 / 431 instead of the connection being dropped.
+PARSER_BUFFER_BYTES = 1 << 20
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')  # the only bytes that change the nesting depth or string state
+
+
+def server_options() -> dict:
+    """The uvicorn options the limits rely on (`linstudio serve` and the tests pass them)."""
+    return {"h11_max_incomplete_event_size": PARSER_BUFFER_BYTES}
+
+
+class RequestLimits:
+    """ASGI middleware answering a request target over `MAX_TARGET_BYTES` with 414 and a header block
+    over `MAX_HEADER_BYTES` with 431, before any route or body is looked at."""
+
+    def __init__(self, app, max_target: int = MAX_TARGET_BYTES, max_headers: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_target = max_target
+        self.max_headers = max_headers
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+            if target > self.max_target:
+                await _refuse(send, 414, f"request target of {target} bytes: the gallery reads at most "
+                                         f"{self.max_target}")
+                return
+            headers = sum(len(name) + len(value) for name, value in scope["headers"])
+            if headers > self.max_headers:
+                await _refuse(send, 431, f"request headers of {headers} bytes: the gallery reads at most "
+                                         f"{self.max_headers}")
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):

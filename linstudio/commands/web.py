@@ -38,7 +38,11 @@ def serve(
     typer.echo(f"gallery of {where} at http://{host}:{port}/", err=True)
     try:
         # proxy_headers: behind the studio's proxy, trust its X-Forwarded-Proto (secure cookies on https).
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        # h11_max_incomplete_event_size: the parser buffers a long URL or header block instead of
+        # dropping the connection, so the gallery can answer it 414 / 431 (catalogue.web.limits).
+        from catalogue.web.limits import server_options
+
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True, **server_options())
     finally:
         catalogue.close()
 

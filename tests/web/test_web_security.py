@@ -262,6 +262,17 @@ def test_a_50_mb_body_is_refused_before_it_is_read(app, web_cat, token):
         assert session.query(Review).count() == 0
 
 
+def test_a_long_url_or_header_block_is_answered_414_or_431_not_dropped(app, web_cat):
+    with served_over_http(app) as (_, port):
+        for request, status in (
+                (f"GET /api/renders?q={'x' * 200_000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"414"),
+                (f"GET /api/renders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'y' * 200_000}\r\n\r\n", b"431"),
+                ("GET /api/renders HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 + "".join(f"X-H{i}: {'z' * 100}\r\n" for i in range(400)) + "\r\n", b"431")):
+            answer, _ = raw_request(port, request.encode(), iter(()))
+            assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+
+
 def test_deeply_nested_json_is_refused_before_it_is_parsed(client, web_cat, token):
     render_id = make_render(web_cat, record())
     url = f"/api/renders/{render_id}/review"
