@@ -87,6 +87,9 @@ def test_ls_json(run):
     assert rows["sd21"]["native_size"] == 768 and rows["sd21"]["builtin"] is True
     assert rows["tiny-sd15"]["linfusion_state"] == "untrained (from_unet)"
     assert rows["shapes-sd15"]["linfusion_state"] == "trained (builtin)" and rows["shapes-sd15"]["available"] is True
+    # Its trained conditioning, listed the way the tiny models list theirs (issue 27).
+    assert rows["shapes-sd15"]["controlnets"] == {"seg": "package:shapes-sd15-controlnet-seg"}
+    assert rows["shapes-sd15"]["ip_adapter"] == "package:shapes-sd15-ip-adapter"
 
 
 @pytest.mark.parametrize(("family", "native", "prediction"), [
