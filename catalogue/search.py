@@ -13,7 +13,6 @@ words are extracted and bound as parameters, so a stray quote cannot break or wi
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -37,10 +36,15 @@ SEARCH_INDEX = "ix_renders_search"
 # The PostgreSQL document; must match the expression of ix_renders_search (migration 0002) exactly.
 PG_DOCUMENT = "to_tsvector('english'::regconfig, renders.prompt || ' ' || renders.tags::text)"
 _WORD = re.compile(r"\w+", re.UNICODE)
-_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+# The size filter and cursors as the API's OpenAPI states them (catalogue.web.params): these
+# patterns are the whole rule, so the spec cannot be looser or tighter than the server.
+SIZE_PATTERN = r"^([0-9]{1,5})x([0-9]{1,5})$"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MAX_QUERY_WORDS = 16
 ID_CURSOR, FTS_CURSOR = "i", "f"
+# `i` + the render id after which the page starts, or `f` + a full-text rowid (SQLite), at most 18
+# digits so it stays inside SQLite's 64-bit integers.
+CURSOR_PATTERN = r"^(?:i[0-7][0-9A-HJKMNP-TV-Z]{25}|f[1-9][0-9]{0,17})$"
 FACET_MAX = 500  # values per filter menu
 
 
@@ -101,29 +105,27 @@ def ulid_floor(moment: datetime) -> str:
 
 
 def encode_cursor(position: str, kind: str = "i") -> str:
-    """An opaque cursor: `kind` i = after this render id, f = after this full-text rowid (SQLite).
+    """A cursor: `kind` i = after this render id, f = after this full-text rowid (SQLite).
 
-    Opaque so scripts pass `next` back rather than build cursors by hand.
+    Scripts pass `next` back rather than build cursors; the form is plain (not base64) so that one
+    pattern, CURSOR_PATTERN, says exactly which cursors the server takes.
     """
-    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
+    return f"{kind}{position}"
 
 
 def decode_cursor(cursor: str, kind: str = "i") -> Any:
     """The position inside a cursor of `kind`; SearchError when it is not one of ours (or of another kind)."""
-    try:
-        found, _, position = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        raise SearchError(f"cursor {cursor[:40]!r}: not a gallery cursor") from None
-    if found == kind == FTS_CURSOR and position.isdigit():
-        return int(position)
-    if found == kind == ID_CURSOR and len(position) == ULID_LENGTH and all(c in _CROCKFORD for c in position):
-        return position
-    raise SearchError(f"cursor {cursor[:40]!r}: not a cursor of this search (start again from the first page)")
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise SearchError(f"cursor {cursor[:40]!r}: not a gallery cursor")
+    if cursor[0] != kind:
+        raise SearchError(f"cursor {cursor[:40]!r}: not a cursor of this search (start again from the first page)")
+    return int(cursor[1:]) if kind == FTS_CURSOR else cursor[1:]
 
 
 def parse_size(size: str) -> tuple[int, int]:
-    """`1024x768` -> (1024, 768); SearchError naming the parameter otherwise."""
-    match = _SIZE.match(size.strip().lower())
+    """`1024x768` -> (1024, 768); SearchError naming the parameter otherwise (the gallery's form
+    strips and lower-cases what the artist typed first)."""
+    match = re.fullmatch(SIZE_PATTERN, size)
     if not match:
         raise SearchError(f"size {size!r}: expected WIDTHxHEIGHT, e.g. 1024x1024")
     return int(match.group(1)), int(match.group(2))

@@ -142,7 +142,7 @@ def select_renders(session, render_ids: list[str] | None = None, project: str | 
             raise ActionError(f"export of project {project!r}: more than {EXPORT_MAX} approved renders; "
                               "export them in parts with `linstudio export --render`")
         if not rows:
-            raise ActionError(f"export of project {project!r}: nothing approved yet")
+            raise NotFound(f"export of project {project!r}: nothing approved yet")
     else:
         raise ActionError("export: choose renders, or a project to export everything approved in it")
     return [render_dict(r, full=True) | {"review_status": r.review_status} for r in rows]
@@ -168,7 +168,10 @@ def queue_export(catalogue: Catalogue, runner, options: exporting.ExportOptions,
     """
     with catalogue.transaction() as session:
         renders = select_renders(session, render_ids, project, team)
-        exporting.plan_names(renders, options)
+        try:
+            exporting.plan_names(renders, options)
+        except exporting.ExportError as exc:  # two renders one name, a render too big for the format
+            raise Conflict(str(exc)) from None
         try:
             export, joined = exports.queue(session, options, [r["render_id"] for r in renders], who,
                                            catalogue.clock())

@@ -12,12 +12,14 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, BeforeValidator, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from catalogue import export as exporting
 from catalogue import review, search
 from catalogue.models import REVIEW_STATUSES
-from catalogue.web import actions, exports, service, views
+from catalogue.web import actions, errors, exports, params, schemas, service, views
+from catalogue.web.errors import ANY_REQUEST, ANY_WRITE
 from catalogue.web.redact import for_viewer
 from catalogue.web.security import Viewer, reader, writer
 
@@ -39,30 +41,58 @@ def _iso_date_only(value: Any) -> Any:
 IsoDate = Annotated[date, BeforeValidator(_iso_date_only)]
 
 
-class RenderPage(BaseModel):
-    items: list[dict[str, Any]]
-    next: str | None = Field(description="Cursor of the next page; null on the last page.")
+class StrictBody(BaseModel):
+    """A request body read as its schema says: no unknown fields, and no "true" for true or "64" for 64
+    (pydantic's lax mode would take those, which the published schema does not)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class ReviewIn(BaseModel):
+class ReviewIn(StrictBody):
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
+        "examples": [{"status": "approved", "note": "Ship it."}]})
+
     status: Literal[REVIEW_STATUSES]  # type: ignore[valid-type]
     note: str = Field(default="", max_length=review.NOTE_LIMIT)
 
 
-class RerenderIn(BaseModel):
-    sizes: list[str | tuple[int, int]] = Field(description='Sizes to render, "WIDTHxHEIGHT" or [width, height].',
-                                               min_length=1, max_length=actions.MAX_SIZES)
+RerenderSize = params.RerenderSizeText | Annotated[list[params.SideLength], Field(min_length=2, max_length=2)]
 
 
-class ExportIn(BaseModel):
-    destination: str = Field(description="s3://bucket/prefix, or a folder under LINSTUDIO_SHARED_ROOTS or "
-                                         "$LINSTUDIO_HOME/exports.")
-    render_ids: list[str] | None = Field(default=None, description="These renders; or leave out and give project.")
-    project: str | None = Field(default=None, description="Every approved render of this project.")
-    team: str | None = None
+class RerenderIn(StrictBody):
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
+        "examples": [{"sizes": ["2048x2048", [1024, 768]]}]})
+
+    sizes: list[RerenderSize] = Field(
+        description='Sizes to render, "WIDTHxHEIGHT" or [width, height]: each side a multiple of 8 from 64 to '
+                    f'{actions.MAX_SIDE}.', min_length=1, max_length=actions.MAX_SIZES)
+
+
+class ExportIn(StrictBody):
+    destination: str = Field(max_length=params.DESTINATION_MAX,
+                             description="s3://bucket/prefix, or a folder under LINSTUDIO_SHARED_ROOTS or "
+                                         "$LINSTUDIO_HOME/exports (the pattern names this server's folders).")
+    render_ids: params.RenderIds = Field(default=None, description="These renders; or leave out and give project.")
+    project: str = Field(default=None, min_length=1, max_length=params.NAME_MAX,
+                         description="Every approved render of this project.")
+    team: str = Field(default=None, max_length=params.NAME_MAX, description="With project: only this team's.")
     format: Literal[tuple(exporting.FORMATS)] = "png8"  # type: ignore[valid-type]
-    template: str = exporting.DEFAULT_TEMPLATE
+    template: str = Field(default=exporting.DEFAULT_TEMPLATE, max_length=params.TEMPLATE_MAX,
+                          pattern=params.TEMPLATE_PATTERN,
+                          description="File names: text and fields among " + ", ".join(
+                              "{" + f + "}" for f in exporting.TEMPLATE_FIELDS) + "; at least one field.")
     keep_metadata: bool = True
+
+    @model_validator(mode="after")
+    def _renders_or_project(self) -> ExportIn:
+        if self.render_ids is None and self.project is None:
+            raise ValueError("give render_ids, or a project to export everything approved in it")
+        return self
+
+    # The example's destination is set per server (catalogue.web.contract), which knows its folders.
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
+        "anyOf": [{"required": ["render_ids"]}, {"required": ["project"]}],
+        "examples": [{"destination": "s3://deliveries/night-city", "project": "night-city", "format": "png8"}]})
 
 
 def filters_from(q: str | None, team: str | None, project: str | None, tag: str | None, model: str | None,
@@ -71,83 +101,106 @@ def filters_from(q: str | None, team: str | None, project: str | None, tag: str 
                           date_from=date_from, date_to=date_to)
 
 
-@router.get("/renders", response_model=RenderPage, summary="Search and filter renders, newest first")
-def list_renders(request: Request, who: Reader, q: str | None = None, team: str | None = None,
-                 project: str | None = None, tag: str | None = None, model: str | None = None,
-                 size: Annotated[str | None, Query(description="WIDTHxHEIGHT")] = None,
-                 status: Annotated[str | None, Query(description="approved, rejected, changes_requested or "
-                                                                 "unreviewed")] = None,
+def answers(status: int, model: type[BaseModel], *errors_: int) -> dict[str, Any]:
+    """An operation's declared answers: `model` on success, the shared error body for the rest."""
+    return {"status_code": status, "response_model": None,
+            "responses": {**errors.responses(*errors_), status: {"model": model}}}
+
+
+@router.get("/renders", summary="Search and filter renders, newest first",
+            **answers(200, schemas.RenderPage, *ANY_REQUEST, 400))
+def list_renders(request: Request, who: Reader, q: params.SearchText = None, team: params.Name = None,
+                 project: params.Name = None, tag: params.Tag = None, model: params.Name = None,
+                 size: params.Size = None, status: params.Status = None,
                  date_from: Annotated[IsoDate | None, Query(description="YYYY-MM-DD, inclusive")] = None,
                  date_to: Annotated[IsoDate | None, Query(description="YYYY-MM-DD, inclusive")] = None,
-                 cursor: str | None = None,
+                 cursor: params.Cursor = None,
                  limit: Annotated[int, Query(ge=1, le=search.PAGE_MAX)] = search.PAGE_DEFAULT) -> dict:
-    filters = filters_from(q, team, project, tag, model, size, status, date_from, date_to)
+    """A cursor only continues the search that gave it: another search's cursor answers 400."""
+    filters = filters_from(q, team, project, tag, model, size, status and status.value, date_from, date_to)
     with request.app.state.catalogue.transaction() as session:
         page = search.search(session, filters, limit, cursor)
     return {"items": for_viewer(page.items, who), "next": page.next}
 
 
-@router.get("/renders/{render_id}", summary="One render: record, siblings, lineage, reviews, re-render jobs")
-def get_render(request: Request, render_id: str, who: Reader) -> dict:
+@router.get("/renders/{render_id}", summary="One render: record, siblings, lineage, reviews, re-render jobs",
+            **answers(200, schemas.RenderDetail, *ANY_REQUEST, 404))
+def get_render(request: Request, render_id: params.RenderId, who: Reader) -> dict:
     return for_viewer(views.render_detail(request.app.state.catalogue, render_id), who)
 
 
-@router.get("/renders/{render_id}/reviews", summary="Review history, newest first")
-def get_reviews(request: Request, render_id: str, _who: Reader) -> list[dict]:
+@router.get("/renders/{render_id}/reviews", summary="Review history, newest first",
+            status_code=200, response_model=None,
+            responses={**errors.responses(*ANY_REQUEST, 404), 200: {"model": list[schemas.Review]}})
+def get_reviews(request: Request, render_id: params.RenderId, _who: Reader) -> list[dict]:
     with request.app.state.catalogue.transaction() as session:
         if not service.render_exists(session, render_id):
             raise actions.NotFound(f"render {render_id}: not in the catalogue")
         return review.history(session, render_id)
 
 
-@router.post("/renders/{render_id}/review", status_code=201, summary="Approve, reject or ask for changes")
-def post_review(request: Request, render_id: str, body: ReviewIn, who: Writer) -> dict:
+@router.post("/renders/{render_id}/review", summary="Approve, reject or ask for changes",
+             **answers(201, schemas.Review, *ANY_WRITE, 404))
+def post_review(request: Request, render_id: params.RenderId, body: ReviewIn, who: Writer) -> dict:
     catalogue = request.app.state.catalogue
     with catalogue.transaction() as session:
         return review.record_review(session, render_id, body.status, body.note, who.name, catalogue.clock())
 
 
-@router.post("/renders/{render_id}/rerender", status_code=202, summary="Queue re-renders at other sizes")
-def post_rerender(request: Request, render_id: str, body: RerenderIn, who: Writer) -> dict:
+@router.post("/renders/{render_id}/rerender", summary="Queue re-renders at other sizes",
+             **answers(202, schemas.RerenderQueued, *ANY_WRITE, 404))
+def post_rerender(request: Request, render_id: params.RenderId, body: RerenderIn, who: Writer) -> dict:
     sizes = actions.parse_sizes(body.sizes)
     keys = actions.rerender(request.app.state.catalogue, render_id, sizes, who.name)
     return {"render_id": render_id, "job_keys": keys}
 
 
-@router.delete("/renders/{render_id}", summary="Delete a render: its objects and its row")
-def delete_render(request: Request, render_id: str, who: Writer) -> dict:
+@router.delete("/renders/{render_id}", summary="Delete a render: its objects and its row",
+               **answers(200, schemas.Deleted, *ANY_WRITE, 404))
+def delete_render(request: Request, render_id: params.RenderId, who: Writer) -> dict:
     actions.delete_render(request.app.state.catalogue, render_id, who.name)
     return {"deleted": render_id}
 
 
-@router.post("/jobs/{job_key}/retry", summary="Plan a failed job again and render it in the background")
-def retry_job(request: Request, job_key: str, who: Writer) -> dict:
+@router.post("/jobs/{job_key}/retry", summary="Plan a failed job again and render it in the background",
+             **answers(200, schemas.Job, *ANY_WRITE, 404, 409))
+def retry_job(request: Request, job_key: params.JobKey, who: Writer) -> dict:
     return actions.retry(request.app.state.catalogue, job_key, who.name)
 
 
-@router.post("/jobs/{job_key}/cancel", summary="Take a queued job off the queue")
-def cancel_job(request: Request, job_key: str, who: Writer) -> dict:
+@router.post("/jobs/{job_key}/cancel", summary="Take a queued job off the queue",
+             **answers(200, schemas.Job, *ANY_WRITE, 404, 409))
+def cancel_job(request: Request, job_key: params.JobKey, who: Writer) -> dict:
     return actions.cancel(request.app.state.catalogue, job_key, who.name)
 
 
-@router.get("/submissions", summary="Submitted manifests, newest first, with derived status")
-def list_submissions(request: Request, who: Reader, team: str | None = None, before: str | None = None,
+@router.get("/submissions", summary="Submitted manifests, newest first, with derived status",
+            **answers(200, schemas.SubmissionPage, *ANY_REQUEST))
+def list_submissions(request: Request, who: Reader, team: params.Name = None, before: params.Before = None,
                      limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
     with request.app.state.catalogue.transaction() as session:
         items = service.submissions(session, team, limit, before)
     return {"items": for_viewer(items, who), "next": items[-1]["submission_id"] if len(items) == limit else None}
 
 
-@router.get("/submissions/{submission_id}", summary="One submission: status, errors, renders")
-def get_submission(request: Request, submission_id: str, who: Reader) -> dict:
+@router.get("/submissions/{submission_id}", summary="One submission: status, errors, renders",
+            **answers(200, schemas.Submission, *ANY_REQUEST, 404))
+def get_submission(request: Request, submission_id: params.SubmissionId, who: Reader) -> dict:
     return for_viewer(views.submission_detail(request.app.state.catalogue, submission_id), who)
 
 
-@router.post("/export", status_code=202, summary="Queue an export of renders to a folder or S3 prefix",
+@router.post("/export", summary="Queue an export of renders to a folder or S3 prefix",
              description="Checks the selection and answers at once; the files are written in the background. "
                          "Follow `url` for progress (`state`: queued, running, done with `written`, failed with "
-                         "`error`). The same selection asked for again while it runs joins it (`joined`: true).")
+                         "`error`). The same selection asked for again while it runs joins it (`joined`: true). "
+                         "A folder that leads out of the allowed ones through a symbolic link answers 400; "
+                         "a template that gives two renders one name answers 409.",
+             **answers(202, schemas.ExportQueued, *ANY_WRITE, 404, 409, 503))
 def post_export(request: Request, body: ExportIn, who: Writer) -> dict:
+    if not re.fullmatch(request.app.state.destination_pattern, body.destination):
+        shown = ", ".join(str(root) for root in request.app.state.export_roots)
+        raise RequestValidationError([{"loc": ("body", "destination"), "type": "value_error",
+                                       "msg": f"give an s3://bucket/prefix or a folder under {shown}"}])
     destination = actions.check_web_destination(body.destination, request.app.state.export_roots)
     options = exporting.ExportOptions(destination=destination, format=body.format, template=body.template,
                                       keep_metadata=body.keep_metadata)
@@ -156,12 +209,14 @@ def post_export(request: Request, body: ExportIn, who: Writer) -> dict:
     return export | {"joined": joined}
 
 
-@router.get("/exports", summary="Recent exports, newest first, with their progress")
+@router.get("/exports", summary="Recent exports, newest first, with their progress",
+            **answers(200, schemas.ExportPage, *ANY_REQUEST))
 def list_exports(request: Request, who: Reader, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
     with request.app.state.catalogue.transaction() as session:
         return {"items": for_viewer(exports.recent(session, limit), who)}
 
 
-@router.get("/exports/{export_id}", summary="One export: state, files done of total, the files once done")
-def get_export(request: Request, export_id: str, who: Reader) -> dict:
+@router.get("/exports/{export_id}", summary="One export: state, files done of total, the files once done",
+            **answers(200, schemas.Export, *ANY_REQUEST, 404))
+def get_export(request: Request, export_id: params.ExportId, who: Reader) -> dict:
     return for_viewer(views.export_detail(request.app.state.catalogue, export_id), who)

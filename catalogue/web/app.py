@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from catalogue import auth
 from catalogue.api import Catalogue
 from catalogue.errors import CatalogueError, ObjectNotFoundError
-from catalogue.web import actions, errors, limits, security
+from catalogue.web import actions, contract, errors, limits, params, security
 from catalogue.web.export_runner import ExportRunner
 
 
@@ -85,6 +85,7 @@ def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundSe
     app.state.settings = settings
     app.state.signer = auth.Signer(auth.load_secret(settings.secret_key, settings.home))
     app.state.export_roots = [settings.home / "exports", *settings.shared_roots]
+    app.state.destination_pattern = params.destination_pattern(app.state.export_roots)
     app.state.exports = runner
     app.state.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                       autoescape=select_autoescape(default=True), trim_blocks=True,
@@ -94,6 +95,7 @@ def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundSe
     app.include_router(pages.router)
     _install_middleware(app)
     _install_error_handlers(app)
+    contract.install(app, app.state.destination_pattern, settings.read_requires_login)
     return app
 
 

@@ -29,8 +29,10 @@ DESCRIPTIONS: dict[int, str] = {
     404: "No such render, job, submission or export.",
     409: "The thing is not in a state that allows this (a job that is not failed or queued).",
     413: "The request body is over the gallery's limit.",
+    414: "The path and query are over the gallery's limit (8 KB).",
     422: "A parameter or body field does not match this description (`field` names it).",
     429: "Too many attempts: wait the `Retry-After` seconds.",
+    431: "The request headers are over the gallery's limit (32 KB).",
     503: "The gallery cannot take more of this now (a full export queue): try again later.",
 }
 
@@ -52,6 +54,14 @@ def body(status: int, message: str, field: str | None = None) -> dict[str, Any]:
                       "field": field}}
 
 
+# What any API request may meet before its route runs: limits on the request line and headers
+# (catalogue.web.limits), a wrong or revoked token (401), a disabled single-sign-on user (403).
+ANY_REQUEST = (401, 403, 414, 431)
+# ...and what a write may meet too: bodies over the limit (413) or nested too deep (400).
+ANY_WRITE = (*ANY_REQUEST, 400, 413)
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of an operation: the shared error body for each of `statuses`, plus 422."""
-    return {status: {"model": ErrorBody, "description": DESCRIPTIONS[status]} for status in (*statuses, 422)}
+    return {status: {"model": ErrorBody, "description": DESCRIPTIONS[status]}
+            for status in sorted({*statuses, 422})}

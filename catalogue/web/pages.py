@@ -52,7 +52,8 @@ def _date(value: str | None, name: str) -> date | None:
 def gallery(request: Request, who: Reader, q: str | None = None, team: str | None = None, project: str | None = None,
             tag: str | None = None, model: str | None = None, size: str | None = None, status: str | None = None,
             date_from: str | None = None, date_to: str | None = None, cursor: str | None = None):
-    filters = search.Filters(q=q, team=team, project=project, tag=tag, model=model, size=size, status=status,
+    typed_size = (size or "").strip().lower() or None  # an artist's " 1024X1024" is the API's 1024x1024
+    filters = search.Filters(q=q, team=team, project=project, tag=tag, model=model, size=typed_size, status=status,
                              date_from=_date(date_from, "date_from"), date_to=_date(date_to, "date_to"))
     with request.app.state.catalogue.transaction() as session:
         result = search.search(session, filters, search.PAGE_DEFAULT, cursor)

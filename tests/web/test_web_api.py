@@ -192,7 +192,7 @@ def test_rerender_queues_through_the_rerender_flow_and_progress_shows(client, we
     render_id = make_render(web_cat, record())
     assert client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["128x128"]}).status_code == 401
     bad = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["100x72"]}, headers=bearer(token))
-    assert bad.status_code == 400 and "multiple of 8" in bad.json()["error"]["message"]
+    assert bad.status_code == 422 and "multiple of 8" in bad.json()["error"]["message"]  # the spec's pattern
     made = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["128x128", [256, 128]]},
                        headers=bearer(token))
     assert made.status_code == 202
@@ -203,7 +203,7 @@ def test_rerender_queues_through_the_rerender_flow_and_progress_shows(client, we
     assert {(j["width"], j["height"], j["state"]) for j in detail["rerender_jobs"]} == {(128, 128, PLANNED),
                                                                                        (256, 128, PLANNED)}
     assert 'http-equiv="refresh"' in client.get(f"/renders/{render_id}").text  # the page follows progress
-    assert client.post("/api/renders/NOPE/rerender", json={"sizes": ["128x128"]},
+    assert client.post("/api/renders/01ZZZZZZZZZZZZZZZZZZZZZZZZ/rerender", json={"sizes": ["128x128"]},
                        headers=bearer(token)).status_code == 404
 
 
@@ -270,9 +270,14 @@ def test_status_is_derived_from_jobs_when_a_submission_has_none():
     assert derived_status(Counter(done=3)) == "done"
 
 
-@pytest.mark.parametrize("path", ["/renders/NOPE", "/submissions/NOPE", "/api/renders/NOPE"])
+@pytest.mark.parametrize("path", ["/renders/NOPE", "/submissions/NOPE", "/api/renders/01ZZZZZZZZZZZZZZZZZZZZZZZZ"])
 def test_unknown_things_are_404(client, path):
     assert client.get(path).status_code == 404
+
+
+def test_a_malformed_api_id_is_invalid_input_naming_it(client):
+    refused = client.get("/api/renders/NOPE")
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "path.render_id"
 
 
 def test_downloads_on_both_backends_stream_or_presign(both_cat, catalogue_urls, settings):
