@@ -7,6 +7,7 @@
 #   make test-faults  the fault suite on its own (services stopped and killed mid-batch; docs/reliability.md)
 #   make test-faults-slow  only the fault tests `make test` leaves out (`faults_slow`): what .ci/run adds
 #   make test-changed only the tests the working tree's changes can affect (infra/changed_tests.py says how)
+#   make test-api-deep  the API contract test (schemathesis, tests/web/test_api_contract.py) far deeper: release checks
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,7 +24,7 @@ PYTEST_ARGS ?=
 # (docs/testing.md). `make test PARALLEL=` runs it in one process.
 PARALLEL ?= -n 2 --dist loadfile
 
-.PHONY: setup demo test test-fast test-heavy test-faults test-faults-slow test-changed bench clean
+.PHONY: setup demo test test-fast test-heavy test-faults test-faults-slow test-changed test-api-deep bench clean
 
 setup: $(STAMP)
 
@@ -63,6 +64,10 @@ test-changed: setup
 	if [ -z "$$paths" ]; then echo "no changes against HEAD: nothing to test"; exit 0; fi; \
 	echo "testing: $$(echo $$paths)"; \
 	$(PY) -m pytest -m "not heavy and not faults_slow" $(PYTEST_ARGS) $$paths
+
+# The same contract test as `make test`, with many more examples and stateful steps per operation.
+test-api-deep: setup
+	LINSTUDIO_API_DEEP=1 $(PY) -m pytest tests/web/test_api_contract.py $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/attention_bench.py

@@ -1,0 +1,90 @@
+"""The OpenAPI says what the server does, and a fuzzer agrees (issue 28).
+
+Schemathesis runs every check and every phase (examples, coverage, fuzzing, stateful) against the
+gallery served by uvicorn on a real port, over a catalogue with real renders, jobs (failed and
+queued), submissions and a finished export, so generated ids meet real records. Once anonymously
+(reads answer, every write is refused), once with an API token (writes happen: deletes,
+reviews, re-renders, exports), and once anonymously where reads need a login too
+(LINSTUDIO_READ_REQUIRES_LOGIN: the spec then asks a token of every operation, and everything
+answers 401). Each run has its own throwaway catalogue.
+
+Bounded for the suite: a fixed seed, deterministic generation and a few examples per operation.
+`make test-api-deep` (LINSTUDIO_API_DEEP=1) runs the same test far deeper before a release.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from contract_run import PHASES, run_contract
+from web_support import bearer, make_render, record, seed_catalogue, served_over_http, wait_for_export
+
+pytestmark = pytest.mark.services
+
+DEEP = os.environ.get("LINSTUDIO_API_DEEP") == "1"
+SEED = 28
+MAX_EXAMPLES = 200 if DEEP else 4
+STATEFUL_STEPS = 40 if DEEP else 6
+
+
+@pytest.fixture
+def studio(request, web_cat, settings):
+    """The gallery served over HTTP on a catalogue with every kind of record its API reads; reads
+    need a token when the test's parameter (`reads_closed`) says so."""
+    import httpx
+
+    from catalogue import review
+    from catalogue.auth import create_token
+    from catalogue.web import create_app
+
+    ids = seed_catalogue(web_cat)
+    queued, failed = record("queued", 7), record("broken", 8)
+    submission = web_cat.create_submission("film", "night-city", "film/x.yaml", "0" * 64, 2)
+    web_cat.plan_jobs(submission, [queued, failed])
+    web_cat.fail(failed["key"], "CUDA out of memory")
+    approved = make_render(web_cat, record("approved", 3))
+    with web_cat.transaction() as session:  # so a project export has something to deliver
+        review.record_review(session, approved, "approved", "", "alice", web_cat.clock())
+        token = create_token(session, "contract-bot", web_cat.clock())
+    settings = settings.model_copy(update={"read_requires_login": request.param})
+    with served_over_http(create_app(web_cat, settings)) as (host, port), \
+            httpx.Client(base_url=f"http://{host}:{port}") as local:
+        started = local.post("/api/export", json={"destination": str(settings.home / "exports"),
+                                                  "render_ids": [ids["hero1"]]}, headers=bearer(token))
+        assert started.status_code == 202, started.text
+        assert wait_for_export(local, started.json()["export_id"], **bearer(token))["state"] == "done"
+        yield f"http://{host}:{port}", token, web_cat
+
+
+@pytest.mark.parametrize(("studio", "signed_in"), [(False, False), (False, True), (True, False)],
+                         ids=["anonymous", "token", "anonymous-reads-closed"], indirect=["studio"])
+def test_schemathesis_finds_nothing(request, studio, signed_in):
+    base_url, token, web_cat = studio
+    before = reviews_and_renders(web_cat)
+    began = time.monotonic()
+    report = run_contract(base_url, token=token if signed_in else None, seed=SEED, max_examples=MAX_EXAMPLES,
+                          stateful_steps=STATEFUL_STEPS)
+    elapsed = time.monotonic() - began
+    print(f"schemathesis ({request.node.callspec.id}): {report.requests} requests in {elapsed:.1f} s, "
+          f"phases {sorted(report.phases_run)}")
+    assert not report.errors, "\n".join(report.errors)
+    assert not report.failures, f"{len(report.failures)} failures:\n" + "\n".join(report.failures[:30])
+    assert set(PHASES) <= report.phases_run, report.phases_run
+    assert report.requests > 50
+    reviews, renders = reviews_and_renders(web_cat)
+    if signed_in:  # the token's writes happened: reviews recorded, renders deleted
+        assert reviews > before[0] and renders < before[1], (before, reviews, renders)
+    else:  # and no anonymous one did
+        assert (reviews, renders) == before
+
+
+def reviews_and_renders(cat) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from catalogue.models import Render, Review
+
+    with cat.transaction() as session:
+        return (session.scalar(select(func.count()).select_from(Review)),
+                session.scalar(select(func.count()).select_from(Render)))
