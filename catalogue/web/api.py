@@ -13,12 +13,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from catalogue import export as exporting
 from catalogue import review, search
 from catalogue.models import REVIEW_STATUSES
 from catalogue.web import actions, errors, exports, params, schemas, service, views
+from catalogue.web.contract import DESTINATION_MARK
 from catalogue.web.errors import ANY_REQUEST, ANY_WRITE
 from catalogue.web.redact import for_viewer
 from catalogue.web.security import Viewer, reader, writer
@@ -68,14 +69,12 @@ class RerenderIn(StrictBody):
                     f'{actions.MAX_SIDE}.', min_length=1, max_length=actions.MAX_SIZES)
 
 
-class ExportIn(StrictBody):
-    destination: str = Field(max_length=params.DESTINATION_MAX,
+class ExportOptionsIn(StrictBody):
+    """Where and how an export writes; ExportOfRenders and ExportOfProject say what it writes."""
+
+    destination: str = Field(max_length=params.DESTINATION_MAX, json_schema_extra={DESTINATION_MARK: True},
                              description="s3://bucket/prefix, or a folder under LINSTUDIO_SHARED_ROOTS or "
                                          "$LINSTUDIO_HOME/exports (the pattern names this server's folders).")
-    render_ids: params.RenderIds = Field(default=None, description="These renders; or leave out and give project.")
-    project: str = Field(default=None, min_length=1, max_length=params.NAME_MAX,
-                         description="Every approved render of this project.")
-    team: str = Field(default=None, max_length=params.NAME_MAX, description="With project: only this team's.")
     format: Literal[tuple(exporting.FORMATS)] = "png8"  # type: ignore[valid-type]
     template: str = Field(default=exporting.DEFAULT_TEMPLATE, max_length=params.TEMPLATE_MAX,
                           pattern=params.TEMPLATE_PATTERN,
@@ -83,16 +82,27 @@ class ExportIn(StrictBody):
                               "{" + f + "}" for f in exporting.TEMPLATE_FIELDS) + "; at least one field.")
     keep_metadata: bool = True
 
-    @model_validator(mode="after")
-    def _renders_or_project(self) -> ExportIn:
-        if self.render_ids is None and self.project is None:
-            raise ValueError("give render_ids, or a project to export everything approved in it")
-        return self
 
-    # The example's destination is set per server (catalogue.web.contract), which knows its folders.
+class ExportOfRenders(ExportOptionsIn):
+    """An export of these renders."""
+
     model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
-        "anyOf": [{"required": ["render_ids"]}, {"required": ["project"]}],
+        "examples": [{"destination": "s3://deliveries/night-city", "render_ids": ["01JBZ3K7Q8R2V4X6Y8Z0A2B4C6"]}]})
+
+    render_ids: params.RenderIds
+
+
+class ExportOfProject(ExportOptionsIn):
+    """An export of every approved render of a project (of one team's, with `team`)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
         "examples": [{"destination": "s3://deliveries/night-city", "project": "night-city", "format": "png8"}]})
+
+    project: str = Field(min_length=1, max_length=params.NAME_MAX)
+    team: str = Field(default=None, max_length=params.NAME_MAX, description="Only this team's renders.")
+
+
+ExportIn = ExportOfRenders | ExportOfProject
 
 
 def filters_from(q: str | None, team: str | None, project: str | None, tag: str | None, model: str | None,
@@ -204,8 +214,12 @@ def post_export(request: Request, body: ExportIn, who: Writer) -> dict:
     destination = actions.check_web_destination(body.destination, request.app.state.export_roots)
     options = exporting.ExportOptions(destination=destination, format=body.format, template=body.template,
                                       keep_metadata=body.keep_metadata)
+    if isinstance(body, ExportOfRenders):
+        chosen = {"render_ids": body.render_ids}
+    else:
+        chosen = {"project": body.project, "team": body.team}
     export, joined = actions.queue_export(request.app.state.catalogue, request.app.state.exports, options, who.name,
-                                          body.render_ids, body.project, body.team)
+                                          **chosen)
     return export | {"joined": joined}
 
 

@@ -77,7 +77,9 @@ def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundSe
                 service.stop()
 
     # No /docs or /redoc: they load scripts from a CDN (no network in the studio, and our CSP forbids it).
+    # Operation ids are the route functions' names (`list_renders`), which generated clients name their calls by.
     app = FastAPI(title="LinFusion Studio catalogue", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  generate_unique_id_function=lambda route: route.name,
                   description="Browse, search, review, export and re-render catalogued renders. "
                               "Reads are open unless LINSTUDIO_READ_REQUIRES_LOGIN; changes need "
                               "`Authorization: Bearer TOKEN` (`linstudio tokens create NAME`).")

@@ -4,7 +4,8 @@
   writes need a token; reads take one or none, unless LINSTUDIO_READ_REQUIRES_LOGIN. Generated
   clients then know how to authenticate, and a fuzzer can check that writes refuse anonymity.
 - The export destinations this server takes, as a pattern naming its own export folders
-  (catalogue.web.params.destination_pattern; the route enforces the same pattern).
+  (catalogue.web.params.destination_pattern; the route enforces the same pattern), on the fields
+  marked DESTINATION_MARK.
 - FastAPI's default validation-error schemas (`HTTPValidationError`), which no answer uses any
   more: every error answers catalogue.web.errors.ErrorBody, declared per operation by the routes.
 """
@@ -17,6 +18,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 BEARER = "bearerAuth"
+# Marks the request fields that take an export destination; `finish` gives them this server's pattern.
+DESTINATION_MARK = "x-export-destination"
 WRITE_METHODS = ("post", "put", "patch", "delete")
 UNUSED_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
@@ -47,5 +50,8 @@ def finish(document: dict[str, Any], destination_pattern: str, read_requires_log
     schemas = components.get("schemas", {})
     for name in UNUSED_SCHEMAS:
         schemas.pop(name, None)
-    schemas["ExportIn"]["properties"]["destination"]["pattern"] = destination_pattern
+    for schema in schemas.values():
+        for field in schema.get("properties", {}).values():
+            if field.pop(DESTINATION_MARK, False):
+                field["pattern"] = destination_pattern
     return document

@@ -19,7 +19,7 @@ import time
 
 import pytest
 from contract_run import PHASES, run_contract
-from web_support import bearer, make_render, record, seed_catalogue, served_over_http, wait_for_export
+from web_support import bearer, seed_studio, served_over_http, wait_for_export
 
 pytestmark = pytest.mark.services
 
@@ -35,18 +35,11 @@ def studio(request, web_cat, settings):
     need a token when the test's parameter (`reads_closed`) says so."""
     import httpx
 
-    from catalogue import review
     from catalogue.auth import create_token
     from catalogue.web import create_app
 
-    ids = seed_catalogue(web_cat)
-    queued, failed = record("queued", 7), record("broken", 8)
-    submission = web_cat.create_submission("film", "night-city", "film/x.yaml", "0" * 64, 2)
-    web_cat.plan_jobs(submission, [queued, failed])
-    web_cat.fail(failed["key"], "CUDA out of memory")
-    approved = make_render(web_cat, record("approved", 3))
-    with web_cat.transaction() as session:  # so a project export has something to deliver
-        review.record_review(session, approved, "approved", "", "alice", web_cat.clock())
+    ids = seed_studio(web_cat)
+    with web_cat.transaction() as session:
         token = create_token(session, "contract-bot", web_cat.clock())
     settings = settings.model_copy(update={"read_requires_login": request.param})
     with served_over_http(create_app(web_cat, settings)) as (host, port), \

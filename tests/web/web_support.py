@@ -102,6 +102,23 @@ def seed_catalogue(cat: Catalogue) -> dict[str, str]:
     return ids
 
 
+def seed_studio(cat: Catalogue) -> dict[str, str]:
+    """seed_catalogue, plus what the API's other reads and writes need: a queued and a failed job in
+    their own submission, and an approved render (a project export has something to deliver)."""
+    from catalogue import review
+
+    ids = seed_catalogue(cat)
+    queued, failed = record("queued", 7), record("broken", 8)
+    ids["submission"] = cat.create_submission("film", "night-city", "film/x.yaml", "0" * 64, 2)
+    cat.plan_jobs(ids["submission"], [queued, failed])
+    cat.fail(failed["key"], "CUDA out of memory")
+    ids["queued_job"], ids["failed_job"] = queued["key"], failed["key"]
+    ids["approved"] = make_render(cat, record("approved", 3))
+    with cat.transaction() as session:
+        review.record_review(session, ids["approved"], "approved", "", "alice", cat.clock())
+    return ids
+
+
 def wait_for_export(client, export_id: str, timeout: float = 60.0, **headers) -> dict:
     """Poll the API until the export has finished (done or failed); returns it."""
     deadline = time.monotonic() + timeout
