@@ -13,6 +13,7 @@ logged with its traceback on the server and answered with a plain 500 and a refe
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from contextlib import asynccontextmanager
 from collections.abc import Sequence
@@ -78,7 +79,9 @@ def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundSe
 
     # No /docs or /redoc: they load scripts from a CDN (no network in the studio, and our CSP forbids it).
     # Operation ids are the route functions' names (`list_renders`), which generated clients name their calls by.
+    # /openapi.json is catalogue.web.contract's (two versions: signed in or not).
     app = FastAPI(title="LinFusion Studio catalogue", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  openapi_url=None,
                   generate_unique_id_function=lambda route: route.name,
                   description="Browse, search, review, export and re-render catalogued renders. "
                               "Reads are open unless LINSTUDIO_READ_REQUIRES_LOGIN; changes need "
@@ -97,7 +100,7 @@ def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundSe
     app.include_router(pages.router)
     _install_middleware(app)
     _install_error_handlers(app)
-    contract.install(app, app.state.destination_pattern, settings.read_requires_login)
+    contract.install(app, app.state.export_roots, settings.read_requires_login)
     return app
 
 
@@ -170,6 +173,17 @@ def allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
+def field_path(loc: Sequence) -> str:
+    """`body.sizes.0` for pydantic's ("body", "sizes", 0, "function-after[_rerender_size(), str]"): a value
+    that may take one of several forms (an export body, a re-render size) gets each form's label in its
+    error locations (a model's class name, a validator's description), which names nothing a client
+    sends. Every field and parameter of the API is a snake_case name, so only those and indexes stay."""
+    return ".".join(str(part) for part in loc if isinstance(part, int) or _FIELD_NAME.fullmatch(str(part)))
+
+
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     # Starlette's own HTTPException (FastAPI's is a subclass): the router's 404s and 405s raise it.
     @app.exception_handler(StarletteHTTPException)
@@ -181,10 +195,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        found = exc.errors()
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in found)
-        field = ".".join(str(p) for p in found[0]["loc"]) if found else None
-        return error_response(request, 422, problems, field=field)
+        found = [(field_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        problems = "; ".join(dict.fromkeys(f"{path}: {message}" for path, message in found))
+        return error_response(request, 422, problems, field=found[0][0] if found else None)
 
     @app.exception_handler(CatalogueError)
     async def catalogue_error(request: Request, exc: CatalogueError):

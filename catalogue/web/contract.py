@@ -5,7 +5,7 @@
   clients then know how to authenticate, and a fuzzer can check that writes refuse anonymity.
 - The export destinations this server takes, as a pattern naming its own export folders
   (catalogue.web.params.destination_pattern; the route enforces the same pattern), on the fields
-  marked DESTINATION_MARK.
+  marked DESTINATION_MARK. Only signed-in readers get those folders (`install`).
 - FastAPI's default validation-error schemas (`HTTPValidationError`), which no answer uses any
   more: every error answers catalogue.web.errors.ErrorBody, declared per operation by the routes.
 """
@@ -14,8 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from pathlib import Path
+
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from catalogue.web import params, security
 
 BEARER = "bearerAuth"
 # Marks the request fields that take an export destination; `finish` gives them this server's pattern.
@@ -24,17 +29,26 @@ WRITE_METHODS = ("post", "put", "patch", "delete")
 UNUSED_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 
-def install(app: FastAPI, destination_pattern: str, read_requires_login: bool) -> None:
-    """Make `app.openapi()` answer the finished document (built once, then cached like FastAPI's)."""
+def install(app: FastAPI, roots: list[Path], read_requires_login: bool) -> None:
+    """Serve the finished document at /openapi.json, in two versions built once each: the signed-in
+    one names this server's export folders in the destination pattern; the anonymous one does not
+    (anonymous readers see no server path, catalogue.web.redact) and takes any absolute folder there,
+    which they cannot export to anyway. `app.openapi()` answers the signed-in one."""
+    built: dict[bool, dict[str, Any]] = {}
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = get_openapi(title=app.title, version=app.version, description=app.description,
-                                   routes=app.routes)
-            app.openapi_schema = finish(document, destination_pattern, read_requires_login)
-        return app.openapi_schema
+    def document(signed_in: bool) -> dict[str, Any]:
+        if signed_in not in built:
+            plain = get_openapi(title=app.title, version=app.version, description=app.description,
+                                routes=app.routes)
+            built[signed_in] = finish(plain, params.destination_pattern(roots if signed_in else None),
+                                      read_requires_login)
+        return built[signed_in]
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = lambda: document(signed_in=True)  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_json(request: Request) -> JSONResponse:
+        return JSONResponse(document(signed_in=security.viewer(request) is not None))
 
 
 def finish(document: dict[str, Any], destination_pattern: str, read_requires_login: bool) -> dict[str, Any]:

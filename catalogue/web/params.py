@@ -80,17 +80,23 @@ RerenderSizeText = Annotated[str, AfterValidator(_rerender_size),
                              WithJsonSchema({"type": "string", "pattern": RERENDER_SIZE_PATTERN})]
 
 
-def destination_pattern(roots: list[Path]) -> str:
+def destination_pattern(roots: list[Path] | None) -> str:
     """The export destinations this gallery takes: an s3:// prefix, or a folder under one of `roots`
     (file:// optional) named without `.` or `..` segments and without control characters.
 
     Stated per server because the roots are its settings; a folder that matches yet leads out
-    through a symbolic link is still refused (400), since no pattern can see links.
+    through a symbolic link is still refused (400), since no pattern can see links. `roots` None
+    gives any absolute folder: the spec anonymous readers get, who may see no server path
+    (catalogue.web.redact) and may not export anyway.
     """
     segment = r"(?:[^/\x00-\x1f.][^/\x00-\x1f]*|\.[^/\x00-\x1f.][^/\x00-\x1f]*|\.\.[^/\x00-\x1f]+)"
-    folders = "|".join(_escaped(str(root.resolve()).rstrip("/")) for root in roots)
     bucket = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
-    return rf"^(?:s3://{bucket}(?:/[^\x00-\x1f]*)?|(?:file://)?(?:{folders})(?:/{segment})*/?)$"
+    if roots is None:
+        folder = rf"(?:/{segment})+/?"
+    else:
+        folders = "|".join(_escaped(str(root.resolve()).rstrip("/")) for root in roots)
+        folder = rf"(?:{folders})(?:/{segment})*/?"
+    return rf"^(?:s3://{bucket}(?:/[^\x00-\x1f]*)?|(?:file://)?{folder})$"
 
 
 def _template_pattern() -> str:

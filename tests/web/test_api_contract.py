@@ -67,8 +67,8 @@ def test_schemathesis_finds_nothing(request, studio, signed_in):
     assert set(PHASES) <= report.phases_run, report.phases_run
     assert report.requests > 50
     reviews, renders = reviews_and_renders(web_cat)
-    if signed_in:  # the token's writes happened: reviews recorded, renders deleted
-        assert reviews > before[0] and renders < before[1], (before, reviews, renders)
+    if signed_in:  # the token's writes happened: renders deleted (their reviews with them, in the deep run)
+        assert renders < before[1], (before, reviews, renders)
     else:  # and no anonymous one did
         assert (reviews, renders) == before
 

@@ -300,3 +300,14 @@ def test_downloads_on_both_backends_stream_or_presign(both_cat, catalogue_urls, 
     with TestClient(create_app(both_cat, public)) as client:
         location = client.get(f"/renders/{render_id}/download", follow_redirects=False).headers["location"]
         assert location.startswith("https://s3.studio.example/") and "Signature" in location
+
+
+def test_an_invalid_body_names_the_fields_a_client_sends(client, web_cat, token, settings):
+    """A value with several accepted forms (an export body, a re-render size) is refused naming its field,
+    not pydantic's labels for the forms (`ExportOfRenders`, `function-after[...]`)."""
+    render_id = make_render(web_cat, record())
+    neither = client.post("/api/export", json={"destination": str(settings.home / "exports")}, headers=bearer(token))
+    assert neither.status_code == 422 and neither.json()["error"]["field"] == "body.render_ids"
+    assert neither.json()["error"]["message"] == "body.render_ids: Field required; body.project: Field required"
+    odd = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["100x72"]}, headers=bearer(token))
+    assert odd.status_code == 422 and odd.json()["error"]["field"] == "body.sizes.0"

@@ -287,3 +287,16 @@ def test_deeply_nested_json_is_refused_before_it_is_parsed(client, web_cat, toke
     # Brackets inside strings are text, not nesting: a note full of them is recorded.
     fine = client.post(url, json={"status": "approved", "note": "[[[{{{" * 100 + '\\"['}, headers=bearer(token))
     assert fine.status_code == 201, fine.text
+
+
+def test_the_openapi_names_the_export_folders_only_to_the_signed_in(client, settings, token):
+    """Anonymous readers see no server path (finding 8), the spec included; a token holder's spec states
+    the export folders this server writes to, as the destination's pattern."""
+    anonymous = client.get("/openapi.json")
+    signed_in = client.get("/openapi.json", headers=bearer(token))
+    assert anonymous.status_code == signed_in.status_code == 200
+    home = str(settings.home.resolve())
+    assert home not in anonymous.text and home.replace("/", "\\/") not in anonymous.text
+    destination = signed_in.json()["components"]["schemas"]["ExportOfRenders"]["properties"]["destination"]
+    assert str((settings.home / "exports").resolve()) in destination["pattern"]
+    assert client.get("/openapi.json", headers=bearer("lst_wrong")).status_code == 401
