@@ -95,8 +95,11 @@ def words(query: str | None) -> list[str]:
 
 
 def ulid_floor(moment: datetime) -> str:
-    """The smallest ULID of the millisecond `moment`: ids >= it were made at or after `moment`."""
-    millis = int(moment.timestamp() * 1000)
+    """The smallest ULID of the millisecond `moment`: ids >= it were made at or after `moment`.
+
+    A moment before 1970 gives the smallest ULID of all (ULIDs start there); the API takes any date
+    its OpenAPI calls a date, year 1 included, and a negative time would wrap to a large id."""
+    millis = max(0, int(moment.timestamp() * 1000))
     chars = []
     for _ in range(10):
         millis, digit = divmod(millis, 32)
@@ -168,7 +171,7 @@ def filtered(session: Session, filters: Filters) -> Select:
         query = query.join(RenderTag, RenderTag.render_id == Render.id).where(RenderTag.tag == filters.tag)
     if filters.date_from:
         query = query.where(Render.id >= ulid_floor(datetime.combine(filters.date_from, time(), UTC)))
-    if filters.date_to:
+    if filters.date_to and filters.date_to < date.max:  # up to 9999-12-31 is no upper bound (no day after it)
         query = query.where(Render.id < ulid_floor(datetime.combine(filters.date_to + timedelta(days=1), time(), UTC)))
     terms = words(filters.q)
     if terms:

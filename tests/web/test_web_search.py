@@ -80,3 +80,10 @@ def test_bad_filters_name_the_parameter(web_cat, field, value):
 def test_forged_cursor_is_refused(web_cat):
     with web_cat.transaction() as session, pytest.raises(search.SearchError, match="cursor"):
         search.search(session, search.Filters(), cursor="../../etc")
+
+
+def test_the_first_and_last_dates_there_are_bound_nothing(web_cat):
+    """Any date the API's OpenAPI calls a date is a filter: 9999-12-31 as date_to answered 500 (no day
+    after it), 0001-01-01 as date_from wrapped to a large ULID before 1970 and kept nothing."""
+    ids = seed_catalogue(web_cat)
+    assert sorted(ids_of(web_cat, date_from=date(1, 1, 1), date_to=date.max)) == sorted(ids.values())
