@@ -54,7 +54,7 @@ class ReviewIn(StrictBody):
         "examples": [{"status": "approved", "note": "Ship it."}]})
 
     status: Literal[REVIEW_STATUSES]  # type: ignore[valid-type]
-    note: str = Field(default="", max_length=review.NOTE_LIMIT)
+    note: str = Field(default="", max_length=review.NOTE_LIMIT, pattern=params.NO_NUL)
 
 
 RerenderSize = params.RerenderSizeText | Annotated[list[params.SideLength], Field(min_length=2, max_length=2)]
@@ -98,8 +98,9 @@ class ExportOfProject(ExportOptionsIn):
     model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
         "examples": [{"destination": "s3://deliveries/night-city", "project": "night-city", "format": "png8"}]})
 
-    project: str = Field(min_length=1, max_length=params.NAME_MAX)
-    team: str = Field(default=None, max_length=params.NAME_MAX, description="Only this team's renders.")
+    project: str = Field(min_length=1, max_length=params.NAME_MAX, pattern=params.NO_NUL)
+    team: str = Field(default=None, max_length=params.NAME_MAX, pattern=params.NO_NUL,
+                      description="Only this team's renders.")
 
 
 ExportIn = ExportOfRenders | ExportOfProject

@@ -28,6 +28,8 @@ ULID_PATTERN = r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
 # Job keys are the full hex sha256 of the job's key fields (manifests.jobs).
 JOB_KEY_PATTERN = r"^[0-9a-f]{64}$"
 TEXT_MAX = 200  # search words, tag names
+# Free text may hold anything but NUL, which PostgreSQL refuses in text and JSON (a 500 there, not on SQLite).
+NO_NUL = r"^[^\x00]*$"
 NAME_MAX = NAME_LEN  # team, project, model names
 DESTINATION_MAX = 1024
 TEMPLATE_MAX = 200
@@ -101,8 +103,8 @@ def destination_pattern(roots: list[Path] | None) -> str:
 
 def _template_pattern() -> str:
     """Export naming templates catalogue.export.check_template takes: text without lone braces (`{{`
-    and `}}` write one), and fields among TEMPLATE_FIELDS with no format spec, at least one of them."""
-    text = r"(?:[^{}]|\{\{|\}\})"
+    and `}}` write one) or NUL, and fields among TEMPLATE_FIELDS with no format spec, at least one of them."""
+    text = r"(?:[^{}\x00]|\{\{|\}\})"
     field = r"\{(?:" + "|".join(TEMPLATE_FIELDS) + r")\}"
     return f"^{text}*{field}(?:{text}|{field})*$"
 
@@ -120,10 +122,10 @@ SubmissionId = Annotated[str, PathParam(pattern=ULID_PATTERN, description="A sub
 ExportId = Annotated[str, PathParam(pattern=ULID_PATTERN, description="An export id (ULID).")]
 JobKey = Annotated[str, PathParam(pattern=JOB_KEY_PATTERN, description="A job key (hex sha256).")]
 
-SearchText = Annotated[str | None, Query(max_length=TEXT_MAX, examples=["neon street"],
+SearchText = Annotated[str | None, Query(max_length=TEXT_MAX, pattern=NO_NUL, examples=["neon street"],
                                         description="Words that must all appear in the prompt or tags.")]
-Name = Annotated[str | None, Query(max_length=NAME_MAX)]
-Tag = Annotated[str | None, Query(max_length=TEXT_MAX)]
+Name = Annotated[str | None, Query(max_length=NAME_MAX, pattern=NO_NUL)]
+Tag = Annotated[str | None, Query(max_length=TEXT_MAX, pattern=NO_NUL)]
 Size = Annotated[str | None, Query(pattern=SIZE_PATTERN, description="WIDTHxHEIGHT, e.g. 1024x1024.",
                                    examples=["1024x1024"])]
 Status = Annotated[ReviewFilter | None, Query(description="A review decision, or `unreviewed`.",

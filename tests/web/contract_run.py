@@ -38,7 +38,7 @@ def run_contract(base_url: str, *, token: str | None, seed: int, max_examples: i
         "base-url": base_url,
         "workers": 1,
         "suppress-health-check": ["all"],
-        "generation": {"max-examples": max_examples, "deterministic": True, "database": "none",
+        "generation": {"max-examples": max_examples, "deterministic": True, "database": "none", "allow-x00": True,
                        "mode": "all"},
         "checks": {"enabled": True},
         "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},

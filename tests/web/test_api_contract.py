@@ -6,7 +6,8 @@ queued), submissions and a finished export, so generated ids meet real records. 
 (reads answer, every write is refused), once with an API token (writes happen: deletes,
 reviews, re-renders, exports), and once anonymously where reads need a login too
 (LINSTUDIO_READ_REQUIRES_LOGIN: the spec then asks a token of every operation, and everything
-answers 401). Each run has its own throwaway catalogue.
+answers 401), and with a token again on PostgreSQL and SeaweedFS S3, which refuse what SQLite
+lets by. Each run has its own throwaway catalogue.
 
 Bounded for the suite: a fixed seed, deterministic generation and a few examples per operation.
 `make test-api-deep` (LINSTUDIO_API_DEEP=1) runs the same test far deeper before a release.
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 
 import pytest
 from contract_run import PHASES, run_contract
-from web_support import bearer, seed_studio, served_over_http, wait_for_export
+from web_support import StepClock, bearer, seed_studio, served_over_http, wait_for_export
+
+from catalogue import Catalogue
 
 pytestmark = pytest.mark.services
 
@@ -30,18 +34,27 @@ STATEFUL_STEPS = 40 if DEEP else 6
 
 
 @pytest.fixture
-def studio(request, web_cat, settings):
-    """The gallery served over HTTP on a catalogue with every kind of record its API reads; reads
-    need a token when the test's parameter (`reads_closed`) says so."""
+def studio(request, settings, tmp_path):
+    """The gallery served over HTTP on a catalogue with every kind of record its API reads. The test's
+    parameter says whether reads need a token and which backend: SQLite and a folder, or PostgreSQL
+    and SeaweedFS S3 (which refuse what SQLite lets by, NUL characters in text for one)."""
     import httpx
 
     from catalogue.auth import create_token
     from catalogue.web import create_app
 
+    reads_closed, backend = request.param
+    if backend == "services":
+        urls = request.getfixturevalue("fresh_postgres_url"), request.getfixturevalue("fresh_s3_store_url")
+    else:
+        urls = f"sqlite:///{tmp_path / 'catalogue.db'}", (tmp_path / "store").as_uri()
+    web_cat = Catalogue.open(*urls, clock=StepClock(datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)))
+    web_cat.migrate()
+    request.addfinalizer(web_cat.close)
     ids = seed_studio(web_cat)
     with web_cat.transaction() as session:
         token = create_token(session, "contract-bot", web_cat.clock())
-    settings = settings.model_copy(update={"read_requires_login": request.param})
+    settings = settings.model_copy(update={"read_requires_login": reads_closed})
     with served_over_http(create_app(web_cat, settings)) as (host, port), \
             httpx.Client(base_url=f"http://{host}:{port}") as local:
         started = local.post("/api/export", json={"destination": str(settings.home / "exports"),
@@ -51,8 +64,12 @@ def studio(request, web_cat, settings):
         yield f"http://{host}:{port}", token, web_cat
 
 
-@pytest.mark.parametrize(("studio", "signed_in"), [(False, False), (False, True), (True, False)],
-                         ids=["anonymous", "token", "anonymous-reads-closed"], indirect=["studio"])
+@pytest.mark.parametrize(("studio", "signed_in"), [
+    pytest.param((False, "embedded"), False, id="anonymous"),
+    pytest.param((False, "embedded"), True, id="token"),
+    pytest.param((True, "embedded"), False, id="anonymous-reads-closed"),
+    pytest.param((False, "services"), True, id="token-postgres+s3"),
+], indirect=["studio"])
 def test_schemathesis_finds_nothing(request, studio, signed_in):
     base_url, token, web_cat = studio
     before = reviews_and_renders(web_cat)

@@ -68,6 +68,12 @@ def test_the_template_pattern_is_check_template(template):
     assert published == taken, template
 
 
+def test_the_template_pattern_also_leaves_out_nul():
+    """The one rule on top of check_template: PostgreSQL stores the template in JSON, which holds no NUL."""
+    exporting.check_template("{seed}\x00")
+    assert not re.fullmatch(params.TEMPLATE_PATTERN, "{seed}\x00")
+
+
 def test_the_destination_pattern_names_this_servers_folders(tmp_path):
     root = tmp_path / "exports"
     pattern = re.compile(params.destination_pattern([root]))

@@ -311,3 +311,28 @@ def test_an_invalid_body_names_the_fields_a_client_sends(client, web_cat, token,
     assert neither.json()["error"]["message"] == "body.render_ids: Field required; body.project: Field required"
     odd = client.post(f"/api/renders/{render_id}/rerender", json={"sizes": ["100x72"]}, headers=bearer(token))
     assert odd.status_code == 422 and odd.json()["error"]["field"] == "body.sizes.0"
+
+
+def test_nul_in_free_text_is_invalid_input_on_both_backends(both_cat, settings):
+    """PostgreSQL refuses NUL in text and JSON, so `team=%00` answered 500 there (200 on SQLite); the
+    OpenAPI's free-text patterns leave NUL out and the server refuses it alike, naming the field."""
+    from fastapi.testclient import TestClient
+
+    from catalogue.auth import create_token
+    from catalogue.web import create_app
+
+    render_id = make_render(both_cat, record())
+    with both_cat.transaction() as session:
+        token = create_token(session, "nul-bot", both_cat.clock())
+    with TestClient(create_app(both_cat, settings), raise_server_exceptions=False) as client:
+        for name in ("q", "team", "project", "tag", "model"):
+            refused = client.get("/api/renders", params={name: "a\x00b"})
+            assert refused.status_code == 422 and refused.json()["error"]["field"] == f"query.{name}", refused.text
+        assert client.get("/api/submissions", params={"team": "\x00"}).status_code == 422
+        note = client.post(f"/api/renders/{render_id}/review", json={"status": "approved", "note": "a\x00"},
+                           headers=bearer(token))
+        assert note.status_code == 422 and note.json()["error"]["field"] == "body.note"
+        for body in ({"project": "night\x00"}, {"project": "night-city", "template": "{seed}\x00"}):
+            export = client.post("/api/export", json={"destination": str(settings.home / "exports"), **body},
+                                 headers=bearer(token))
+            assert export.status_code == 422, export.text
