@@ -6,7 +6,9 @@ object colour, shape, position, background colour, all four together, and whethe
 object was drawn. The same table is made for the trained LinFusion weights and for the untrained
 `from_unet` start, so a studio sees what distillation buys. Also: LinFusion against softmax at
 128 px (mean absolute pixel difference, same seed), the wrap seam of a tileable render, and
-seconds per image.
+seconds per image. The conditioned cases (`CONDITIONED_CASES`) measure the model's built-in
+ControlNet (`seg`) and IP-Adapter: whether the map's geometry and the reference's colours win
+over a prompt that says otherwise, and that at scale 0 they stop steering.
 
     .venv/bin/python bench/quality_bench.py [--prompts 200] [--big-prompts 20] [--steps 20]
         [--cases NAME,...] [--resume] [--no-write]
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shlex
 import sys
 import tempfile
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdocs import update_section  # noqa: E402
 from toy.analyzer import analyze, matches  # noqa: E402
-from toy.shapes import scene_from_seed  # noqa: E402
+from toy.shapes import control_map, draw, jittered, other_geometry, scene_from_seed  # noqa: E402
 from toy.train_shapes import EVAL_SEED_START  # noqa: E402
 
 DOC = REPO / "docs" / "quality.md"
@@ -58,6 +61,8 @@ class Case:
     big: bool = False  # renders only --big-prompts prompts (the 2048 px case)
     tileable: str | bool = False
     goal: str = ""
+    conditioning: str = ""  # `control` (a seg map), `ip` (a reference image) or `control+ip`
+    scale: float = 1.0  # the conditioning's scale
 
 
 # In the order they run: the goals first, then the untrained start, then the cross-resolution
@@ -83,6 +88,26 @@ CASES: tuple[Case, ...] = (
     Case("512-direct-softmax", 512, 512, "direct", "softmax", goal="report (cross-resolution)"),
     Case("512-direct-linear", 512, 512, "direct", "linear", goal="report (cross-resolution)"),
 )
+# shapes-sd15's built-in ControlNet (seg) and IP-Adapter (issue 27). What each case asks and expects
+# is `conditioned_request`'s docstring.
+CONDITIONED_CASES: tuple[Case, ...] = (
+    Case("control-128-linear", 128, 128, "direct", "linear", conditioning="control",
+         goal="map's shape and position >= 90%, prompt's colours >= 85%"),
+    Case("control-128-softmax", 128, 128, "direct", "softmax", conditioning="control",
+         goal="map's shape and position >= 90%, prompt's colours >= 85%"),
+    Case("control-256-auto-linear", 256, 256, "auto", "linear", conditioning="control",
+         goal="map's shape and position >= 80%"),
+    Case("control-512-auto-linear", 512, 512, "auto", "linear", conditioning="control",
+         goal="map's shape and position >= 80%"),
+    Case("control-128-scale0-linear", 128, 128, "direct", "linear", conditioning="control", scale=0.0,
+         goal="the prompt's shape and position again"),
+    Case("ip-128-linear", 128, 128, "direct", "linear", conditioning="ip", goal="reference's colours >= 80%"),
+    Case("ip-128-scale0-linear", 128, 128, "direct", "linear", conditioning="ip", scale=0.0,
+         goal="colours at chance (1 in 8)"),
+    Case("control+ip-128-linear", 128, 128, "direct", "linear", conditioning="control+ip",
+         goal="map's geometry and reference's colours, all four >= 70%"),
+)
+ALL_CASES: tuple[Case, ...] = CASES + CONDITIONED_CASES
 
 
 @dataclass
@@ -118,23 +143,53 @@ def registry_with_untrained(home: Path):
     return registry
 
 
-def run_case(case: Case, engines: dict, prompts: int, steps: int, guidance: float, images: Path | None) -> CaseResult:
-    from linfusion_engine import RenderRequest
+def conditioned_request(case: Case, index: int, steps: int, guidance: float):
+    """(request, the scene a right image shows) for held-out prompt `index` of `case`.
 
+    Scene S is the held-out scene; P has S's colours with another shape at another position.
+    - plain: S's prompt; expects S.
+    - `control`: the seg map of S, P's prompt (it names the wrong shape and place, the right
+      colours); expects S: the map wins on geometry, the prompt on colour. At scale 0, expects P.
+    - `ip`: S's colour-less prompt (`a circle on the left`) and a reference with S's colours drawn
+      as another jittered shape elsewhere; expects S: colours from the reference, geometry from
+      the prompt. At scale 0 the colours can only be guessed.
+    - `control+ip`: the map of S, the reference, and P's colour-less prompt; expects S, every
+      attribute from the conditioning.
+    """
+    from linfusion_engine import RenderRequest
+    from linfusion_engine.conditioning.inputs import ControlInput, IpAdapterInput
+
+    scene = scene_from_seed(EVAL_SEED_START + index)
+    rng = random.Random(EVAL_SEED_START + index)
+    other = other_geometry(scene, rng)
+    prompt, expected, controlnets, ip_adapter = scene.prompt, scene, [], None
+    if "control" in case.conditioning:
+        controlnets = [ControlInput("seg", control_map(scene, case.width, case.height), case.scale)]
+        prompt = other.prompt
+        expected = scene if case.scale > 0 else other
+    if "ip" in case.conditioning:
+        reference = jittered(other_geometry(scene, rng), rng)
+        ip_adapter = IpAdapterInput([draw(reference, 128, 128)], case.scale)
+        prompt = other.colorless_prompt if controlnets else scene.colorless_prompt
+    request = RenderRequest(prompt, seed=index, width=case.width, height=case.height, steps=steps, guidance=guidance,
+                            attention=case.attention, strategy=case.strategy, tileable=case.tileable,
+                            controlnets=controlnets, ip_adapter=ip_adapter)
+    return request, expected
+
+
+def run_case(case: Case, engines: dict, prompts: int, steps: int, guidance: float, images: Path | None) -> CaseResult:
     engine = engines[case.model]
-    hits = dict.fromkeys((*ATTRIBUTES, "all", "single"), 0)
+    hits = dict.fromkeys((*ATTRIBUTES, "geometry", "all", "single"), 0)
     seams = []
     started = time.perf_counter()
     for index in range(prompts):
-        scene = scene_from_seed(EVAL_SEED_START + index)
-        request = RenderRequest(scene.prompt, seed=index, width=case.width, height=case.height, steps=steps,
-                                guidance=guidance, attention=case.attention, strategy=case.strategy,
-                                tileable=case.tileable)
+        request, expected = conditioned_request(case, index, steps, guidance)
         image = engine.render(request).image
         reading = analyze(image)
-        right = matches(reading, scene)
+        right = matches(reading, expected)
         for key in ATTRIBUTES:
             hits[key] += right[key]
+        hits["geometry"] += right["shape"] and right["position"]
         hits["all"] += all(right.values())
         hits["single"] += reading.objects == 1
         if case.tileable:
@@ -180,12 +235,18 @@ def report(results: dict, steps: int, guidance: float) -> str:
         rows.append(f"| {case.name} | {model} | {found['prompts']} | {found.get('steps') or steps} | " + " | ".join(
             percent(rates[key]) for key in (*ATTRIBUTES, "all", "single"))
             + f" | {found['seconds_per_image']:.2f} | {case.goal} |")
+    conditioned = conditioned_rows(results)
     commands = sorted({found["command"] for found in results.values() if found.get("command")})
     lines = ["Measured by (`.venv/bin/python` each, in one checkout; later runs add cases with `--resume`):", "",
              *[f"- `{command}`" for command in commands], "",
              f"Guidance {guidance}, the engine's default scheduler (euler), fp32 on this 2-core CPU; prompts "
              f"from seed {EVAL_SEED_START} on (never used in training); each figure is the share of images "
              "whose attribute the analyzer read as the prompt asked.", "", *rows]
+    if conditioned:
+        lines += ["", "With shapes-sd15's ControlNet (`seg`) and IP-Adapter: each figure is the share of images "
+                      "whose attribute the analyzer read as the case expects (`conditioned_request` in the bench "
+                      "says what each case asks: the map's geometry against a prompt naming another shape and "
+                      "place, the reference's colours with a colour-less prompt).", "", *conditioned]
     seam_rows = [(name, found["seam"]) for name, found in results.items() if found.get("seam")]
     if seam_rows:
         lines += ["", "| tileable case | mean abs. difference across the wrap edge | between neighbouring columns |",
@@ -197,6 +258,24 @@ def report(results: dict, steps: int, guidance: float) -> str:
                       f"{found['trained']:.2f} (trained) and {found['untrained']:.2f} (untrained from_unet), "
                       f"on a 0-255 scale, over {found['prompts']} prompts."]
     return "\n".join(lines)
+
+
+def conditioned_rows(results: dict) -> list[str]:
+    """The conditioned cases' table (empty when none was measured)."""
+    rows = []
+    for case in CONDITIONED_CASES:
+        found = results.get(case.name)
+        if found is None:
+            continue
+        rates = found["rates"]
+        rows.append(f"| {case.name} | {case.attention} | {case.scale:g} | {found['prompts']} | " + " | ".join(
+            percent(rates[key]) for key in (*ATTRIBUTES, "geometry", "all", "single"))
+            + f" | {found['seconds_per_image']:.2f} | {case.goal} |")
+    if not rows:
+        return []
+    return ["| case | attention | scale | prompts | colour | shape | position | background | shape + position "
+            "| all four | single object | s/image | goal |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from linfusion_engine import Engine
 
-    wanted = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
+    wanted = [c for c in ALL_CASES if not args.cases or c.name in args.cases.split(",")]
     results = json.loads(args.results.read_text()) if args.resume and args.results.is_file() else {}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     if args.images:

@@ -151,6 +151,26 @@ def draw(scene: Scene, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.round(pixels).astype(np.uint8), "RGB")
 
 
+def control_map(scene: Scene, width: int, height: int) -> Image.Image:
+    """The scene's `seg` control map: its hard silhouette, white (255) on black, as an RGB image."""
+    mask = object_mask(scene, width, height).astype(np.uint8) * 255  # (H, W)
+    return Image.fromarray(mask, "L").convert("RGB")
+
+
+def other_geometry(scene: Scene, rng: random.Random) -> Scene:
+    """`scene`'s colours with another shape at another position (no jitter): a prompt that a control
+    map must overrule, or a reference that may lend its colours and nothing else."""
+    shape = rng.choice([s for s in SHAPES if s != scene.shape])
+    position = rng.choice([p for p in POSITIONS if p != scene.position])
+    return Scene(scene.color, shape, position, scene.background)
+
+
+def jittered(scene: Scene, rng: random.Random) -> Scene:
+    """`scene` with its size and centre jittered as training data may be (JITTER_SIDE, JITTER_CENTRE)."""
+    return replace(scene, side=rng.uniform(*JITTER_SIDE), dx=rng.uniform(-JITTER_CENTRE, JITTER_CENTRE),
+                   dy=rng.uniform(-JITTER_CENTRE, JITTER_CENTRE))
+
+
 def scene_from_seed(seed: int, *, jitter: bool = False) -> Scene:
     """The scene of `seed`: every attribute uniform, the background any colour but the object's.
 
