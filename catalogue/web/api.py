@@ -74,7 +74,8 @@ class ExportOptionsIn(StrictBody):
 
     destination: str = Field(max_length=params.DESTINATION_MAX, json_schema_extra={DESTINATION_MARK: True},
                              description="s3://bucket/prefix, or a folder under LINSTUDIO_SHARED_ROOTS or "
-                                         "$LINSTUDIO_HOME/exports (signed in, the pattern names this server's folders).")
+                                         "$LINSTUDIO_HOME/exports (signed in, the pattern names this server's "
+                                         "folders).")
     format: Literal[tuple(exporting.FORMATS)] = "png8"  # type: ignore[valid-type]
     template: str = Field(default=exporting.DEFAULT_TEMPLATE, max_length=params.TEMPLATE_MAX,
                           pattern=params.TEMPLATE_PATTERN,

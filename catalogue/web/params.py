@@ -136,6 +136,8 @@ Before = Annotated[str | None, Query(pattern=ULID_PATTERN, description="`next` o
                                                                        "submissions older than this id.")]
 
 RenderIds = Annotated[list[Annotated[str, Field(pattern=ULID_PATTERN)]], Field(min_length=1, max_length=EXPORT_MAX)]
+
+
 def _integral(value: object) -> object:
     """JSON Schema's `integer` takes 2048.0 (a number with no fraction); strict pydantic takes only 2048."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
