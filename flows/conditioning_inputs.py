@@ -60,12 +60,21 @@ def read_image(entry: dict, where: str):
         image.load()
     except Exception as exc:  # Pillow raises several types for a bad file
         raise ConditioningInputError(f"{where}: {location} is not a readable image: {exc}") from exc
+    image.info[FILE_SHA256] = hashlib.sha256(data).hexdigest()
     return image
 
 
-def _source(entry: dict) -> dict:
-    """Where an input came from, for the render's metadata (the job record keeps the same)."""
-    return {"path": entry["path"], "sha256": entry.get("sha256"), "hashed": entry.get("hashed")}
+FILE_SHA256 = "linstudio_file_sha256"  # where read_image leaves the bytes' sha256 on the image
+
+
+def _source(entry: dict, image) -> dict:
+    """Where an input came from, for the render's metadata (the job record keeps the same).
+
+    `file_sha256` is the sha256 of the bytes the render read. For a local file it equals the
+    planned `sha256`; for an `s3://` input, whose URI is what planning hashed (`hashed: uri`), it is
+    the only record of which object's contents the render used."""
+    return {"path": entry["path"], "sha256": entry.get("sha256"), "hashed": entry.get("hashed"),
+            "file_sha256": image.info.get(FILE_SHA256)}
 
 
 def request_conditioning(conditioning: dict) -> dict[str, Any]:
@@ -76,12 +85,12 @@ def request_conditioning(conditioning: dict) -> dict[str, Any]:
     for i, control in enumerate(conditioning.get("controlnet") or []):
         image = read_image(control["image"], f"controlnet[{i}].image")
         kwargs.setdefault("controlnets", []).append(
-            ControlInput(control["type"], image, float(control["scale"]), source=_source(control["image"])))
+            ControlInput(control["type"], image, float(control["scale"]), source=_source(control["image"], image)))
     ip = conditioning.get("ip_adapter")
     if ip:
         images = [read_image(entry, f"ip_adapter.images[{i}]") for i, entry in enumerate(ip["images"])]
         kwargs["ip_adapter"] = IpAdapterInput(images, float(ip["scale"]),
-                                              sources=[_source(entry) for entry in ip["images"]])
+                                              sources=[_source(entry, image) for entry, image in zip(ip["images"], images)])
     init = conditioning.get("init_image")
     if init:
         kwargs["init_image"] = read_image(init["image"], "init_image.image")

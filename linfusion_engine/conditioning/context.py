@@ -86,14 +86,15 @@ class ConditionedContext(StrategyContext):
     Args (beyond StrategyContext's):
         conditioning: the request's inputs.
         controlnets: the loaded ControlNet models, one per `conditioning.controlnets` entry.
-        set_controlnet_attention: (controlnet index, unet backend) -> the backend it now runs.
+        set_controlnet_attention: (controlnet index, unet backend, stage width, stage height) -> the
+            backend the ControlNet now runs.
         ip_adapter_embeds: precomputed `ip_adapter_image_embeds`, or None.
         stage_records: per stage, what conditioning it got (for the metadata).
     """
 
     conditioning: Conditioning = field(default_factory=Conditioning)
     controlnets: list = field(default_factory=list)
-    set_controlnet_attention: Callable[[int, str], str] | None = None
+    set_controlnet_attention: Callable[[int, str, int, int], str] | None = None
     ip_adapter_embeds: list | None = None
     unet_backend: Callable[[], str] = lambda: "softmax"
     stage_records: list[dict] = field(default_factory=list)
@@ -125,7 +126,8 @@ class ConditionedContext(StrategyContext):
                 kwargs.update(width=width, height=height)
             inputs.pipeline_kind = kind
             backend = self.unet_backend()
-            record["controlnet_attention"] = [self.set_controlnet_attention(i, backend) if self.set_controlnet_attention
+            record["controlnet_attention"] = [self.set_controlnet_attention(i, backend, width, height)
+                                              if self.set_controlnet_attention
                                               else "softmax" for i in range(len(self.controlnets))]
 
         # 3. IP-Adapter: the same embeddings at every stage.

@@ -124,8 +124,15 @@ class RenderSession:
         types = [control.type for control in self.conditioning.controlnets]
         state, linfusion = self.state, self.linfusion
 
-        def set_attention(index: int, unet_backend: str) -> str:
-            linear = state.linear_controlnet and unet_backend == "linear"
+        native = state.entry.native_size
+
+        def set_attention(index: int, unet_backend: str, width: int, height: int) -> str:
+            # Linear only above the native size, where softmax's quadratic cost is what LinFusion
+            # saves. At or below it the ControlNet keeps its own softmax attention: the UNet's
+            # LinFusion layers it borrows were not distilled on its features, and with them
+            # shapes-sd15's seg ControlNet lost the map's shape (0 of 6 squares at 128 px against
+            # 6 of 6 with softmax; docs/quality.md).
+            linear = state.linear_controlnet and unet_backend == "linear" and width * height > native * native
             return state.controlnets.set_attention(types[index], linear, linfusion)
 
         self._context = ConditionedContext(

@@ -137,7 +137,10 @@ def test_all_kinds_together_through_a_chain(engines, model, strategy):
     assert [s["width"] for s in stages] == [s["width"] for s in result.metadata["stages"]]
     assert stages[0].get("from_init_image") and not any(s.get("from_init_image") for s in stages[1:])
     assert all(s["masked"] for s in stages)
-    assert all(s["controlnet_attention"] == ["linear"] for s in stages)  # linear in the ControlNet too
+    # The ControlNet runs linear above the native size, its own softmax at the native-size base.
+    assert [s["controlnet_attention"] for s in stages] == [
+        ["softmax" if s["width"] * s["height"] <= 64 * 64 else "linear"] for s in stages]
+    assert stages[-1]["controlnet_attention"] == ["linear"]
     out = np.asarray(result.image, dtype=np.float64)
     kept = np.asarray(init.resize((256, 256), Image.Resampling.LANCZOS), dtype=np.float64)
     assert np.abs(out[128:] - kept[128:]).mean() < 1.0
@@ -145,8 +148,11 @@ def test_all_kinds_together_through_a_chain(engines, model, strategy):
 
 def test_controlnet_switch_leaves_it_softmax(engines):
     engine = engines["tiny-sd15"]
-    base = dict(prompt="a bridge", seed=2, width=64, height=64, steps=STEPS, attention="linear",
-                controlnets=[("canny", _edges(64, 64), 1.0)])
+    base = dict(prompt="a bridge", seed=2, width=128, height=128, steps=STEPS, attention="linear", strategy="direct",
+                controlnets=[("canny", _edges(128, 128), 1.0)])
+    native = engine.render(RenderRequest(**{**base, "width": 64, "height": 64,
+                                            "controlnets": [("canny", _edges(64, 64), 1.0)]}))
+    assert native.metadata["conditioning"]["stages"][0]["controlnet_attention"] == ["softmax"]  # at native size
     linear = engine.render(RenderRequest(**base))
     softmax = engine.render(RenderRequest(**base, controlnet_linear=False))
     assert linear.metadata["conditioning"]["stages"][0]["controlnet_attention"] == ["linear"]
