@@ -41,14 +41,14 @@ demo: setup
 
 test: setup
 	@bash infra/ensure-test-deps.sh
-	$(PY) -m pytest -m "not heavy and not faults_slow" $(PARALLEL) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not heavy and not faults_slow and not api_deep" $(PARALLEL) $(PYTEST_ARGS)
 
 test-heavy: setup
 	@bash infra/ensure-test-deps.sh
 	$(PY) -m pytest -m heavy $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not services and not slow and not heavy and not faults_slow" $(PARALLEL) $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not services and not slow and not heavy and not faults_slow and not api_deep" $(PARALLEL) $(PYTEST_ARGS)
 
 test-faults: setup
 	@bash infra/ensure-test-deps.sh
@@ -63,7 +63,7 @@ test-changed: setup
 	@paths="$$($(PY) infra/changed_tests.py $(if $(BASE),--base $(BASE)))"; \
 	if [ -z "$$paths" ]; then echo "no changes against HEAD: nothing to test"; exit 0; fi; \
 	echo "testing: $$(echo $$paths)"; \
-	$(PY) -m pytest -m "not heavy and not faults_slow" $(PYTEST_ARGS) $$paths
+	$(PY) -m pytest -m "not heavy and not faults_slow and not api_deep" $(PYTEST_ARGS) $$paths
 
 # The same contract test as `make test`, with many more examples and stateful steps per operation.
 test-api-deep: setup

@@ -33,7 +33,7 @@ def test_a_tiny_run_reads_its_images_back_and_reports_them(tmp_path):
                 "--results", str(results)])
     found = json.loads(results.read_text())["128-direct-softmax"]
     assert found["prompts"] == 2 and found["steps"] == 2
-    assert set(found["rates"]) == {"color", "shape", "position", "background", "all", "single"}
+    assert set(found["rates"]) == {"color", "shape", "position", "background", "geometry", "all", "single"}
     assert all(0.0 <= rate <= 1.0 and rate * 2 == round(rate * 2) for rate in found["rates"].values())
     text = bench.report(json.loads(results.read_text()), 2, 7.5)
     assert "| 128-direct-softmax | softmax (the base) | 2 | 2 |" in text

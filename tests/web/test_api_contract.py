@@ -32,7 +32,8 @@ DEEP = os.environ.get("LINSTUDIO_API_DEEP") == "1"
 SEED = 28
 MAX_EXAMPLES = 200 if DEEP else 3
 STATEFUL_STEPS = 40 if DEEP else 5
-DEEP_ONLY = pytest.mark.skipif(not DEEP, reason="LINSTUDIO_API_DEEP=1 only (make test-api-deep): the suite's budget")
+# Deselected from make test (its budget), run by make test-api-deep: deselected, never skipped.
+DEEP_ONLY = pytest.mark.api_deep
 
 
 @pytest.fixture
@@ -66,6 +67,9 @@ def studio(request, settings, tmp_path):
         yield f"http://{host}:{port}", token, web_cat
 
 
+CPYTHON_AST_RACE = "AST constructor recursion depth mismatch"
+
+
 @pytest.mark.parametrize(("studio", "signed_in"), [
     pytest.param((False, "embedded"), False, id="anonymous"),
     pytest.param((False, "embedded"), True, id="token"),
@@ -78,6 +82,12 @@ def test_schemathesis_finds_nothing(request, studio, signed_in):
     began = time.monotonic()
     report = run_contract(base_url, token=token if signed_in else None, seed=SEED, max_examples=MAX_EXAMPLES,
                           stateful_steps=STATEFUL_STEPS)
+    if report.errors and all(CPYTHON_AST_RACE in error for error in report.errors):
+        # CPython 3.11's ast constructor can raise this spurious SystemError when two threads build
+        # ASTs at once (python/cpython gh-106905, fixed in later releases); the server runs in a thread
+        # of this process. Not the API's doing: run again once.
+        report = run_contract(base_url, token=token if signed_in else None, seed=SEED, max_examples=MAX_EXAMPLES,
+                              stateful_steps=STATEFUL_STEPS)
     elapsed = time.monotonic() - began
     print(f"schemathesis ({request.node.callspec.id}): {report.requests} requests in {elapsed:.1f} s, "
           f"phases {sorted(report.phases_run)}")
