@@ -126,6 +126,22 @@ def noised(x0: torch.Tensor, generator: torch.Generator, high_t: float, high_t_f
     return noisy, t, target
 
 
+def optimise(optimizer, params, loss: torch.Tensor) -> float:
+    """One clipped AdamW step on `loss`; returns its value (both trainers' inner step)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return loss.item()
+
+
+def log_progress(run: Run, stage: str, step: int, running: list[float], optimizer, started: float) -> None:
+    """The loss log line and record every 50 steps (both trainers)."""
+    run.log(stage, {"step": step, "loss": float(np.mean(running)), "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.time() - started, 1)})
+    print(f"{stage} step {step}: loss {np.mean(running):.4f} ({time.time() - started:.0f} s)", flush=True)
+
+
 # -- the ControlNet ------------------------------------------------------------------------------
 def controlnet_prompt(scene: Scene, py: random.Random) -> str:
     """The prompt a ControlNet sample is trained with (see the module docstring for the shares)."""
@@ -168,17 +184,10 @@ def train_controlnet(run: Run, steps: int, resume: bool, data: Path = DEFAULT_DA
                                return_dict=False)
         prediction = unet(noisy, t, encoder_hidden_states=hidden, down_block_additional_residuals=down,
                           mid_block_additional_residual=mid).sample
-        loss = F.mse_loss(prediction, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
-        optimizer.step()
+        running.append(optimise(optimizer, controlnet.parameters(), F.mse_loss(prediction, target)))
         step += 1
-        running.append(loss.item())
         if step % 50 == 0 or step == steps:
-            run.log("controlnet", {"step": step, "loss": float(np.mean(running)),
-                                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)})
-            print(f"controlnet step {step}: loss {np.mean(running):.4f} ({time.time() - started:.0f} s)", flush=True)
+            log_progress(run, "controlnet", step, running, optimizer, started)
             running = []
         if step % 250 == 0 or step == steps:
             run.save("controlnet", step, {"controlnet": controlnet.state_dict(), "config": dict(controlnet.config),
@@ -383,17 +392,10 @@ def train_ip_adapter(run: Run, steps: int, resume: bool, data: Path = DEFAULT_DA
         noisy, t, target = noised(latents[index], generator, 0.3, 600)
         prediction = pipe.unet(noisy, t, encoder_hidden_states=hidden,
                                added_cond_kwargs={"image_embeds": [embeds]}).sample
-        loss = F.mse_loss(prediction, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        running.append(optimise(optimizer, params, F.mse_loss(prediction, target)))
         step += 1
-        running.append(loss.item())
         if step % 50 == 0 or step == steps:
-            run.log("ip_adapter", {"step": step, "loss": float(np.mean(running)),
-                                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)})
-            print(f"ip-adapter step {step}: loss {np.mean(running):.4f} ({time.time() - started:.0f} s)", flush=True)
+            log_progress(run, "ip_adapter", step, running, optimizer, started)
             running = []
         if step % 250 == 0 or step == steps:
             run.save("ip_adapter", step, {**{key: module.state_dict() for key, module in trainables.items()},
