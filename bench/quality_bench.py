@@ -139,7 +139,8 @@ def registry_with_untrained(home: Path):
     registry = ModelRegistry(home / "models.yaml", home / "models")
     trained = registry.get(MODEL)
     registry.add(ModelEntry(UNTRAINED, trained.family, trained.base, "from_unet", trained.native_size,
-                            "shapes-sd15 with untrained LinFusion layers (bench only)"))
+                            "shapes-sd15 with untrained LinFusion layers (bench only)",
+                            sdedit_strengths=trained.sdedit_strengths))  # the same SDEdit chain
     return registry
 
 

@@ -12,7 +12,8 @@ Published recipes (see the LinFusion reference, section 3), scaled by the model'
   (docs/quality.md).
 - `sdedit`: a text-to-image base whose area is at most twice the native area (SD-1.5: 1024x512
   for 16384x8192), then one image-to-image stage per doubling with strengths 0.4, 0.3, 0.2, 0.1
-  (0.1 for any further doubling); the last stage lands exactly on the target, so a target that is
+  (0.1 for any further doubling), or the model's own (`ModelEntry.sdedit_strengths`: a fine-tune
+  that redraws edges at the larger stages keeps them with lower ones); the last stage lands exactly on the target, so a target that is
   not the base times a power of two just makes the last step a little more or less than 2x.
 - `highres` (SD-XL, DemoFusion-derived): base long side at most the native side, scales =
   ceil(log2(target long side / native)), each exactly doubling, per-scale strengths
@@ -99,24 +100,29 @@ def choose_strategy(requested: str, width: int, height: int, family: str, native
     return "highres" if family == "sdxl" else "sdedit"
 
 
-def plan_render(requested: str, width: int, height: int, family: str, native: int) -> RenderPlan:
-    """The stages that render `width` x `height` with strategy `requested` on a model of `family`."""
+def plan_render(requested: str, width: int, height: int, family: str, native: int,
+                sdedit_strengths: tuple[float, ...] | None = None) -> RenderPlan:
+    """The stages that render `width` x `height` with strategy `requested` on a model of `family`.
+
+    `sdedit_strengths`: the model's own strength per doubling of the `sdedit` chain (None: the
+    published SDEDIT_STRENGTHS).
+    """
     strategy = choose_strategy(requested, width, height, family, native)
     if strategy == "direct":
         return RenderPlan(requested, strategy, (Stage("txt2img", width, height),))
     if strategy == "sdedit":
-        return _plan_sdedit(requested, width, height, native)
+        return _plan_sdedit(requested, width, height, native, sdedit_strengths or SDEDIT_STRENGTHS)
     return _plan_highres(requested, width, height, native)
 
 
-def _plan_sdedit(requested: str, width: int, height: int, native: int) -> RenderPlan:
+def _plan_sdedit(requested: str, width: int, height: int, native: int, strengths: tuple[float, ...]) -> RenderPlan:
     # Doublings k: the smallest with base area <= 2 x native area (16384x8192 on 512: k = 4).
     ratio = width * height / (2 * native * native)
     doublings = max(0, math.ceil(math.log2(math.sqrt(ratio)) - 1e-9)) if ratio > 1 else 0
     stages = [Stage("txt2img", _round8(width / 2**doublings), _round8(height / 2**doublings))]
     for index in range(1, doublings + 1):
         scale = 2 ** (doublings - index)
-        strength = SDEDIT_STRENGTHS[min(index - 1, len(SDEDIT_STRENGTHS) - 1)]
+        strength = strengths[min(index - 1, len(strengths) - 1)]
         stages.append(Stage("img2img", _round8(width / scale), _round8(height / scale), strength))
     exact = all(s.width * 2 ** (doublings - i) == width and s.height * 2 ** (doublings - i) == height
                 for i, s in enumerate(stages))
@@ -247,13 +253,13 @@ def estimate(plan: RenderPlan, *, steps: int, family: str, tiny: bool, dtype_byt
 
 def plan_job(*, strategy: str, width: int, height: int, steps: int, guidance: float, family: str,
              native: int, tiny: bool, device_kind: str = "cuda", dtype_bytes: int = 2,
-             budget_bytes: float | None = None) -> dict:
+             budget_bytes: float | None = None, sdedit_strengths: tuple[float, ...] | None = None) -> dict:
     """A job's plan and estimate as JSON-able data (what `linstudio plan --json` shows per job).
 
     The estimate is for a normal render; `low_memory_estimate` is what the low-memory mode would
     need, so a router can tell a job that needs a large GPU from one that only needs the mode.
     """
-    plan = plan_render(strategy, width, height, family, native)
+    plan = plan_render(strategy, width, height, family, native, sdedit_strengths)
     common = dict(steps=steps, family=family, tiny=tiny, dtype_bytes=dtype_bytes, device_kind=device_kind,
                   guidance=guidance > 1, budget_bytes=budget_bytes)
     return {**plan.to_dict(), "stages_label": plan.label(),
@@ -269,7 +275,7 @@ def estimate_peak_gib(record: dict, registry) -> float:
     """
     entry = registry.get(record["model"])
     plan = plan_render(record.get("strategy") or "auto", record["width"], record["height"], entry.family,
-                       entry.native_size)
+                       entry.native_size, entry.sdedit_strengths)
     result = estimate(plan, steps=record.get("steps") or 30, family=entry.family, tiny=entry.is_toy_scale,
                       guidance=(record.get("guidance") or 0) > 1)
     return result.peak_bytes / GIB

@@ -84,6 +84,10 @@ class ModelEntry:
         vae: a VAE that replaces the base's own (a single file or a folder); None: the base's.
         prediction_type: `epsilon` or `v_prediction` laid over the base's scheduler config; None:
             the base's own (single files record what was detected or assumed when added).
+        sdedit_strengths: the image-to-image strength of each doubling of the `sdedit` chain (the
+            last repeats for further doublings); None: the published SD-1.5 ones (0.4, 0.3, 0.2,
+            0.1). A fine-tune that redraws edges at the larger stages wants lower ones:
+            `shapes-sd15` keeps its shape with 0.25, 0.2 (docs/quality.md).
     """
 
     name: str
@@ -98,6 +102,15 @@ class ModelEntry:
     ip_adapter: str | None = None
     vae: str | None = None
     prediction_type: str | None = None
+    sdedit_strengths: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sdedit_strengths is not None:  # YAML gives a list; the entry is frozen and hashable
+            values = self.sdedit_strengths
+            if not isinstance(values, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise TypeError(f"sdedit_strengths: expected a list of numbers, got {values!r}")
+            object.__setattr__(self, "sdedit_strengths", tuple(float(v) for v in values))
 
     @property
     def is_tiny(self) -> bool:
@@ -129,9 +142,11 @@ class ModelEntry:
             data.pop("controlnets")
         if data["ip_adapter"] is None:
             data.pop("ip_adapter")
-        for optional in ("vae", "prediction_type"):  # likewise: older entries keep their identity
+        for optional in ("vae", "prediction_type", "sdedit_strengths"):  # likewise: older entries keep their identity
             if data[optional] is None:
                 data.pop(optional)
+        if "sdedit_strengths" in data:
+            data["sdedit_strengths"] = list(data["sdedit_strengths"])
         return data
 
 
@@ -153,7 +168,7 @@ BUILTIN_ENTRIES: tuple[ModelEntry, ...] = (
     ModelEntry("shapes-sd15", "sd15", "package:shapes-sd15", "package:shapes-sd15-linfusion", 128,
                "Small SD-1.5-shaped model trained on the shapes world (toy/): its images can be judged",
                builtin=True, controlnets={"seg": "package:shapes-sd15-controlnet-seg"},
-               ip_adapter="package:shapes-sd15-ip-adapter"),
+               ip_adapter="package:shapes-sd15-ip-adapter", sdedit_strengths=(0.25, 0.2, 0.15, 0.1)),
     ModelEntry("tiny-sd15", "sd15", "builtin:tiny-sd15", "from_unet", 64,
                "Tiny random-weight SD-1.5-shaped model for demos and tests: makes noise, not art",
                builtin=True, **tiny_conditioning_locations("tiny-sd15")),
@@ -300,6 +315,10 @@ class ModelRegistry:
             if entries[name].prediction_type not in (None, *PREDICTION_TYPES):
                 raise ValueError(f"{self.registry_file}: models.{name}.prediction_type: must be one of "
                                  f"{', '.join(PREDICTION_TYPES)}")
+            strengths = entries[name].sdedit_strengths
+            if strengths is not None and (not strengths or not all(0 < s <= 1 for s in strengths)):
+                raise ValueError(f"{self.registry_file}: models.{name}.sdedit_strengths: "
+                                 "a list of strengths in (0, 1], one per doubling")
         return entries
 
     def add(self, entry: ModelEntry) -> None:

@@ -32,7 +32,8 @@ def render_stages(engine, request, width: int, height: int, generator, condition
     from linfusion_engine.schedulers import make_scheduler
 
     entry = engine.entry
-    plan = planner.plan_render(request.strategy, width, height, entry.family, entry.native_size)
+    plan = planner.plan_render(request.strategy, width, height, entry.family, entry.native_size,
+                               entry.sdedit_strengths)
     budget = device_budget_bytes(engine.device)
     dtype_bytes = _dtype_bytes(engine.dtype)
     common = dict(steps=request.steps, family=entry.family, tiny=entry.is_toy_scale, dtype_bytes=dtype_bytes,

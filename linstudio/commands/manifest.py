@@ -142,7 +142,8 @@ def _render_plan(job, registry) -> dict:
     on_cpu = configured == "cpu"
     return plan_job(strategy=job.strategy, width=job.width, height=job.height, steps=job.steps,
                     guidance=job.guidance, family=entry.family, native=entry.native_size, tiny=entry.is_toy_scale,
-                    device_kind="cpu" if on_cpu else "cuda", dtype_bytes=4 if on_cpu else 2)
+                    device_kind="cpu" if on_cpu else "cuda", dtype_bytes=4 if on_cpu else 2,
+                    sdedit_strengths=entry.sdedit_strengths)
 
 
 def _plan_cells(plan: dict) -> list[str]:

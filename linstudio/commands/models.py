@@ -88,6 +88,7 @@ def _row(registry, entry) -> dict:
         "base": entry.base,
         "vae": entry.vae,
         "prediction_type": entry.prediction_type,
+        "sdedit_strengths": list(entry.sdedit_strengths) if entry.sdedit_strengths else None,
         "linfusion": entry.linfusion,
         "linfusion_state": linfusion_state(entry),
         "loras": dict(entry.loras),
@@ -156,6 +157,8 @@ def show_model(
         ("family", entry.family),
         ("native size", f"{entry.native_size} px"),
         ("prediction", entry.prediction_type or "the base's own scheduler config"),
+        ("sdedit", ", ".join(f"{v:g}" for v in entry.sdedit_strengths) if entry.sdedit_strengths
+         else "the published strengths 0.4, 0.3, 0.2, 0.1"),
         ("base", f"{entry.base} ({entry.base_format})"),
         ("on disk", _on_disk(entry, row)),
         ("vae", entry.vae or "the base's own"),

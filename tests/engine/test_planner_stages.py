@@ -29,6 +29,22 @@ def test_sdedit_16k_matches_the_published_sd15_chain():
                              ("img2img", 16384, 8192, 0.1)]
 
 
+def test_sdedit_takes_the_models_own_strengths_and_repeats_the_last():
+    plan = plan_render("sdedit", 1024, 1024, "sd15", 64, sdedit_strengths=(0.25, 0.2))
+    assert [s.strength for s in plan.stages] == [None, 0.25, 0.2, 0.2, 0.2]  # 64 -> 1024: four doublings
+    assert plan_render("auto", 64, 64, "sd15", 64, sdedit_strengths=(0.25,)).strategy == "direct"
+
+
+def test_shapes_sd15_plans_its_own_sdedit_strengths():
+    """The built-in entry's strengths reach `linstudio plan`'s estimate (docs/quality.md: why)."""
+    from linfusion_engine.registry import BUILTIN_ENTRIES
+
+    entry = next(e for e in BUILTIN_ENTRIES if e.name == "shapes-sd15")
+    job = plan_job(strategy="auto", width=512, height=512, steps=20, guidance=3, family=entry.family,
+                   native=entry.native_size, tiny=True, sdedit_strengths=entry.sdedit_strengths)
+    assert job["stages_label"] == "128x128 > 256x256@0.25 > 512x512@0.2"
+
+
 def test_sdedit_non_power_of_two_target_lands_exactly():
     plan = plan_render("sdedit", 200, 120, "sd15", 64)
     assert (plan.stages[-1].width, plan.stages[-1].height) == (200, 120)

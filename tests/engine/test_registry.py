@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from linfusion_engine.registry import (
     ModelEntry,
@@ -107,6 +108,30 @@ def test_broken_registry_files_name_the_file(tmp_path, registry):
         ModelRegistry(registry.registry_file, registry.models_dir)
     registry.registry_file.write_text("models:\n  x: {family: sd3, base: /x}\n")
     with pytest.raises(ValueError, match=r"models\.x\.family"):
+        ModelRegistry(registry.registry_file, registry.models_dir)
+
+
+def test_sdedit_strengths_round_trip_and_leave_older_entries_their_identity(tmp_path, registry):
+    folder = _fine_tune(tmp_path)
+    plain = ModelEntry("ft", "sd15", str(folder), "none")
+    before = registry.identity(plain)
+    registry.add(plain)
+    assert "sdedit_strengths" not in yaml.safe_load(registry.registry_file.read_text())["models"]["ft"]
+    assert registry.identity(ModelRegistry(registry.registry_file, registry.models_dir).get("ft")) == before
+
+    tuned = ModelEntry("ft", "sd15", str(folder), "none", sdedit_strengths=[0.3, 0.2])
+    assert tuned.sdedit_strengths == (0.3, 0.2)
+    registry.add(tuned)
+    assert ModelRegistry(registry.registry_file, registry.models_dir).get("ft").sdedit_strengths == (0.3, 0.2)
+    assert registry.identity(tuned) != before  # they change the pixels of every sdedit render
+
+
+def test_bad_sdedit_strengths_name_the_field(registry):
+    registry.registry_file.write_text("models:\n  x: {family: sd15, base: /x, sdedit_strengths: [0.3, 1.5]}\n")
+    with pytest.raises(ValueError, match=r"models\.x\.sdedit_strengths: a list of strengths in \(0, 1\]"):
+        ModelRegistry(registry.registry_file, registry.models_dir)
+    registry.registry_file.write_text("models:\n  x: {family: sd15, base: /x, sdedit_strengths: high}\n")
+    with pytest.raises(ValueError, match=r"models\.x: sdedit_strengths: expected a list of numbers"):
         ModelRegistry(registry.registry_file, registry.models_dir)
 
 
