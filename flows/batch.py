@@ -1,7 +1,8 @@
 """The batch flow's steps: validated manifests in, catalogued renders out.
 
 `flows.runs.run_manifests` (what `linstudio run` calls) puts these together:
-1. validate every manifest (nothing renders if any is invalid or asks for an unsupported feature);
+1. validate every manifest (nothing renders if any is invalid; the schema accepts only what the
+   engine declares it supports, `linfusion_engine.capabilities`);
 2. plan the jobs in the catalogue (one submission per manifest), sweep unfinished ingests left
    by a crashed run, and free the leases of runs that are gone (`release_abandoned_leases`);
 3. skip jobs whose key is already catalogued (unless forced);
@@ -24,15 +25,6 @@ from flows.leases import worker_id
 from flows.transient import one_line
 
 log = logging.getLogger(__name__)
-
-# Engine features that exist today; manifest fields asking for others are refused before
-# anything renders (see `manifests.unsupported_errors`).
-SUPPORTED_FEATURES: set[str] = set()
-# issue 6: conditioning (linfusion_engine.conditioning; inputs read by flows.conditioning_inputs)
-SUPPORTED_FEATURES |= {"controlnet", "ip_adapter", "init_image", "lora"}
-# issue 5: tileable output and the multi-stage strategies (linfusion_engine.strategies)
-SUPPORTED_FEATURES |= {"tileable", "strategy:sdedit", "strategy:highres"}
-
 
 class ManifestsInvalid(Exception):
     """Validation failed: `errors` are `file:line key: message` lines. Nothing was rendered."""
@@ -90,24 +82,19 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def load_and_expand(paths: list[Path], settings) -> list[tuple[object, list]]:
+def load_and_expand(paths: list[Path], settings, registry=None) -> list[tuple[object, list]]:
     """Validate manifests and expand their jobs; raise ManifestsInvalid listing every error.
 
-    `settings` (the studio's) name the model registry, the shared roots and the job limit."""
-    from manifests import expand_jobs, load_manifests, unsupported_errors
+    `settings` (the studio's) name the shared roots and the job limit; `registry` is the run's model
+    registry (None: `load_manifests` builds one from the settings)."""
+    from manifests import expand_jobs, load_manifests
 
-    result = load_manifests(paths, settings=settings)
-    errors = list(result.errors)
-    expanded = []
-    for loaded in result.manifests:
-        jobs = expand_jobs(loaded)
-        errors.extend(unsupported_errors(loaded, jobs, SUPPORTED_FEATURES))
-        expanded.append((loaded, jobs))
-    if errors:
-        raise ManifestsInvalid(errors)
-    if not expanded:
+    result = load_manifests(paths, settings=settings, registry=registry)
+    if result.errors:
+        raise ManifestsInvalid(list(result.errors))
+    if not result.manifests:
         raise ManifestsInvalid([f"{', '.join(map(str, paths))}: no manifests found (*.yaml, *.yml)"])
-    return expanded
+    return [(loaded, expand_jobs(loaded)) for loaded in result.manifests]
 
 
 def plan_run(catalogue, expanded: list[tuple[object, list]], force: bool,

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+from linfusion_engine.capabilities import ATTENTION_MODES
 from linfusion_engine.loading import hub_offline, load_base_pipeline
 from linfusion_engine.registry import (
     BUILTIN_PREFIX,
@@ -33,7 +34,7 @@ from linfusion_engine.registry import (
     ModelRegistry,
 )
 # The request types live below the engine (the strategies need them too); found here as before.
-from linfusion_engine.requests import ATTENTION_MODES, RenderRequest, RenderResult, choose_attention
+from linfusion_engine.requests import RenderRequest, RenderResult, choose_attention
 from linfusion_engine.schedulers import SCHEDULER_NAMES
 
 class Engine:
@@ -279,6 +280,7 @@ class Engine:
         return RenderResult(image=image, metadata=metadata)
 
 
-# ModelNotAvailableError and SCHEDULER_NAMES are re-exported: callers of the engine find them here.
+# ModelNotAvailableError, SCHEDULER_NAMES and ATTENTION_MODES (linfusion_engine.capabilities) are
+# re-exported: callers of the engine find them here.
 __all__ = ["ATTENTION_MODES", "Engine", "ModelNotAvailableError", "RenderRequest", "RenderResult", "SCHEDULER_NAMES",
            "choose_attention", "hub_offline"]

@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-STRATEGIES: tuple[str, ...] = ("auto", "direct", "sdedit", "highres")
+from linfusion_engine.capabilities import STRATEGIES  # declared there; the stages are worked out here
+
 SDEDIT_STRENGTHS: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)  # per doubling, published for SD-1.5
 HIGHRES_FIRST_STRENGTH = 0.32  # linspace(0.32, 0, n + 1), published for SD-XL
 REFINE_STRENGTH = 0.1  # the last stage of a highres chain that is not an exact doubling

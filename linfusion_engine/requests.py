@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from linfusion_engine.capabilities import ATTENTION_MODES, STRATEGIES, TILE_AXES, side_problem
 from linfusion_engine.registry import ModelEntry
 from linfusion_engine.schedulers import check_scheduler_name
 
-ATTENTION_MODES: tuple[str, ...] = ("auto", "linear", "softmax")
-MAX_SIDE = 16384  # the largest side LinFusion is published at (16K); beyond it nothing is tested
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to an unsigned 64-bit value
 
 
@@ -88,18 +87,11 @@ class RenderRequest:
             raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
         if not isinstance(self.negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
-        for side in ("width", "height"):
+        for side in ("width", "height"):  # None: the model's native size
             value = getattr(self, side)
-            if value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{side} must be an integer number of pixels, got {value!r}")
-            if value <= 0:
-                raise ValueError(f"{side} must be positive, got {value}")
-            if value % 8:
-                raise ValueError(f"{side} must be a multiple of 8, got {value}")
-            if value > MAX_SIDE:
-                raise ValueError(f"{side} must be at most {MAX_SIDE}, got {value}")
+            problem = None if value is None else side_problem(side, value)
+            if problem is not None:
+                raise ValueError(problem)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer from 0 to 2**64-1, got {self.seed!r}")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -109,11 +101,9 @@ class RenderRequest:
         check_scheduler_name(self.scheduler)
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {self.attention!r}; use one of {', '.join(ATTENTION_MODES)}")
-        from linfusion_engine.planner import STRATEGIES  # issue 5: strategies, tileable, low memory
-
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
-        if not (isinstance(self.tileable, bool) or self.tileable in ("x", "y")):
+        if not (isinstance(self.tileable, bool) or self.tileable in TILE_AXES):
             raise ValueError(f"tileable must be true, false, 'x' or 'y', got {self.tileable!r}")
         if self.low_memory not in (None, True, False):
             raise ValueError(f"low_memory must be true, false or None (auto), got {self.low_memory!r}")

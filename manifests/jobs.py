@@ -15,13 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from linstudio_jobkeys import JOB_KEY_VERSION, KEY_FIELDS, OPTIONAL_KEY_FIELDS, job_key  # noqa: F401 (re-exported)
-from manifests.errors import ManifestError
 from manifests.load import LoadedManifest
 from manifests.paths import file_sha256, resolve_reference
 from manifests.schema import ResolvedAsset, resolve_asset
-
-CONDITIONING_FEATURES: tuple[str, ...] = ("controlnet", "ip_adapter", "init_image", "lora")
-
 
 @dataclass(frozen=True)
 class RenderJob:
@@ -75,19 +71,6 @@ class RenderJob:
         record = dataclasses.asdict(self)
         record["tags"] = list(self.tags)
         return record
-
-    def features(self) -> list[str]:
-        """Manifest fields this job uses whose engine features may not exist yet.
-
-        `controlnet`, `ip_adapter`, `init_image`, `lora` when present, `tileable` unless false, and
-        `strategy:sdedit` / `strategy:highres` (auto and direct always run).
-        """
-        used = [name for name in CONDITIONING_FEATURES if name in self.conditioning]
-        if self.tileable is not False:
-            used.append("tileable")
-        if self.strategy not in ("auto", "direct"):
-            used.append(f"strategy:{self.strategy}")
-        return used
 
     def derived(self, parent_render_id: str, **changes: Any) -> "RenderJob":
         """A re-render of this job (e.g. the same asset at 8K from this 2K render): new key, parent recorded."""
@@ -150,47 +133,3 @@ def _conditioning(resolved: ResolvedAsset, loaded: LoadedManifest) -> dict:
     if resolved.lora:
         conditioning["lora"] = [{"name": lora.name, "scale": lora.scale} for lora in resolved.lora]
     return conditioning
-
-
-_FEATURE_WORDS = {
-    "controlnet": "controlnet (control maps)",
-    "ip_adapter": "ip_adapter (reference images)",
-    "init_image": "init_image (image-to-image and inpainting)",
-    "lora": "lora",
-    "tileable": "tileable",
-}
-
-
-def unsupported_errors(loaded: LoadedManifest, jobs: list[RenderJob], supported: set[str]) -> list[ManifestError]:
-    """A "not supported yet" error for each manifest field that asks for a feature not in `supported`.
-
-    One error per place the field is written (a `defaults.controlnet` is one error, not one per
-    asset), with that place's line, so nothing is silently ignored and nothing is reported twice.
-    """
-    manifest = loaded.manifest
-    index_of = {asset.id: i for i, asset in enumerate(manifest.assets)}
-    errors: dict[str, ManifestError] = {}
-    for job in jobs:
-        missing = [f for f in job.features() if f not in supported]
-        if not missing:
-            continue
-        index = index_of[job.asset_id]
-        origin = resolve_asset(manifest.defaults, manifest.assets[index], index).origin
-        for feature in missing:
-            name, _, value = feature.partition(":")
-            key_path = origin.get(name, f"assets[{index}].{name}")
-            if key_path in errors:
-                continue
-            if name == "strategy":
-                message = f"strategy {value!r} is not supported yet by the engine (auto and direct are)"
-            elif name == "tileable":
-                message = f"tileable: {_yaml(job.tileable)} is not supported yet by the engine"
-            else:
-                message = f"{_FEATURE_WORDS[name]} is not supported yet by the engine"
-            errors[key_path] = loaded.error(key_path, message)
-    return sorted(errors.values(), key=lambda e: e.line or 0)
-
-
-def _yaml(value: bool | str) -> str:
-    return str(value).lower() if isinstance(value, bool) else value
-

@@ -20,16 +20,22 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from linfusion_engine.capabilities import (  # what the engine supports: the schema accepts exactly that
+    ATTENTION_DESCRIPTION,
+    ATTENTION_MODES,
+    CONDITIONING,
+    CONTROLNET_TYPES,
+    MAX_SIDE,
+    SIZE_STEP,
+    STRATEGIES,
+    STRATEGY_TABLE,
+    TILE_AXES,
+    size_problem,
+)
 from linfusion_engine.schedulers import SCHEDULER_NAMES
 
 FORMAT_VERSION = 1
 TEAMS = ("game", "vr", "film", "ad")
-ATTENTION_MODES = ("auto", "linear", "softmax")
-STRATEGIES = ("auto", "direct", "sdedit", "highres")
-CONTROLNET_TYPES = ("canny", "depth", "normal", "openpose", "lineart", "scribble", "softedge", "seg",
-                    "mlsd", "tile", "inpaint")
-SIZE_STEP = 8  # the VAE downsamples by 8: other sizes cannot be rendered exactly
-MAX_SIDE = 16384
 MAX_SEED = 2**32 - 1  # torch generators take 64 bits, but other tools (A1111, ComfyUI) use 32
 MAX_VARIANTS = 64
 MAX_SEEDS = 64
@@ -68,17 +74,17 @@ REQUIRED_AFTER_DEFAULTS = ("model", "sizes")
 
 # -- value checks with messages people can act on -----------------------------------------------
 def parse_size(text: str) -> tuple[int, int]:
-    """`"2048x1024"` -> (2048, 1024). Raises ValueError with a sentence naming the problem."""
+    """`"2048x1024"` -> (2048, 1024). Raises ValueError with a sentence naming the problem.
+
+    The rule is the engine's (`linfusion_engine.capabilities.size_problem`); this only reads the text.
+    """
     match = _SIZE_RE.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a size; write WIDTHxHEIGHT, e.g. 1024x1024")
     width, height = int(match.group(1)), int(match.group(2))
-    if width == 0 or height == 0:
-        raise ValueError(f"{text} has a zero side")
-    if width > MAX_SIDE or height > MAX_SIDE:
-        raise ValueError(f"{text} is larger than {MAX_SIDE} on a side")
-    if width % SIZE_STEP or height % SIZE_STEP:
-        raise ValueError(f"{text} is not a multiple of {SIZE_STEP}")
+    problem = size_problem(width, height)
+    if problem is not None:
+        raise ValueError(f"{text}: {problem}")
     return width, height
 
 
@@ -118,10 +124,10 @@ def _file_ref(value: str) -> str:
 
 
 def _tileable(value: Any) -> Any:
-    if isinstance(value, bool) or value in ("x", "y"):
+    if isinstance(value, bool) or value in TILE_AXES:
         return value
     shown = repr(value) if isinstance(value, str) else value
-    raise ValueError(f"must be false, true, x or y (got {shown})")
+    raise ValueError(f"must be false, true, {' or '.join(TILE_AXES)} (got {shown})")
 
 
 def _one_or_many(value: Any) -> Any:
@@ -143,7 +149,7 @@ FileRef = Annotated[str, AfterValidator(_file_ref), WithJsonSchema({
     "type": "string", "minLength": 1,
     "description": "A path relative to the manifest's folder, an absolute path under a shared root "
                    "(LINSTUDIO_SHARED_ROOTS), or an s3:// URI"})]
-Tileable = Annotated[Union[bool, str], BeforeValidator(_tileable), WithJsonSchema({"enum": [False, True, "x", "y"]})]
+Tileable = Annotated[Union[bool, str], BeforeValidator(_tileable), WithJsonSchema({"enum": [False, True, *TILE_AXES]})]
 
 
 class _Strict(BaseModel):
@@ -154,6 +160,13 @@ class _Strict(BaseModel):
 
 
 # -- conditioning inputs --------------------------------------------------------------------------
+def _about(field_name: str, shape: str = "") -> str:
+    """A conditioning field's description: what capabilities says the type is, and how it is written."""
+    kind = next(c for c in CONDITIONING if c.manifest_field == field_name)
+    text = kind.description[0].upper() + kind.description[1:]
+    return f"{text}: {shape}." if shape else f"{text}."
+
+
 class ControlNet(_Strict):
     """A control map steering the composition (edges, depth, pose...)."""
 
@@ -207,9 +220,7 @@ class AssetFields(_Strict):
         description=f"Classifier-free guidance scale, 0 to {MAX_GUIDANCE:g} (default {BUILTIN_DEFAULTS['guidance']}).")
     scheduler: Literal[SCHEDULER_NAMES] | None = Field(
         None, description="Sampler: " + ", ".join(SCHEDULER_NAMES) + " (default euler).")
-    attention: Literal[ATTENTION_MODES] | None = Field(
-        None, description="auto: softmax up to the model's native size, LinFusion's linear attention above it; "
-                          "linear or softmax force one (default auto).")
+    attention: Literal[ATTENTION_MODES] | None = Field(None, description=f"{ATTENTION_DESCRIPTION} (default auto).")
     negative_prompt: str | None = Field(None, max_length=MAX_TEXT,
                                         description="What the render should avoid (default empty).")
     sizes: Annotated[list[Size], Field(min_length=1, max_length=MAX_SIZES)] | None = Field(
@@ -223,23 +234,41 @@ class AssetFields(_Strict):
         description=f"Number of seeds to derive from the asset id (1 to {MAX_VARIANTS}; default 1): "
                     "the same id always gives the same seeds. Give seeds or variants, not both.")
     strategy: Literal[STRATEGIES] | None = Field(
-        None, description="How large sizes are reached: direct (one pass), sdedit (render small, upscale, "
-                          "re-noise and denoise), highres (two-pass hires fix), or auto (chosen per size; default).")
+        None, description="How large sizes are reached: " + "; ".join(f"{s.name} ({s.description})"
+                                                                      for s in STRATEGY_TABLE) + ".")
     tags: list[Tag] | None = Field(None, max_length=32,
                                    description="Labels for finding renders in the catalogue; not part of the job key.")
     controlnet: Annotated[list[ControlNet], BeforeValidator(
         _one_or_many, json_schema_input_type=Union[ControlNet, list[ControlNet]]),
         Field(min_length=1, max_length=4)] | None = Field(
-        None, description="One control map, or a list of up to four.")
-    ip_adapter: IpAdapter | None = Field(None, description="Reference images for look and style.")
-    init_image: InitImage | None = Field(None, description="An image to start from, optionally masked.")
+        None, description=_about("controlnet", "one, or a list of up to four"))
+    ip_adapter: IpAdapter | None = Field(None, description=_about("ip_adapter"))
+    init_image: InitImage | None = Field(None, description=_about("init_image"))
     lora: Annotated[list[Lora], BeforeValidator(
         _one_or_many, json_schema_input_type=Union[Lora, list[Lora]]),
         Field(min_length=1, max_length=8)] | None = Field(
-        None, description="One LoRA, or a list of them, from the model's registry entry.")
+        None, description=_about("lora", "one, or a list of them"))
     tileable: Tileable | None = Field(
         None, description="false (default); true: tiles on both axes (game textures); x: wraps horizontally "
                           "(360-degree panoramas); y: wraps vertically.")
+
+
+# The input model of each conditioning field. Checked against the engine's declaration at import:
+# a type declared in capabilities without its field here, or a field here the engine does not
+# declare, fails at once rather than at a team's first render.
+CONDITIONING_INPUTS: dict[str, type[_Strict]] = {
+    "controlnet": ControlNet, "ip_adapter": IpAdapter, "init_image": InitImage, "lora": Lora}
+
+
+def _check_conditioning_fields() -> None:
+    declared = {c.manifest_field for c in CONDITIONING}
+    missing = sorted((declared | set(CONDITIONING_INPUTS)) - set(AssetFields.model_fields))
+    if set(CONDITIONING_INPUTS) != declared or missing:
+        raise AssertionError(f"manifest conditioning fields {sorted(CONDITIONING_INPUTS)} (missing from AssetFields: "
+                             f"{missing}) differ from linfusion_engine.capabilities' {sorted(declared)}")
+
+
+_check_conditioning_fields()
 
 
 class Defaults(AssetFields):

@@ -77,7 +77,12 @@ def validate(paths: PathsArg, json_output: JsonOpt = False) -> None:
 
 
 def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
-    """List the render jobs manifests expand to (asset x size x seed), with their keys."""
+    """List the render jobs manifests expand to (asset x size x seed), with their keys.
+
+    FEATURES lists what each job asks for beyond a plain text-to-image pass (its conditioning
+    types, tiling, a multi-stage strategy), named as `linfusion_engine.capabilities` declares them.
+    All of them render: the manifest schema accepts nothing the engine does not declare."""
+    from linfusion_engine.capabilities import features_used
     from manifests import expand_jobs, load_manifests
     from manifests.errors import display_path
     from linstudio_settings import get_settings
@@ -92,17 +97,18 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
         raise typer.Exit(1)
     planned = [(loaded, expand_jobs(loaded)) for loaded in result.manifests]
     jobs = [job for _, manifest_jobs in planned for job in manifest_jobs]
+    features = {job.key: features_used(job.conditioning, job.tileable, job.strategy) for job in jobs}
     render_plans = {job.key: _render_plan(job, loaded.registry)  # issue 5: stages, memory, time
                     for loaded, manifest_jobs in planned for job in manifest_jobs}
     totals = {"manifests": len(planned), "jobs": len(jobs),
               "megapixels": round(sum(j.width * j.height for j in jobs) / 1e6, 3),
-              "jobs_with_features": sum(1 for j in jobs if j.features())}
+              "jobs_with_features": sum(1 for j in jobs if features[j.key])}
     if json_output:
         typer.echo(json.dumps({
             "valid": True,
             "manifests": [{"path": display_path(loaded.path), "sha256": loaded.sha256,
                            "team": loaded.manifest.team, "project": loaded.manifest.project,
-                           "jobs": [{**job.to_record(), "features": job.features(), "plan": render_plans[job.key]}
+                           "jobs": [{**job.to_record(), "features": features[job.key], "plan": render_plans[job.key]}
                                     for job in manifest_jobs]}
                           for loaded, manifest_jobs in planned],
             "totals": totals,
@@ -113,13 +119,10 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
         typer.echo(f"{display_path(loaded.path)}  {manifest.team}/{manifest.project}  "
                    f"{_plural(len(manifest_jobs), 'job')}")
         _print_table([[j.key[:12], j.asset_id, f"{j.width}x{j.height}", str(j.seed), j.model,
-                       *_plan_cells(render_plans[j.key]), ",".join(j.features()) or "-"] for j in manifest_jobs])
+                       *_plan_cells(render_plans[j.key]), ",".join(features[j.key]) or "-"] for j in manifest_jobs])
         typer.echo("")
-    line = (f"{_plural(totals['jobs'], 'job')} from {_plural(totals['manifests'], 'manifest')}, "
-            f"{totals['megapixels']:g} megapixels in total")
-    if totals["jobs_with_features"]:
-        line += f"; {totals['jobs_with_features']} use features the engine may not support yet"
-    typer.echo(line)
+    typer.echo(f"{_plural(totals['jobs'], 'job')} from {_plural(totals['manifests'], 'manifest')}, "
+               f"{totals['megapixels']:g} megapixels in total")
 
 
 def _print_table(rows: list[list[str]]) -> None:

@@ -235,7 +235,7 @@ def test_first_render_reports_the_load_and_close_frees_then_reloads(tmp_path, ca
     ({"width": 65}, "width must be a multiple of 8, got 65"),
     ({"height": 0}, "height must be positive"),
     ({"width": 16392}, "width must be at most 16384"),
-    ({"height": 64.0}, "height must be an integer"),
+    ({"height": 64.0}, "height must be a whole number of pixels"),
     ({"steps": 0}, "steps must be a positive integer"),
     ({"guidance": -1}, "guidance must be a number >= 0"),
     ({"seed": -1}, "seed must be an integer from 0"),

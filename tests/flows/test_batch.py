@@ -79,27 +79,6 @@ def test_an_invalid_manifest_stops_everything_before_rendering(prefect_api, tmp_
         catalogue.close()
 
 
-def test_fields_without_an_engine_feature_are_refused_not_ignored(prefect_api, tmp_path, backend, monkeypatch):
-    import flows.batch
-
-    # every manifest feature has an engine now (issue 5 added tileable): take one away to see the refusal
-    monkeypatch.setattr(flows.batch, "SUPPORTED_FEATURES", flows.batch.SUPPORTED_FEATURES - {"tileable"})
-    manifest = write_manifest(tmp_path, "tiles.yaml", """
-        version: 1
-        team: game
-        project: tiles
-        defaults: {model: tiny-sd15, steps: 2, sizes: [64x64]}
-        assets:
-          - id: stone
-            prompt: "stone floor"
-            tileable: true
-    """)
-    with pytest.raises(ManifestsInvalid) as caught:
-        run_manifests([manifest])
-    message = " ".join(str(e) for e in caught.value.errors)
-    assert "tileable" in message and "not supported yet" in message and "tiles.yaml:8 assets[0].tileable" in message
-
-
 def test_one_failing_job_does_not_stop_the_others(prefect_api, backend, small_manifest, monkeypatch):
     import flows.job_runner as tasks
 

@@ -50,7 +50,7 @@ def test_validate_prints_every_error_then_a_summary_and_fails(folder):
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "missing.yaml: no such file or folder",
-        "film/night-city.yaml:6 defaults.sizes[0]: 64x63 is not a multiple of 8",
+        "film/night-city.yaml:6 defaults.sizes[0]: 64x63: height must be a multiple of 8, got 63",
         "film/night-city.yaml:10 assets[0].promt: unknown key; did you mean 'prompt'?",
         "2 manifests, 1 invalid, 3 errors",
     ]
@@ -66,8 +66,8 @@ def test_validate_json(folder):
     assert by_path["film/good.yaml"] == {"path": "film/good.yaml", "valid": True, "errors": []}
     assert by_path["film/night-city.yaml"]["errors"][0] == {
         "path": "film/night-city.yaml", "line": 6, "key_path": "defaults.sizes[0]",
-        "message": "64x63 is not a multiple of 8",
-        "text": "film/night-city.yaml:6 defaults.sizes[0]: 64x63 is not a multiple of 8"}
+        "message": "64x63: height must be a multiple of 8, got 63",
+        "text": "film/night-city.yaml:6 defaults.sizes[0]: 64x63: height must be a multiple of 8, got 63"}
 
 
 def test_validate_needs_a_path():

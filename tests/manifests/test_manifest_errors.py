@@ -60,7 +60,7 @@ def test_error_text_is_file_line_key_message(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path / "film", VALID.replace("sizes: [64x64]", "sizes: [64x60]"))
     (error,) = load_manifests([path], settings=get_settings()).errors
-    assert str(error) == "film/night-city.yaml:7 defaults.sizes[0]: 64x60 is not a multiple of 8"
+    assert str(error) == "film/night-city.yaml:7 defaults.sizes[0]: 64x60: height must be a multiple of 8, got 60"
     assert (error.path, error.line, error.key_path) == (path, 7, "defaults.sizes[0]")
     assert str(ManifestError(path, None, "", "no such file or folder")) == "film/night-city.yaml: no such file or folder"
 
@@ -176,9 +176,9 @@ def test_tileable_values(tmp_path):
 
 # -- sizes ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size, message", [
-    ("1000x1004", "1000x1004 is not a multiple of 8"),
-    ("20000x8", "20000x8 is larger than 16384 on a side"),
-    ("0x64", "0x64 has a zero side"),
+    ("1000x1004", "1000x1004: height must be a multiple of 8, got 1004"),
+    ("20000x8", "20000x8: width must be at most 16384, got 20000"),
+    ("0x64", "0x64: width must be positive, got 0"),
     ("1024", "1024 is not a size; write WIDTHxHEIGHT, e.g. 1024x1024"),
     ("big", "'big' is not a size; write WIDTHxHEIGHT, e.g. 1024x1024"),
     ("-64x64", "'-64x64' is not a size; write WIDTHxHEIGHT, e.g. 1024x1024"),

@@ -1,4 +1,4 @@
-"""Job expansion, job keys (what changes them and what must not), features and "not supported yet"."""
+"""Job expansion, job keys (what changes them and what must not), and the features a job uses."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from linfusion_engine.capabilities import features_used
 from linfusion_engine.registry import ModelEntry, ModelRegistry
-from manifests import KEY_FIELDS, expand_jobs, job_key, load_manifests, unsupported_errors
+from manifests import KEY_FIELDS, expand_jobs, job_key, load_manifests
 from manifests.schema import derive_seeds
 from linstudio.settings import get_settings
 
@@ -140,7 +141,7 @@ def test_record_is_json_with_every_field(project, registry):
                      "sha256": hashlib.sha256((project / "controls" / "edges.png").read_bytes()).hexdigest()}
     assert record["conditioning"]["lora"] == [{"name": "studio-style", "scale": 0.7}]
     assert record["conditioning"]["init_image"]["strength"] == 0.5
-    assert job.features() == ["controlnet", "ip_adapter", "init_image", "lora"]
+    assert _features(job) == ["controlnet", "ip_adapter", "init_image", "lora"]
     assert hash(job) == hash(job.key)
 
 
@@ -295,59 +296,27 @@ def test_re_renders_fold_the_parent_into_the_key(project, registry):
     assert job.derived("render-456", width=1024, height=512).key != upscaled.key
 
 
-# -- features and "not supported yet" -------------------------------------------------------------
+# -- features a job uses (linfusion_engine.capabilities names them) ------------------------------
+def _features(job) -> list[str]:
+    return features_used(job.conditioning, job.tileable, job.strategy)
+
+
 def test_features_of_strategy_and_tileable(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("version: 1\nteam: game\nproject: p\ndefaults: {model: tiny-sd15, sizes: [64x64], tileable: true}\n"
                     "assets:\n  - {id: a, prompt: x, strategy: highres, model: tiny-sdxl}\n  - {id: b, prompt: y, strategy: direct,"
                     " tileable: false}\n  - {id: c, prompt: z, tileable: y}\n")
     jobs = expand_jobs(load_manifests([path], settings=get_settings()).manifests[0])
-    assert [j.features() for j in jobs] == [["tileable", "strategy:highres"], [], ["tileable"]]
+    assert [_features(j) for j in jobs] == [["tileable", "strategy:highres"], [], ["tileable"]]
 
 
-def test_unsupported_errors_name_file_line_and_field_once(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "m.yaml"
-    path.write_text(textwrap.dedent("""\
-        version: 1
-        team: game
-        project: p
-        defaults:
-          model: tiny-sd15
-          sizes: [64x64, 128x128]
-          tileable: true
-        assets:
-          - id: a
-            prompt: x
-            strategy: sdedit
-          - id: b
-            prompt: y
-            variants: 3
-        """))
-    loaded = load_manifests([path], settings=get_settings()).manifests[0]
-    jobs = expand_jobs(loaded)
-    assert [str(e) for e in unsupported_errors(loaded, jobs, set())] == [
-        "m.yaml:7 defaults.tileable: tileable: true is not supported yet by the engine",
-        "m.yaml:11 assets[0].strategy: strategy 'sdedit' is not supported yet by the engine (auto and direct are)"]
-    assert [e.key_path for e in unsupported_errors(loaded, jobs, {"tileable"})] == ["assets[0].strategy"]
-    assert unsupported_errors(loaded, jobs, {"tileable", "strategy:sdedit"}) == []
-
-
-def test_conditioning_examples_are_refused_until_supported():
+def test_conditioning_examples_validate_and_list_their_features():
+    """Whatever the schema accepts the engine supports: the conditioning examples are valid as they are."""
     folder = REPO / "manifests" / "examples-conditioning"
     result = load_manifests([folder], settings=get_settings())
     assert result.errors == []
-    messages = []
-    for loaded in result.manifests:
-        messages += [(e.path.name, e.line, e.key_path, e.message)
-                     for e in unsupported_errors(loaded, expand_jobs(loaded), set())]
-    assert ("film-conditioning.yaml", 14, "assets[0].controlnet",
-            "controlnet (control maps) is not supported yet by the engine") in messages
-    assert ("film-conditioning.yaml", 16, "assets[0].ip_adapter",
-            "ip_adapter (reference images) is not supported yet by the engine") in messages
-    assert ("film-conditioning.yaml", 21, "assets[1].init_image",
-            "init_image (image-to-image and inpainting) is not supported yet by the engine") in messages
-    assert {m[2] for m in messages} >= {"assets[0].tileable", "assets[1].tileable", "assets[1].strategy"}
+    used = {f for loaded in result.manifests for job in expand_jobs(loaded) for f in _features(job)}
+    assert used >= {"controlnet", "ip_adapter", "init_image", "tileable"}
 
 
 def test_examples_run_today_and_stay_small():
@@ -356,7 +325,7 @@ def test_examples_run_today_and_stay_small():
     assert sorted(m.manifest.team for m in result.manifests) == ["ad", "film", "game", "game", "vr"]
     jobs = [job for loaded in result.manifests for job in expand_jobs(loaded)]
     assert 15 <= len(jobs) <= 24
-    assert all(j.features() in ([], ["tileable"]) for j in jobs)
+    assert all(_features(j) in ([], ["tileable"]) for j in jobs)
     assert {j.model for j in jobs} == {"tiny-sd15", "tiny-sdxl", "shapes-sd15"}
     tiny = [j for j in jobs if j.model != "shapes-sd15"]
     assert all(j.steps <= 4 and 64 <= j.width <= 256 and 64 <= j.height <= 256 for j in tiny)
