@@ -19,7 +19,8 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
@@ -225,6 +226,39 @@ def claim(session: Session, key: str, worker: str, lease_seconds: int, now: date
         return True
     require_job(session, key)
     return False
+
+
+class JobState(StrEnum):
+    """A job's state, as the catalogue stores it (the same strings as `catalogue.models.JOB_STATES`)."""
+
+    PLANNED = "planned"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def claimable(job: Mapping | None, now: datetime) -> bool:
+    """Whether a run may take `job` (a `Catalogue.jobs()` row; None: not planned) at `now`: planned,
+    failed, or running under a lease that expired before `now`.
+
+    `claim` applies the same rule in SQL (`_CLAIM`); this reads it for a job already fetched, so the
+    runs that watch jobs rather than claim them — a run waiting on another's leases (flows/waiting.py),
+    the nightly run sending a dead shard's jobs out again (flows/shards.py) — decide as the claim
+    will. A run's own lease (which `claim` renews) is not counted: watchers never hold the job.
+    """
+    if job is None:
+        return False
+    state = JobState(job["state"])
+    if state in (JobState.PLANNED, JobState.FAILED):
+        return True
+    expires = job["lease_expires_at"]
+    if state is not JobState.RUNNING or not expires:
+        return False
+    if isinstance(expires, str):
+        expires = datetime.fromisoformat(expires)
+    if expires.tzinfo is None:  # stored as UTC
+        expires = expires.replace(tzinfo=timezone.utc)
+    return expires < now
 
 
 def fail_leased(session: Session, key: str, worker: str, reason: str, now: datetime) -> bool:

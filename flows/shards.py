@@ -17,6 +17,9 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from catalogue.jobs import claimable
 
 RENDER_SHARD_DEPLOYMENT = "linstudio-render-jobs/render-shard"
 RENDER_SHARD_LARGE_DEPLOYMENT = "linstudio-render-jobs/render-shard-large"
@@ -118,7 +121,8 @@ def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: 
             # Only a shard whose flow run is running can stall; one still waiting for a worker is queued.
             stalled = shard.started is not None and time.monotonic() - shard.last_progress > lease_seconds * 1.5
             jobs = catalogue.jobs(unfinished) if (ended or stalled) else {}
-            ready = [k for k in unfinished if _claimable(jobs.get(k))]
+            now = datetime.now(timezone.utc)
+            ready = [k for k in unfinished if claimable(jobs.get(k), now)]
             if ready and redispatch is not None:
                 if not ended:
                     _mark_crashed(shard.flow_run_id, "no progress within the lease: worker presumed dead")
@@ -132,20 +136,6 @@ def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: 
         active = still
         if deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
             raise TimeoutError(f"{sum(len(s.keys) for s in active)} job(s) unfinished after {deadline_seconds:.0f} s")
-
-
-def _claimable(job: dict | None) -> bool:
-    """A job another worker may take now: planned, failed, or running under an expired lease."""
-    if job is None or job["state"] in ("planned", "failed"):
-        return job is not None
-    if job["state"] != "running" or not job["lease_expires_at"]:
-        return False
-    from datetime import datetime, timezone
-
-    expires = datetime.fromisoformat(job["lease_expires_at"])
-    if expires.tzinfo is None:  # stored as UTC
-        expires = expires.replace(tzinfo=timezone.utc)
-    return expires < datetime.now(timezone.utc)
 
 
 def _flow_run_progress(flow_run_id) -> tuple[bool, object]:

@@ -24,26 +24,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from catalogue.jobs import claimable
 from flows.outcomes import RUNNING_ELSEWHERE, JobOutcome
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
 LANDED_ELSEWHERE = "rendered by another run while this one waited"
-
-
-def claimable(job: dict | None, now: datetime) -> bool:
-    """A job this run may take now: planned, failed, or running under a lease that has expired."""
-    if job is None:
-        return False
-    if job["state"] in ("planned", "failed"):
-        return True
-    if job["state"] != "running" or not job["lease_expires_at"]:
-        return False
-    expires = datetime.fromisoformat(job["lease_expires_at"])
-    if expires.tzinfo is None:  # stored as UTC
-        expires = expires.replace(tzinfo=timezone.utc)
-    return expires < now
 
 
 def resolve_elsewhere(catalogue, outcomes: list[JobOutcome], records: dict[str, dict], *, worker: str,
