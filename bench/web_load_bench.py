@@ -56,7 +56,7 @@ KINDS = ("newest", "search", "gallery", "asset")
 
 
 def batch_records(jobs: int, run: str) -> list[dict]:
-    """Job records like a manifest's (RenderJob.to_record()), 512x512, unique to this run."""
+    """Job records like a manifest's (JobSpec.to_record()), 512x512, unique to this run."""
     records = []
     for n in range(jobs):
         key = hashlib.sha256(f"web-load-{run}-{n}".encode()).hexdigest()

@@ -165,7 +165,7 @@ class Catalogue:
             return submissions.listing(session, status, limit)
 
     def plan_jobs(self, submission_id: str, records: Sequence[Mapping]) -> None:
-        """Upsert assets and jobs for RenderJob records; done jobs stay done, failed ones are planned again."""
+        """Upsert assets and jobs for job records (`JobSpec.to_record()`); done jobs stay done, failed ones are planned again."""
         with self.transaction() as session:
             jobs.plan_jobs(session, submission_id, records, self.clock())
 

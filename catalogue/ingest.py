@@ -27,6 +27,7 @@ from catalogue.models import Job, Render
 from catalogue.pngmeta import PngFormatError, embed_render_metadata, png_size
 from catalogue.store import ObjectStore
 from catalogue.thumbs import make_thumbnail
+from linstudio_jobs import JobSpec
 
 PNG_CONTENT_TYPE = "image/png"
 THUMB_CONTENT_TYPE = "image/webp"
@@ -79,13 +80,14 @@ def prepare(job: Job, png: bytes, record: Mapping, worker: str, render_id: str, 
     except PngFormatError as exc:
         raise InvalidRecordError(f"job {job.key}: render is not a PNG ({exc})") from None
     planned = job.record
+    spec = JobSpec.from_record(planned)
     embedded = as_json({
         **planned,
         **record,
         "key": job.key,
-        "team": planned["team"],
-        "project": planned["project"],
-        "asset_id": planned["asset_id"],
+        "team": spec.team,
+        "project": spec.project,
+        "asset_id": spec.asset_id,
         "render_id": render_id,
         "worker": worker,
         "created_at": now.isoformat(),
@@ -95,7 +97,7 @@ def prepare(job: Job, png: bytes, record: Mapping, worker: str, render_id: str, 
     final_png = embed_render_metadata(png, embedded)
     thumb = make_thumbnail(final_png)
     sha256 = hashlib.sha256(final_png).hexdigest()
-    object_key, thumb_key = object_keys(planned["team"], planned["project"], planned["asset_id"], job.key, sha256)
+    object_key, thumb_key = object_keys(spec.team, spec.project, spec.asset_id, job.key, sha256)
     return Artifacts(render_id=render_id, png=final_png, thumb=thumb, sha256=sha256,
                      thumb_sha256=hashlib.sha256(thumb).hexdigest(), width=width, height=height,
                      object_key=object_key, thumb_key=thumb_key, embedded=embedded)
@@ -117,27 +119,28 @@ def insert_render(session: Session, job: Job, artifacts: Artifacts, store: Objec
     """Insert the render row for `job` (not committed); returns its id. A unique violation
     (IntegrityError) means the job already has a render."""
     record = artifacts.embedded
+    spec = JobSpec.from_record(record)  # the planned job: identity and settings
     session.execute(_INSERT_RENDER, {
         "id": artifacts.render_id,
         "job_key": job.key,
         "submission_id": job.submission_id,
         "asset_pk": job.asset_pk,
-        "team": record["team"],
-        "project": record["project"],
-        "asset_id": record["asset_id"],
-        "prompt": record.get("prompt", ""),
-        "negative_prompt": record.get("negative_prompt") or "",
-        "seed": int(record["seed"]),
+        "team": spec.team,
+        "project": spec.project,
+        "asset_id": spec.asset_id,
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+        "seed": spec.seed,
         "width": artifacts.width,
         "height": artifacts.height,
-        "steps": record.get("steps"),
-        "guidance": record.get("guidance"),
-        "scheduler": record.get("scheduler"),
-        "model": record["model"],
-        "model_identity": record.get("model_identity"),
-        "engine": record.get("engine") or {},
+        "steps": spec.steps,
+        "guidance": spec.guidance,
+        "scheduler": spec.scheduler,
+        "model": spec.model,
+        "model_identity": spec.model_identity,
+        "engine": record.get("engine") or {},  # what the run added: not the job's
         "timings": record.get("timings") or {},
-        "tags": list(record.get("tags") or []),
+        "tags": list(spec.tags),
         "record": record,
         "worker": worker,
         "object_key": artifacts.object_key,
@@ -147,7 +150,7 @@ def insert_render(session: Session, job: Job, artifacts: Artifacts, store: Objec
         "sha256": artifacts.sha256,
         "size_bytes": len(artifacts.png),
         "thumb_sha256": artifacts.thumb_sha256,
-        "parent_render_id": record.get("parent_render_id"),
+        "parent_render_id": spec.parent_render_id,
         "created_at": now,
         "review_status": None,
     })

@@ -29,10 +29,12 @@ from catalogue.db import chunked, insert_ignoring_conflicts
 from catalogue.errors import CatalogueError, InvalidRecordError, UnknownJobError
 from catalogue.ids import new_ulid
 from catalogue.models import DONE, FAILED, PLANNED, RUNNING, Asset, Job, Render, Submission
+from linstudio_jobs import JobSpec
 
 log = logging.getLogger(__name__)
 
-# What a job record (manifests' RenderJob.to_record()) must carry, with the types the catalogue relies on.
+# What a job record (`JobSpec.to_record()`) must carry, with the types the catalogue relies on;
+# `validate_record` then reads the whole record as a JobSpec.
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "key": str,
     "team": str,
@@ -72,6 +74,10 @@ def validate_record(record: Mapping, index: int = 0) -> None:
                 f"{record_place(record, index)}: {field!r} must be {getattr(kind, '__name__', kind)}, "
                 f"got {type(value).__name__} {value!r}"
             )
+    try:
+        JobSpec.from_record(record)  # the rest of the spec, and the size rule every job obeys
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecordError(f"{record_place(record, index)}: {exc}") from None
 
 
 def create_submission(

@@ -21,6 +21,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Mapping
 
+from linstudio_jobs import JobSpec
 from linstudio_settings import __version__
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -151,53 +152,52 @@ def _model_hash(identity: str | None) -> str | None:
     return None
 
 
-def a1111_parameters(record: Mapping, width: int, height: int) -> str:
-    """The A1111 `parameters` text for a render record (field order as A1111 writes it)."""
-    fields: list[tuple[str, object]] = []
-    if record.get("steps") is not None:
-        fields.append(("Steps", record["steps"]))
-    if record.get("scheduler"):
-        scheduler = str(record["scheduler"])
-        fields.append(("Sampler", _SAMPLER_NAMES.get(scheduler.lower(), scheduler)))
-    if record.get("guidance") is not None:
-        fields.append(("CFG scale", record["guidance"]))
-    fields.append(("Seed", record["seed"]))
-    fields.append(("Size", f"{width}x{height}"))
-    model_hash = _model_hash(record.get("model_identity"))
+def a1111_parameters(spec: JobSpec, width: int, height: int, *, attention_ran: str | None = None) -> str:
+    """The A1111 `parameters` text for a render of `spec` (field order as A1111 writes it).
+
+    `attention_ran`: the attention backend that actually ran (the engine's metadata), which says
+    more than the mode the job asked for.
+    """
+    fields: list[tuple[str, object]] = [
+        ("Steps", spec.steps),
+        ("Sampler", _SAMPLER_NAMES.get(spec.scheduler.lower(), spec.scheduler)),
+        ("CFG scale", spec.guidance),
+        ("Seed", spec.seed),
+        ("Size", f"{width}x{height}"),
+    ]
+    model_hash = _model_hash(spec.model_identity)
     if model_hash:
         fields.append(("Model hash", model_hash))
-    fields.append(("Model", record["model"]))
-    if record.get("model_identity"):
-        fields.append(("Model identity", record["model_identity"]))
-    if record.get("tileable"):  # True, or the axis ("x", "y") a manifest asked for
-        fields.append(("Tiling", "True" if record["tileable"] is True else record["tileable"]))
-    # The attention backend that actually ran (engine metadata) says more than the mode asked for.
-    engine = record.get("engine") if isinstance(record.get("engine"), Mapping) else {}
-    attention = engine.get("attention") or record.get("attention")
-    if attention:
-        fields.append(("Attention", attention))
-    if record.get("strategy"):
-        fields.append(("Strategy", record["strategy"]))
-    if record.get("parent_render_id"):
-        fields.append(("Parent render", record["parent_render_id"]))
-    if record.get("key"):
-        fields.append(("Job key", record["key"]))
+    fields.append(("Model", spec.model))
+    if spec.model_identity:
+        fields.append(("Model identity", spec.model_identity))
+    if spec.tileable:  # True, or the axis ("x", "y") a manifest asked for
+        fields.append(("Tiling", "True" if spec.tileable is True else spec.tileable))
+    fields.append(("Attention", attention_ran or spec.attention))
+    fields.append(("Strategy", spec.strategy))
+    if spec.parent_render_id:
+        fields.append(("Parent render", spec.parent_render_id))
+    fields.append(("Job key", spec.key))
     fields.append(("Version", f"LinFusion Studio {__version__}"))
-    lines = [str(record.get("prompt", ""))]
-    if record.get("negative_prompt"):
-        lines.append(f"Negative prompt: {record['negative_prompt']}")
+    lines = [spec.prompt]
+    if spec.negative_prompt:
+        lines.append(f"Negative prompt: {spec.negative_prompt}")
     lines.append(", ".join(f"{label}: {_quote(value)}" for label, value in fields))
     return "\n".join(lines)
 
 
 def embed_render_metadata(png: bytes, record: Mapping) -> bytes:
-    """`png` carrying the A1111 `parameters` text and the JSON `record` under `linstudio`."""
+    """`png` carrying the A1111 `parameters` text and the JSON `record` under `linstudio`.
+
+    `record` is a job's stored record (`JobSpec.to_record()`) with what the render added (`engine`,
+    `timings`, who and when); the A1111 text reads the spec it describes.
+    """
     width, height = png_size(png)
+    spec = JobSpec.from_record(record)
+    engine = record.get("engine") if isinstance(record.get("engine"), Mapping) else {}
     payload = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
-    return embed_text(
-        png,
-        {PARAMETERS_KEY: (a1111_parameters(record, width, height), False), RECORD_KEY: (payload, True)},
-    )
+    parameters = a1111_parameters(spec, width, height, attention_ran=engine.get("attention"))
+    return embed_text(png, {PARAMETERS_KEY: (parameters, False), RECORD_KEY: (payload, True)})
 
 
 def read_png_record(png: bytes) -> dict:

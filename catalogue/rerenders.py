@@ -15,10 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from linstudio_jobkeys import KEY_FIELDS, job_key
+from linstudio_jobs import JobSpec, size_problem
 
-# Fields of a stored job record that describe one run of it, not the job: never copied to a re-render.
-_RUN_ONLY = ("engine", "timings", "key", "parent_render_id", "manifest_line")
 RERENDER_PREFIX = "rerender:"
 # How far a re-render may move away from its source image: low keeps the approved composition,
 # high invents more detail at the new size. Part of the job key.
@@ -30,41 +28,36 @@ class RerenderError(ValueError):
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """`2048x1024` -> (2048, 1024), checked like manifest sizes (multiples of 8, at most 16384)."""
+    """`2048x1024` -> (2048, 1024), checked by the one size rule every job obeys (`linstudio_jobs`)."""
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise RerenderError(f"size {text!r}: expected WxH, e.g. 2048x1024") from None
-    for side in (width, height):
-        if side <= 0 or side % 8 or side > 16384:
-            raise RerenderError(f"size {text!r}: each side must be a positive multiple of 8, at most 16384")
+    problem = size_problem(width, height)
+    if problem is not None:
+        raise RerenderError(f"size {text!r}: {problem}")
     return width, height
 
 
 def rerender_records(source: dict, sizes: list[tuple[int, int]], strength: float = DEFAULT_STRENGTH) -> list[dict]:
-    """Job records that re-render catalogued render `source` (as `Catalogue.render` returns it) at `sizes`."""
-    base = {k: v for k, v in (source.get("record") or {}).items() if k not in _RUN_ONLY}
-    missing = [name for name in KEY_FIELDS if name not in base]
-    if missing:
-        raise RerenderError(f"render {source['render_id']}: its stored record lacks {missing}; cannot re-render")
-    records = []
-    for width, height in sizes:
-        record = dict(base)
-        record.update(width=width, height=height, parent_render_id=source["render_id"])
-        # The source image supersedes the source job's own init image and mask (it already shows them).
-        inherited = {k: v for k, v in (base.get("conditioning") or {}).items() if k != "init_image"}
-        record["conditioning"] = {
-            **inherited,
-            "source_render": {"render_id": source["render_id"], "sha256": source["sha256"],
-                              "width": source["width"], "height": source["height"], "strength": strength},
-        }
-        record["manifest_path"] = f"{RERENDER_PREFIX}{source['render_id']}"
-        record["manifest_line"] = None
-        fields = {name: record[name] for name in KEY_FIELDS}
-        fields["parent_render_id"] = source["render_id"]
-        record["key"] = job_key(fields)
-        records.append(record)
-    return records
+    """Job records that re-render catalogued render `source` (as `Catalogue.render` returns it) at `sizes`.
+
+    The source's stored record is read back as a `JobSpec` whatever version wrote it (fields it
+    lacks take their defaults), so a field added to the spec later never stops older renders
+    from being re-rendered.
+    """
+    try:
+        spec = JobSpec.from_record(source.get("record") or {})
+    except (TypeError, ValueError) as exc:
+        raise RerenderError(f"render {source['render_id']}: its stored record cannot be re-rendered: {exc}") from None
+    # The source image supersedes the source job's own init image and mask (it already shows them).
+    inherited = {k: v for k, v in spec.conditioning.items() if k != "init_image"}
+    conditioning = {**inherited, "source_render": {"render_id": source["render_id"], "sha256": source["sha256"],
+                                                   "width": source["width"], "height": source["height"],
+                                                   "strength": strength}}
+    return [spec.derived(source["render_id"], width=width, height=height, conditioning=conditioning,
+                         manifest_path=f"{RERENDER_PREFIX}{source['render_id']}", manifest_line=None).to_record()
+            for width, height in sizes]
 
 
 def plan_rerenders(catalogue, render_ids: list[str], sizes: list[tuple[int, int]],

@@ -40,7 +40,7 @@ PROGRESS_EVERY_SECONDS = 5.0  # how often a flow run's progress artifact is upda
 @flow(name="linstudio-batch", validate_parameters=False, log_prints=False)
 def batch_flow(records: list[dict], worker: str | None = None, handoff_token: str | None = None,
                skipped: list[dict] | None = None, total: int | None = None) -> list[dict]:
-    """Render and catalogue `records` (RenderJob records); returns one outcome dict per job.
+    """Render and catalogue `records` (`JobSpec.to_record()` records); returns one outcome dict per job.
 
     The catalogue, store, device and dtype come from the settings of the process running the
     flow (a worker's environment), never from parameters.

@@ -24,7 +24,7 @@ EVERYTHING = ["tests"]
 # A room's own tests, and the tests of the rooms that import it (docs/architecture.md, upwards).
 ROOM_TESTS: dict[str, list[str]] = {
     "linstudio_settings": EVERYTHING,
-    "linstudio_jobkeys": ["tests/manifests", "tests/catalogue", "tests/flows", "tests/web", "tests/faults"],
+    "linstudio_jobs": ["tests/jobs", "tests/manifests", "tests/catalogue", "tests/flows", "tests/web", "tests/faults"],
     "linfusion_engine": ["tests/engine", "tests/fullsize", "tests/manifests", "tests/flows", "tests/toy",
                          "tests/test_cli_models.py", "tests/test_cli_distill.py", "tests/test_quality_bench.py"],
     "manifests": ["tests/manifests", "tests/flows", "tests/faults"],

@@ -10,75 +10,15 @@ tags or where the manifest lies, so an upgrade or a moved folder does not re-ren
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
-from linstudio_jobkeys import JOB_KEY_VERSION, KEY_FIELDS, OPTIONAL_KEY_FIELDS, job_key  # noqa: F401 (re-exported)
+from linstudio_jobs import JOB_KEY_VERSION, KEY_FIELDS, OPTIONAL_KEY_FIELDS, JobSpec, job_key  # noqa: F401 (re-exported)
 from manifests.load import LoadedManifest
 from manifests.paths import file_sha256, resolve_reference
 from manifests.schema import ResolvedAsset, resolve_asset
 
-@dataclass(frozen=True)
-class RenderJob:
-    """One render: an asset at one size with one seed, with everything decided.
 
-    Args:
-        key: full hex sha256 from `job_key` over the key fields.
-        model: the registry name (for people and for loading); `model_identity` is what the key holds.
-        conditioning: JSON-able `{controlnet: [...], ip_adapter: {...}, init_image: {...}, lora: [...]}`,
-            present entries only; every file is `{path, sha256, hashed}` where `hashed` is `bytes`,
-            or `uri` for s3:// inputs (not fetched at planning time, so their URI is hashed).
-            LoRA entries carry name and scale: their weights are hashed in `model_identity`.
-        tags, manifest_path, manifest_line: for the catalogue and for errors; not in the key.
-    """
-
-    key: str
-    team: str
-    project: str
-    asset_id: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    width: int
-    height: int
-    model: str
-    model_identity: str
-    steps: int
-    guidance: float
-    scheduler: str
-    attention: str
-    strategy: str
-    tileable: bool | str
-    tags: tuple[str, ...]
-    conditioning: dict
-    parent_render_id: str | None
-    manifest_path: str
-    manifest_line: int | None
-
-    def __hash__(self) -> int:  # `conditioning` is a dict: hash by the key, which covers it
-        return hash(self.key)
-
-    def key_fields(self) -> dict:
-        """Exactly the fields the key hashes (with `parent_render_id` for a re-render)."""
-        fields = {name: getattr(self, name) for name in KEY_FIELDS}
-        if self.parent_render_id is not None:
-            fields["parent_render_id"] = self.parent_render_id
-        return fields
-
-    def to_record(self) -> dict:
-        """All fields as JSON-serialisable data (what the catalogue stores with the job)."""
-        record = dataclasses.asdict(self)
-        record["tags"] = list(self.tags)
-        return record
-
-    def derived(self, parent_render_id: str, **changes: Any) -> "RenderJob":
-        """A re-render of this job (e.g. the same asset at 8K from this 2K render): new key, parent recorded."""
-        job = dataclasses.replace(self, parent_render_id=parent_render_id, **changes)
-        return dataclasses.replace(job, key=job_key(job.key_fields()))
-
-
-def expand_jobs(loaded: LoadedManifest, registry=None) -> list[RenderJob]:
+def expand_jobs(loaded: LoadedManifest, registry=None) -> list[JobSpec]:
     """The render jobs of a validated manifest: for each asset, each size, each seed (in that order).
 
     `registry` names the models' identities (part of each job key); default: the registry the
@@ -88,7 +28,7 @@ def expand_jobs(loaded: LoadedManifest, registry=None) -> list[RenderJob]:
         raise ValueError(f"{loaded.path}: expanding jobs needs the model registry it was checked against")
     manifest = loaded.manifest
     identities: dict[str, str] = {}
-    jobs: list[RenderJob] = []
+    jobs: list[JobSpec] = []
     for index, asset in enumerate(manifest.assets):
         resolved = resolve_asset(manifest.defaults, asset, index)
         if resolved.model not in identities:
@@ -96,17 +36,14 @@ def expand_jobs(loaded: LoadedManifest, registry=None) -> list[RenderJob]:
         conditioning = _conditioning(resolved, loaded)
         for width, height in resolved.sizes:
             for seed in resolved.seeds:
-                fields = {
-                    "team": manifest.team, "project": manifest.project, "asset_id": resolved.id,
-                    "prompt": resolved.prompt, "negative_prompt": resolved.negative_prompt, "seed": seed,
-                    "width": width, "height": height, "model_identity": identities[resolved.model],
-                    "steps": resolved.steps, "guidance": resolved.guidance, "scheduler": resolved.scheduler,
-                    "attention": resolved.attention, "strategy": resolved.strategy,
-                    "conditioning": conditioning, "tileable": resolved.tileable,
-                }
-                jobs.append(RenderJob(
-                    key=job_key(fields), model=resolved.model, tags=resolved.tags, parent_render_id=None,
-                    manifest_path=str(loaded.path), manifest_line=loaded.line_of(f"assets[{index}]"), **fields))
+                jobs.append(JobSpec(
+                    team=manifest.team, project=manifest.project, asset_id=resolved.id, prompt=resolved.prompt,
+                    negative_prompt=resolved.negative_prompt, seed=seed, width=width, height=height,
+                    model_identity=identities[resolved.model], steps=resolved.steps, guidance=resolved.guidance,
+                    scheduler=resolved.scheduler, attention=resolved.attention, strategy=resolved.strategy,
+                    conditioning=conditioning, tileable=resolved.tileable, model=resolved.model,
+                    tags=tuple(resolved.tags), manifest_path=str(loaded.path),
+                    manifest_line=loaded.line_of(f"assets[{index}]")))
     return jobs
 
 

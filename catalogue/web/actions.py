@@ -19,8 +19,11 @@ from catalogue.errors import CatalogueError
 from catalogue.models import APPROVED, Render
 from catalogue.queries import render_dict
 from catalogue.web import exports, service
+from linstudio_jobs import MAX_SIDE, size_problem  # noqa: F401 (MAX_SIDE: the pages and the API read it here)
 
-MAX_SIDE = 16384
+# The size rule is every job's (`linstudio_jobs.size_problem`); the gallery adds a floor of its own:
+# a re-render below 64 px a side is never what an artist meant.
+MIN_SIDE = 64
 MAX_SIZES = 8
 EXPORT_MAX = 5000
 _SIZE = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\s*$")
@@ -43,7 +46,7 @@ class Unavailable(CatalogueError):
 
 
 def parse_sizes(values: Iterable[str | Iterable[int]]) -> list[tuple[int, int]]:
-    """`["2048x2048", [1024, 768]]` -> [(2048, 2048), (1024, 768)]: multiples of 8, at most 16384 a side."""
+    """`["2048x2048", [1024, 768]]` -> [(2048, 2048), (1024, 768)]: the jobs' size rule, from MIN_SIDE up."""
     sizes: list[tuple[int, int]] = []
     for value in values:
         if isinstance(value, str):
@@ -55,8 +58,11 @@ def parse_sizes(values: Iterable[str | Iterable[int]]) -> list[tuple[int, int]]:
             width, height = int(match.group(1)), int(match.group(2))
         else:
             width, height = (int(v) for v in value)
-        if not (64 <= width <= MAX_SIDE and 64 <= height <= MAX_SIDE) or width % 8 or height % 8:
-            raise ActionError(f"size {width}x{height}: each side must be a multiple of 8 between 64 and {MAX_SIDE}")
+        problem = size_problem(width, height)
+        if problem is not None:
+            raise ActionError(f"size {width}x{height}: {problem}")
+        if min(width, height) < MIN_SIDE:
+            raise ActionError(f"size {width}x{height}: the gallery re-renders at {MIN_SIDE} px a side or more")
         if (width, height) not in sizes:
             sizes.append((width, height))
     if not sizes:

@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 from catalogue.export import TEMPLATE_FIELDS
 from catalogue.models import NAME_LEN, REVIEW_STATUSES
 from catalogue.search import CURSOR_PATTERN, SIZE_PATTERN, UNREVIEWED
-from catalogue.web.actions import EXPORT_MAX, MAX_SIDE
+from catalogue.web.actions import EXPORT_MAX, MAX_SIDE, MIN_SIDE
 
 # ULIDs as catalogue.ids makes them: 26 Crockford base32 characters, the first at most 7 (48 bits of time).
 ULID_PATTERN = r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
@@ -33,7 +33,6 @@ NO_NUL = r"^[^\x00]*$"
 NAME_MAX = NAME_LEN  # team, project, model names
 DESTINATION_MAX = 1024
 TEMPLATE_MAX = 200
-MIN_SIDE = 64
 
 
 class ReviewFilter(StrEnum):

@@ -45,7 +45,7 @@ def make_png() -> Callable[..., bytes]:
 
 
 def job_record(asset_id: str = "hero", seed: int = 1, **overrides) -> dict:
-    """A record shaped like manifests' RenderJob.to_record(), with a key derived from its content."""
+    """A record shaped like linstudio_jobs' JobSpec.to_record(), with a key derived from its content."""
     record = {
         "team": "film",
         "project": "night-city",

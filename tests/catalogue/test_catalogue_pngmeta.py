@@ -17,6 +17,7 @@ from catalogue.pngmeta import (
     read_png_record,
 )
 from catalogue.thumbs import make_thumbnail
+from linstudio_jobs import JobSpec
 
 
 def _png(size=(48, 32), mode="RGB", color=(10, 20, 30)) -> bytes:
@@ -39,26 +40,27 @@ def _parse_a1111(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), negative, fields
 
 
-RECORD = {
-    "key": "k" * 64, "prompt": "a castle, at dusk: wide shot", "negative_prompt": "text, watermark", "seed": 42,
-    "steps": 30, "guidance": 7.5, "scheduler": "euler_a", "model": "sd15", "model_identity": "sha256:" + "0f" * 32,
-    "attention": "linear", "strategy": "tiled", "tileable": True, "parent_render_id": "01HXYZ",
-}
+RECORD = JobSpec(
+    team="film", project="castle", asset_id="keyart", prompt="a castle, at dusk: wide shot",
+    negative_prompt="text, watermark", seed=42, width=1024, height=768, steps=30, guidance=7.5, scheduler="euler_a",
+    model="sd15", model_identity="sha256:" + "0f" * 32, attention="linear", strategy="sdedit", tileable=True,
+    parent_render_id="01HXYZ").to_record()
 
 
 def test_a1111_parameters_round_trip_through_an_a1111_style_parser():
-    prompt, negative, fields = _parse_a1111(a1111_parameters(RECORD, 1024, 768))
+    prompt, negative, fields = _parse_a1111(a1111_parameters(JobSpec.from_record(RECORD), 1024, 768))
     assert prompt == "a castle, at dusk: wide shot"
     assert negative == "text, watermark"
     assert fields["Steps"] == "30" and fields["Sampler"] == "Euler a" and fields["CFG scale"] == "7.5"
     assert fields["Seed"] == "42" and fields["Size"] == "1024x768" and fields["Model"] == "sd15"
     assert fields["Model hash"] == "0f0f0f0f0f" and fields["Tiling"] == "True"
     assert fields["Model identity"] == "sha256:" + "0f" * 32  # quoted: it holds a colon
-    assert fields["Parent render"] == "01HXYZ" and fields["Job key"] == "k" * 64
+    assert fields["Parent render"] == "01HXYZ" and fields["Job key"] == RECORD["key"]
+    assert fields["Attention"] == "linear" and fields["Strategy"] == "sdedit"
 
 
 def test_empty_negative_prompt_line_is_left_out():
-    text = a1111_parameters({**RECORD, "negative_prompt": ""}, 8, 8)
+    text = a1111_parameters(JobSpec.from_record({**RECORD, "negative_prompt": ""}), 8, 8)
     assert "Negative prompt" not in text and text.count("\n") == 1
 
 

@@ -56,7 +56,7 @@ def png(color=(200, 30, 30), size=(64, 64)) -> bytes:
 
 
 def record(asset_id="hero", seed=1, **overrides) -> dict:
-    """A job record like manifests' RenderJob.to_record(), keyed by its content."""
+    """A job record like linstudio_jobs' JobSpec.to_record(), keyed by its content."""
     shape = {"team": "film", "project": "night-city", "asset_id": asset_id, "prompt": "a neon street at night, rain",
              "negative_prompt": "blurry", "seed": seed, "width": 64, "height": 64, "model": "tiny-sd15",
              "model_identity": "sha256:" + hashlib.sha256(b"tiny").hexdigest(), "steps": 2, "guidance": 7.5,

@@ -22,7 +22,7 @@ KEY_FIELDS: tuple[str, ...] = (
 )
 OPTIONAL_KEY_FIELDS: tuple[str, ...] = ("parent_render_id",)  # re-renders only
 
-__all__ = ["JOB_KEY_VERSION", "KEY_FIELDS", "OPTIONAL_KEY_FIELDS", "job_key"]
+__all__ = ["JOB_KEY_VERSION", "KEY_FIELDS", "OPTIONAL_KEY_FIELDS", "job_key"]  # JobSpec: linstudio_jobs.spec
 
 
 def job_key(fields: dict) -> str:
