@@ -191,7 +191,7 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self.client = client or _make_s3_client()
+        self.client = client or make_s3_client()
         self._check_bucket()
 
     def _check_bucket(self) -> None:
@@ -274,7 +274,7 @@ class S3Store:
         return head["LastModified"].astimezone(timezone.utc)
 
 
-def _make_s3_client():
+def make_s3_client():
     """A boto3 S3 client configured the standard AWS way, with retries, path-style off AWS.
 
     S3-compatible servers (SeaweedFS, MinIO, Ceph) are usually reached by IP or a plain host name

@@ -23,10 +23,10 @@ class ConditioningInputError(ValueError):
 
 def _s3_bytes(uri: str) -> bytes:
     """The object at `s3://bucket/key`, through the same boto3 client setup as the object store."""
-    from catalogue.store import _make_s3_client
+    from catalogue.store import make_s3_client
 
     bucket, _, key = uri[len("s3://"):].partition("/")
-    client = _make_s3_client()
+    client = make_s3_client()
     from botocore.exceptions import ClientError
 
     try:

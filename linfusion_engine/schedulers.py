@@ -10,7 +10,10 @@ over; a name only picks the sampling algorithm and its options.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    import torch
 
 # name -> (diffusers class name, options laid over the base config)
 _SPECS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -57,3 +60,20 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]):
             raise ImportError("scheduler 'lms' needs scipy, which is not installed: `pip install scipy`, "
                               "or pick another scheduler")
     return cls.from_config({**config, **options})
+
+
+def noised(scheduler, z0: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """z0 noised to `timestep` in the scheduler's own parameterisation (sigma or alpha based).
+
+    Both highres' skip residual and inpainting's kept area pull the latents toward a clean
+    latent noised to the *next* step, so this lives with the samplers rather than with either.
+
+    Sigma schedulers track their position (`step_index`) and would noise to the current step's
+    sigma whatever timestep is passed, so the sigma of `timestep` is looked up here instead.
+    """
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and hasattr(scheduler, "index_for_timestep"):
+        index = int((scheduler.timesteps == timestep).nonzero()[-1])
+        sigma = sigmas[index].to(z0.device, z0.dtype)
+        return z0 + noise * sigma
+    return scheduler.add_noise(z0, noise, timestep.reshape(1))

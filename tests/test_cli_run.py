@@ -1,6 +1,6 @@
 """What `linstudio run` prints after a batch: where the results are and how to look at them.
 
-Unit level (no flow runs): `_where_to_look` is a pure function of the settings and the summary.
+Unit level (no flow runs): `where_to_look` is a pure function of the settings and the summary.
 The end-to-end runs of `linstudio run` are in tests/faults (subprocesses) and tests/flows.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from flows.outcomes import JobOutcome, RunSummary
-from linstudio.commands.run import _where_to_look
+from linstudio.commands.run import where_to_look
 
 
 def test_the_summary_points_at_each_team_project_it_rendered():
@@ -20,7 +20,7 @@ def test_the_summary_points_at_each_team_project_it_rendered():
         JobOutcome("k3", "game/dungeon-kit/stone-floor 64x64 seed 5", "rendered", render_id="r3"),
         JobOutcome("k4", "ad/launch/banner 64x64 seed 1", "failed", reason="boom"),
     ])
-    text = _where_to_look(settings, summary)
+    text = where_to_look(settings, summary)
     assert "  linstudio catalogue ls --team concept --project shapes-world # 2 render(s) in this run" in text
     assert "  linstudio catalogue ls --team game --project dungeon-kit # 1 render(s) in this run" in text
     assert "ad/launch" not in text  # nothing of it was catalogued

@@ -59,7 +59,7 @@ def masked_blend_callback(keep_latents: torch.Tensor, mask: torch.Tensor, noise:
     `previous` (e.g. the highres skip residual) runs first; the mask has the last word. After the
     final step the kept area is `keep_latents` exactly.
     """
-    from linfusion_engine.strategies.highres import _noised
+    from linfusion_engine.schedulers import noised
 
     def callback(pipe, index, timestep, callback_kwargs):
         if previous is not None:
@@ -71,7 +71,7 @@ def masked_blend_callback(keep_latents: torch.Tensor, mask: torch.Tensor, noise:
         if last:
             keep = keep_latents
         else:
-            keep = _noised(pipe.scheduler, keep_latents, noise, timesteps[int(position[-1]) + 1])
+            keep = noised(pipe.scheduler, keep_latents, noise, timesteps[int(position[-1]) + 1])
         m = mask.to(latents.dtype)  # (1, 1, h, w), broadcast over channels
         callback_kwargs["latents"] = m * latents + (1 - m) * keep.to(latents.dtype)
         return callback_kwargs

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from linfusion_engine.planner import RenderPlan, Stage
+from linfusion_engine.schedulers import noised
 from linfusion_engine.strategies.base import StrategyContext
 from linfusion_engine.tiling import gaussian_blur
 
@@ -104,25 +105,11 @@ def skip_residual_callback(z0: torch.Tensor, noise: torch.Tensor):
         following = timesteps[int(position[-1]) + 1]
         c3 = cosine_weight(following.item()) ** 3
         latents = callback_kwargs["latents"]
-        noised = _noised(pipe.scheduler, z0, noise, following).to(latents.dtype)  # (1, 4, h, w)
-        callback_kwargs["latents"] = c3 * noised + (1 - c3) * latents
+        pulled = noised(pipe.scheduler, z0, noise, following).to(latents.dtype)  # (1, 4, h, w)
+        callback_kwargs["latents"] = c3 * pulled + (1 - c3) * latents
         return callback_kwargs
 
     return callback
-
-
-def _noised(scheduler, z0: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    """z0 noised to `timestep` in the scheduler's own parameterisation (sigma or alpha based).
-
-    Sigma schedulers track their position (`step_index`) and would noise to the current step's
-    sigma whatever timestep is passed, so the sigma of `timestep` is looked up here instead.
-    """
-    sigmas = getattr(scheduler, "sigmas", None)
-    if sigmas is not None and hasattr(scheduler, "index_for_timestep"):
-        index = int((scheduler.timesteps == timestep).nonzero()[-1])
-        sigma = sigmas[index].to(z0.device, z0.dtype)
-        return z0 + noise * sigma
-    return scheduler.add_noise(z0, noise, timestep.reshape(1))
 
 
 def run_highres(ctx: StrategyContext, plan: RenderPlan):

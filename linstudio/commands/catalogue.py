@@ -22,7 +22,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 DEFAULT_ORPHAN_GRACE = 300.0  # catalogue.repair.DEFAULT_ORPHAN_GRACE_SECONDS, without importing the catalogue here
 
 
-def _open():
+def open_catalogue():
     """The settings' catalogue, migrated; a configuration error exits 2 with its message."""
     from sqlalchemy.exc import OperationalError
 
@@ -53,7 +53,7 @@ def ls(
     as_json: JsonFlag = False,
 ) -> None:
     """Catalogued renders, newest first."""
-    catalogue = _open()
+    catalogue = open_catalogue()
     try:
         renders = catalogue.renders(team=team, project=project, limit=limit, after=after)
     finally:
@@ -75,7 +75,7 @@ def show(
     as_json: JsonFlag = False,
 ) -> None:
     """One render: its settings, engine metadata, worker, timings and objects."""
-    catalogue = _open()
+    catalogue = open_catalogue()
     try:
         render = catalogue.render(render_id)
     finally:
@@ -114,7 +114,7 @@ def check(
     run is gone: killed, or ended with the database down), after watching them for their silence
     window (30 s for the default lease) while the database answers; then it checks again.
     """
-    catalogue = _open()
+    catalogue = open_catalogue()
     try:
         if repair:
             report = catalogue.repair(verify_hashes=not no_hashes, orphan_grace_seconds=orphan_grace)

@@ -65,7 +65,7 @@ def run(
         typer.echo(json.dumps(summary.to_json(), indent=2))
     else:
         typer.echo(summary.to_text())
-        typer.echo(_where_to_look(settings, summary))
+        typer.echo(where_to_look(settings, summary))
     raise typer.Exit(exit_status(summary))
 
 
@@ -115,7 +115,8 @@ def _projects(summary) -> dict[str, int]:
     return counts
 
 
-def _where_to_look(settings, summary) -> str:
+def where_to_look(settings, summary) -> str:
+    """The lines printed after a run: where the catalogue and images are, and the commands to look at them."""
     store = settings.resolved_store_url
     lines = ["", "Where the results are:", f"  catalogue: {settings.resolved_database_url}", f"  images:    {store}"]
     if store.startswith("file://"):

@@ -10,14 +10,10 @@ from typing import Annotated
 
 import typer
 
+from linstudio.commands.catalogue import open_catalogue  # imports only typer until called
+
 users_app = typer.Typer(name="users", help="People who sign in to the gallery.", no_args_is_help=True)
 tokens_app = typer.Typer(name="tokens", help="API tokens for scripts.", no_args_is_help=True)
-
-
-def _open():
-    from linstudio.commands.catalogue import _open as open_catalogue
-
-    return open_catalogue()
 
 
 def serve(
@@ -31,7 +27,7 @@ def serve(
     from flows.requests import RerenderDispatcher
     from linstudio_settings import get_settings
 
-    catalogue = _open()
+    catalogue = open_catalogue()
     # The gallery records re-render and retry requests in the catalogue; this starts them.
     app = create_app(catalogue, get_settings(), background=[RerenderDispatcher(catalogue)])
     where = catalogue.engine.url.render_as_string(hide_password=True)
@@ -56,7 +52,7 @@ def users_add(
     """Add a gallery user, or set a new password for an existing one."""
     from catalogue.auth import AuthError, add_user
 
-    catalogue = _open()
+    catalogue = open_catalogue()
     try:
         with catalogue.transaction() as session:
             add_user(session, name, password, catalogue.clock())
@@ -72,7 +68,7 @@ def _auth_change(change, done: str) -> None:
     """Run `change(session, now)` in one transaction; a refused change is `error: ...` and exit 2."""
     from catalogue.auth import AuthError
 
-    catalogue = _open()
+    catalogue = open_catalogue()
     try:
         with catalogue.transaction() as session:
             change(session, catalogue.clock())
@@ -87,7 +83,7 @@ def _auth_change(change, done: str) -> None:
 def _listing(read, columns: tuple[str, ...], as_json: bool) -> None:
     import json
 
-    catalogue = _open()
+    catalogue = open_catalogue()
     try:
         with catalogue.transaction() as session:
             rows = read(session)
@@ -153,7 +149,7 @@ def tokens_create(name: Annotated[str, typer.Argument(help="What the token is fo
     """Create an API token; prints it alone on the last line (it is not shown again)."""
     from catalogue.auth import AuthError, create_token
 
-    catalogue = _open()
+    catalogue = open_catalogue()
     try:
         with catalogue.transaction() as session:
             token = create_token(session, name, catalogue.clock())
@@ -182,7 +178,7 @@ def export(
 
     if "://" not in destination:
         destination = str(Path(destination).expanduser().resolve())
-    catalogue = _open()
+    catalogue = open_catalogue()
     try:
         options = exporting.ExportOptions(destination=destination, format=fmt,
                                           template=template or exporting.DEFAULT_TEMPLATE,
