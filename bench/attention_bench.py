@@ -3,7 +3,7 @@
 Measures, side by side in one process:
 1. one attention call (batch 2, 8 heads, 64 dims, fp32) at 1k/4k/16k tokens, and 64k for linear
    only (SDPA would take minutes);
-2. a forward of the tiny SD-1.5-shaped UNet (`linfusion_engine.tiny.tiny_unet_config("sd15")`,
+2. a forward of the tiny SD-1.5-shaped UNet (`linfusion_devkit.tiny.tiny_unet_config("sd15")`,
    batch 2) at 256/512/1024 px with diffusers' default SDPA processor, with LinFusion mounted, and
    with the floor: attn1 replaced by a processor that returns zeros (attention that costs nothing).
 
@@ -82,7 +82,7 @@ def bench_unet(repeats: int) -> tuple[list[dict], dict]:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from linfusion_engine.linfusion import LinFusion
-    from linfusion_engine.tiny import tiny_unet_config
+    from linfusion_devkit.tiny import tiny_unet_config
 
     config = tiny_unet_config("sd15")
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 Upstream LinFusion leaves a ControlNet's attn1 quadratic, so a large render with a ControlNet
 still pays softmax attention there. This times one forward of the tiny SD-1.5 ControlNet
-(`linfusion_engine.tiny_conditioning`, batch 2, fp32, one control map) at 256/512/1024 px with
+(`linfusion_devkit.tiny_conditioning`, batch 2, fp32, one control map) at 256/512/1024 px with
 its softmax processors and with `ControlNetBank.set_attention(..., linear=True)`, in one process.
 
 Prints a Markdown report and writes it between the `<!-- bench:controlnet -->` markers of

@@ -72,10 +72,10 @@ def build(model: str, tiny: bool, device, dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     if tiny:
-        from linfusion_engine.tiny import _vae_config, tiny_unet_config
+        from linfusion_devkit.tiny import tiny_unet_config, tiny_vae_config
 
         family = "sdxl" if model == "sdxl" else "sd15"
-        unet_config, vae_config = tiny_unet_config(family), _vae_config()
+        unet_config, vae_config = tiny_unet_config(family), tiny_vae_config()
     else:
         unet_config, vae_config = (SDXL_UNET if model == "sdxl" else SD15_UNET), SD_VAE
     previous = torch.get_default_dtype()

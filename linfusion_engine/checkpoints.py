@@ -49,6 +49,10 @@ class CheckpointError(ValueError):
     """A file that cannot be used as asked; the message names the file and what is wrong."""
 
 
+class UnknownArchitectureError(CheckpointError):
+    """A readable model whose keys or configs are not SD-1.x, SD-2.x or SD-XL base (a family may still be given)."""
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What a single-file Stable Diffusion checkpoint is.
@@ -182,7 +186,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     if not unet_keys:
         raise CheckpointError(f"{path}: {describe_weights(shapes)}")
     if not any(k in shapes for k in _CROSS_ATTN_KEYS):
-        raise CheckpointError(f"{path}: unknown architecture: it has a {UNET_PREFIX}* model but not the "
+        raise UnknownArchitectureError(f"{path}: unknown architecture: it has a {UNET_PREFIX}* model but not the "
                               "Stable Diffusion 1.x / 2.x / XL UNet layout (no input-block cross-attention)")
     in_conv = shapes.get(_IN_CONV_KEY, ())
     if len(in_conv) == 4 and in_conv[1] != 4:
@@ -202,7 +206,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         elif width == 1024:
             family, evidence = "sd21", "UNet cross-attention 1024 wide (OpenCLIP ViT-H): SD-2.x"
         else:
-            raise CheckpointError(f"{path}: unknown architecture: UNet cross-attention is {width} wide "
+            raise UnknownArchitectureError(f"{path}: unknown architecture: UNet cross-attention is {width} wide "
                                   "(SD-1.x has 768, SD-2.x 1024, SD-XL 2048)")
 
     missing_text = [p for p in _TEXT_ENCODER_PREFIXES[family] if not any(k.startswith(p) for k in shapes)]
@@ -288,5 +292,5 @@ def folder_family(folder: str | Path) -> tuple[str, str]:
             return "sd15", f"{pipeline}, UNet cross-attention 768 wide: SD-1.x"
         if width == 1024:
             return "sd21", f"{pipeline}, UNet cross-attention 1024 wide: SD-2.x"
-    raise CheckpointError(f"{folder}: unknown architecture: {pipeline or 'no pipeline class'} with a "
+    raise UnknownArchitectureError(f"{folder}: unknown architecture: {pipeline or 'no pipeline class'} with a "
                           f"{width}-wide cross-attention is not SD-1.x, SD-2.x or SD-XL base")

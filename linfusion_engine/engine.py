@@ -29,7 +29,6 @@ from typing import Any
 from linfusion_engine.capabilities import ATTENTION_MODES
 from linfusion_engine.loading import hub_offline, load_base_pipeline
 from linfusion_engine.registry import (
-    BUILTIN_PREFIX,
     ModelNotAvailableError,
     ModelRegistry,
 )
@@ -83,9 +82,9 @@ class Engine:
             self.registry.require_available(entry)
             base = self.registry.base_path(entry)
             if entry.is_tiny:
-                from linfusion_engine.tiny import ensure_tiny_model
+                from linfusion_engine.builtins import ensure_built
 
-                ensure_tiny_model(entry.base[len(BUILTIN_PREFIX):], base)
+                ensure_built(entry.base, base, self.registry.models_dir)
             self._identity = self.registry.identity(entry)
             self._weights = self.registry.weight_digests(entry)
 

@@ -1,7 +1,8 @@
 """Loading a registry entry's base pipeline, offline: diffusers folders, HF cache snapshots, single files.
 
-Both the renderer (`linfusion_engine.engine.Engine`) and distillation (`linfusion_engine.distill`)
-need the same pipeline from the same registry entry, so the rules live here once:
+Both the renderer (`linfusion_engine.engine.Engine`) and the LinFusion distillation trainer (in the
+devkit beside the engine) need the same pipeline from the same registry entry, so the rules live
+here once:
 - a single-file checkpoint (A1111 / ComfyUI / original SD layout) is read by diffusers'
   `from_single_file` against the component configs the project carries
   (`linfusion_engine/configs/FAMILY`), so nothing is fetched;
@@ -21,6 +22,12 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+
+# The file diffusers' `save_lora_weights` writes: a LoRA given as a folder (a `builtin:` one) holds it.
+LORA_FILE = "pytorch_lora_weights.safetensors"
+# Where the published IP-Adapter folders (h94/IP-Adapter) keep their SD-1.5 weights and image encoder.
+IP_ADAPTER_SUBFOLDER = "models"
+
 
 @contextlib.contextmanager
 def hub_offline():
@@ -67,7 +74,29 @@ def quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-def _dtype_kwarg() -> str:
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """Hide diffusers' and transformers' load/save progress bars for the duration.
+
+    They are meant for interactive downloads; in a render worker's log, one bar per component per
+    load is noise. The previous on/off state is restored afterwards.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was_on = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on[0]:
+            diffusers_logging.enable_progress_bar()
+        if was_on[1]:
+            transformers_logging.enable_progress_bar()
+
+
+def dtype_kwarg() -> str:
     """diffusers 0.42 renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns)."""
     import diffusers
     from packaging.version import Version
@@ -80,8 +109,6 @@ def load_base_pipeline(registry, entry, *, dtype):
 
     The caller has checked `registry.require_available(entry)`; tiny models are built already.
     """
-    from linfusion_engine.tiny import quiet_progress_bars
-
     location = Path(registry.base_path(entry))
     if entry.family == "sdxl":
         from diffusers import StableDiffusionXLPipeline as pipeline_class
@@ -94,7 +121,7 @@ def load_base_pipeline(registry, entry, *, dtype):
         # No NSFW safety checker: it blacks out false positives in concept art, costs a 1.2 GB CLIP
         # vision model, and studio tools (A1111, ComfyUI) do not run it either.
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    dtype_arg = {_dtype_kwarg(): dtype}
+    dtype_arg = {dtype_kwarg(): dtype}
     with quiet_transformers(), hub_offline(), quiet_progress_bars():
         if entry.vae:
             extra["vae"] = load_vae(registry.vae_path(entry), entry.family, dtype)
@@ -134,7 +161,7 @@ def load_vae(location: Path, family: str, dtype):
     """A VAE that replaces the base's: one file (original or diffusers keys) or a folder (or a pipeline's vae/)."""
     from diffusers import AutoencoderKL
 
-    dtype_arg = {_dtype_kwarg(): dtype}
+    dtype_arg = {dtype_kwarg(): dtype}
     location = Path(location)
     if location.is_file():
         from linfusion_engine.checkpoints import config_folder

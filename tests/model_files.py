@@ -495,9 +495,9 @@ def tokenizer(cache_dir: str | Path | None = None, *, pad_token: str | None = No
             return clip_tokenizer(cache_dir, **kwargs)
         except FileNotFoundError:  # ClipVocabularyMissing: open-clip-torch not installed
             pass
-    from linfusion_engine.tiny import _tokenizer
+    from linfusion_devkit.tiny import tiny_tokenizer
 
-    return _tokenizer()
+    return tiny_tokenizer()
 
 
 def _git_blob_sha1(path: Path) -> str:

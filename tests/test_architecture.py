@@ -7,7 +7,9 @@ Every `import` and `from ... import` in the packages counts, the function-local 
   `from pkg import name` counts as an arrow to `pkg.name` when that is a module, else to `pkg`).
 And the settings are handed in from the edge: `get_settings()` is called only by the modules
 that `EDGES` in docs/architecture.md lists (glob patterns: the CLI, the flows' entry points, the web
-app's startup).
+app's startup). And no file of the project (rooms, tests, bench, infra) imports a `_private` name
+from another of our modules: a leading underscore says "only this module relies on it", and an
+import from elsewhere quietly breaks that promise (make the name public, or move it).
 """
 
 from __future__ import annotations
@@ -89,8 +91,8 @@ def missing_rooms() -> set[str]:
     return {f"missing room {room}" for room in ROOMS if not (ROOT / room / "__init__.py").is_file()}
 
 
-def wrong_arrows() -> set[str]:
-    return {f"arrow {module} -> {target}" for module, targets in GRAPH.items() for target in targets
+def wrong_arrows(graph: dict[str, set[str]] = GRAPH) -> set[str]:
+    return {f"arrow {module} -> {target}" for module, targets in graph.items() for target in targets
             if room_of(target) != room_of(module) and room_of(target) not in ALLOWED[room_of(module)]}
 
 
@@ -146,3 +148,73 @@ def test_the_house_reads_one_way():
     """No arrow against the directions in docs/architecture.md, no circle, no settings lookup off the edges."""
     found = sorted(missing_rooms() | wrong_arrows() | module_circles() | settings_fetched_inside())
     assert not found, "against the directions in docs/architecture.md:\n  " + "\n  ".join(found)
+
+
+def test_a_planted_wrong_arrow_is_caught():
+    """The engine builds `builtin:` models through an entry point, never by importing the devkit."""
+    planted = {"linfusion_engine.engine": {"linfusion_devkit.tiny"}, "linfusion_devkit.tiny": {"linfusion_engine.loading"}}
+    assert wrong_arrows(planted) == {"arrow linfusion_engine.engine -> linfusion_devkit.tiny"}
+
+
+# Top-level names that are ours: the rooms, the folders beside them and the tests' helper modules
+# (`import model_files` works because pytest puts tests/ on the path).
+OUR_NAMES = set(ROOMS) | {"tests", "bench", "infra"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+# Private imports found when this check arrived, in files whose rooms other parts of issue 29 rework;
+# their owners make the names public. The list may only shrink (`test_the_known_private_imports_still_exist`).
+KNOWN_PRIVATE_IMPORTS = {
+    "catalogue/export.py imports catalogue.thumbs._pillow_limit_lock",
+    "tests/flows/test_helping.py imports flows.shards._cancel_if_waiting",
+}
+
+
+def private_imports(source: str, where: str) -> set[str]:
+    """`from X import _name` in `source` where X is one of ours (a relative import always is).
+
+    Dunder names (`__version__`) are public by convention; `from __future__ import annotations`
+    is not ours.
+    """
+    found = set()
+    for node in ast.walk(ast.parse(source, where)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = "." * node.level + (node.module or "")
+        if not node.level and module.split(".")[0] not in OUR_NAMES:
+            continue
+        for alias in node.names:
+            if alias.name.startswith("_") and not (alias.name.startswith("__") and alias.name.endswith("__")):
+                found.add(f"{where} imports {module}.{alias.name}")
+    return found
+
+
+def project_files() -> list[Path]:
+    return sorted({*MODULES.values(), *(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py"),
+                   *(ROOT / "infra").rglob("*.py")})
+
+
+def all_private_imports() -> set[str]:
+    return {found for path in project_files()
+            for found in private_imports(path.read_text(), str(path.relative_to(ROOT)))}
+
+
+def test_private_imports_are_found():
+    planted = ("from __future__ import annotations\n"
+               "from linfusion_engine.loading import _dtype_kwarg, hub_offline\n"
+               "from linstudio_settings import __version__\n"
+               "from .sibling import _helper\n"
+               "from torch.utils._pytree import _private_but_not_ours\n"
+               "def f():\n    from catalogue.store import _make_s3_client as make\n")
+    assert private_imports(planted, "planted.py") == {
+        "planted.py imports linfusion_engine.loading._dtype_kwarg",
+        "planted.py imports .sibling._helper",
+        "planted.py imports catalogue.store._make_s3_client",
+    }
+
+
+def test_no_module_imports_a_private_name_of_another():
+    found = sorted(all_private_imports() - KNOWN_PRIVATE_IMPORTS)
+    assert not found, "private names imported across modules (make them public or move them):\n  " + "\n  ".join(found)
+
+
+def test_the_known_private_imports_still_exist():
+    gone = sorted(KNOWN_PRIVATE_IMPORTS - all_private_imports())
+    assert not gone, "made public: take these off KNOWN_PRIVATE_IMPORTS in tests/test_architecture.py:\n  " + "\n  ".join(gone)

@@ -96,7 +96,7 @@ def test_two_processes_through_accelerate_launch(tmp_path):
     env = {**os.environ, "LINSTUDIO_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     # Build the tiny model first: this test is about two training processes, not two first uses.
     from linfusion_engine.registry import ModelRegistry
-    from linfusion_engine.tiny import ensure_tiny_model
+    from linfusion_devkit.tiny import ensure_tiny_model
 
     registry = ModelRegistry(tmp_path / "home" / "models.yaml", tmp_path / "home" / "models")
     ensure_tiny_model("tiny-sd15", registry.base_path(registry.get("tiny-sd15")))

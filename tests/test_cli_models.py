@@ -167,7 +167,7 @@ def test_a_single_files_identity_is_its_contents(run, isolated_home, tmp_path):
 
 
 def test_add_diffusers_folder_reads_its_family(run, isolated_home, tmp_path):
-    from linfusion_engine.tiny import ensure_tiny_model
+    from linfusion_devkit.tiny import ensure_tiny_model
 
     folder = ensure_tiny_model("tiny-sdxl", tmp_path / "tiny-xl")
     # A tiny model's 64-wide cross-attention tells no real family: --family decides, and says so.

@@ -40,18 +40,15 @@ def load_controlnet(registry, entry, kind: str, *, device, dtype):
     """
     from diffusers import ControlNetModel
 
-    from linfusion_engine.loading import hub_offline
+    from linfusion_engine.loading import dtype_kwarg, hub_offline, quiet_progress_bars
     from linfusion_engine.registry import BUILTIN_PREFIX
-    from linfusion_engine.tiny import quiet_progress_bars
 
     location = registry.require_conditioning(entry, "controlnet", kind)
     folder = Path(registry.conditioning_path(location))
     if location.startswith(BUILTIN_PREFIX):
-        from linfusion_engine.tiny_conditioning import ensure_tiny_conditioning
+        from linfusion_engine.builtins import ensure_built
 
-        ensure_tiny_conditioning(location[len(BUILTIN_PREFIX):], folder, registry.models_dir)
-    from linfusion_engine.loading import _dtype_kwarg
-
+        ensure_built(location, folder, registry.models_dir)
     with hub_offline(), quiet_progress_bars():
         # Loaded straight into the render dtype: a later `.to(dtype)` makes diffusers warn.
         if folder.is_file():
@@ -59,9 +56,9 @@ def load_controlnet(registry, entry, kind: str, *, device, dtype):
 
             controlnet = ControlNetModel.from_single_file(
                 str(folder), config=str(config_folder(entry.family)), subfolder="controlnet", local_files_only=True,
-                **{_dtype_kwarg(): dtype})
+                **{dtype_kwarg(): dtype})
         else:
-            controlnet = ControlNetModel.from_pretrained(folder, local_files_only=True, **{_dtype_kwarg(): dtype})
+            controlnet = ControlNetModel.from_pretrained(folder, local_files_only=True, **{dtype_kwarg(): dtype})
     return controlnet.to(device=device).eval()
 
 

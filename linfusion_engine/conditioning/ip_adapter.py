@@ -22,19 +22,8 @@ from pathlib import Path
 
 from torch import nn
 
-from linfusion_engine.tiny_conditioning import IP_ADAPTER_SUBFOLDER
-
-
-def ip_adapter_files(folder: Path) -> tuple[str, str]:
-    """(subfolder, weight file name) of an IP-Adapter folder: `models/` (or the root) with one safetensors/bin."""
-    for subfolder in (IP_ADAPTER_SUBFOLDER, "sdxl_models", ""):
-        candidates = sorted(p.name for p in (folder / subfolder).glob("ip-adapter*") if
-                            p.suffix in (".safetensors", ".bin")) if (folder / subfolder).is_dir() else []
-        if candidates:
-            preferred = [c for c in candidates if c.endswith(".safetensors")] or candidates
-            return subfolder, preferred[0]
-    raise FileNotFoundError(f"{folder}: no ip-adapter*.safetensors (or .bin) in models/, sdxl_models/ or the "
-                            "folder itself; an IP-Adapter folder holds models/<weights> and models/image_encoder/")
+# Where the weights are in an IP-Adapter folder: checked by `linstudio models add`, read here.
+from linfusion_engine.file_checks import ip_adapter_files
 
 
 @contextlib.contextmanager
@@ -74,9 +63,8 @@ class IpAdapterState:
         Whatever attention the UNet's attn1 ran before (softmax, or LinFusion mounted) it runs
         again afterwards, LinFusion's trained layers included.
         """
-        from linfusion_engine.loading import hub_offline, quiet_transformers
+        from linfusion_engine.loading import hub_offline, quiet_progress_bars, quiet_transformers
         from linfusion_engine.linfusion import LinFusion, is_mounted
-        from linfusion_engine.tiny import quiet_progress_bars
 
         unet = pipeline.unet
         folder = Path(folder)

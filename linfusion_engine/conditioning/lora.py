@@ -181,8 +181,8 @@ def lora_file(registry, entry, name: str) -> Path:
     location = registry.require_conditioning(entry, "lora", name)
     if not location.startswith(BUILTIN_PREFIX):
         return Path(location).expanduser()
-    from linfusion_engine.tiny_conditioning import LORA_FILE, ensure_tiny_conditioning
+    from linfusion_engine.builtins import ensure_built
+    from linfusion_engine.loading import LORA_FILE
 
-    folder = resolve_location(location, registry.models_dir)
-    ensure_tiny_conditioning(location[len(BUILTIN_PREFIX):], folder, registry.models_dir)
+    folder = ensure_built(location, resolve_location(location, registry.models_dir), registry.models_dir)
     return folder / LORA_FILE

@@ -59,9 +59,9 @@ class EngineConditioning:
             location = self.registry.require_conditioning(self.entry, "ip_adapter")
             folder = Path(self.registry.conditioning_path(location))
             if location.startswith(BUILTIN_PREFIX):
-                from linfusion_engine.tiny_conditioning import ensure_tiny_conditioning
+                from linfusion_engine.builtins import ensure_built
 
-                ensure_tiny_conditioning(location[len(BUILTIN_PREFIX):], folder, self.registry.models_dir)
+                ensure_built(location, folder, self.registry.models_dir)
             self.ip_adapter = IpAdapterState.load(pipeline, folder, linfusion, source=location)
         return self.ip_adapter
 

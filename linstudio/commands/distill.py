@@ -54,10 +54,10 @@ def distill(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with the loss terms."),
 ) -> None:
     """Distil LinFusion layers for a base model (published objective); multi-GPU with `accelerate launch`."""
-    from linfusion_engine.distill.data import DistillDataError
-    from linfusion_engine.distill.setup import DistillSetupError
-    from linfusion_engine.distill.train import DistillConfig, DistillRunError
-    from linfusion_engine.distill.train import distill as run_distill
+    from linfusion_devkit.distill.data import DistillDataError
+    from linfusion_devkit.distill.setup import DistillSetupError
+    from linfusion_devkit.distill.train import DistillConfig, DistillRunError
+    from linfusion_devkit.distill.train import distill as run_distill
     from linfusion_engine.registry import ModelNotAvailableError, UnknownModelError
 
     config = DistillConfig(
@@ -103,8 +103,8 @@ def distill_eval(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
     """Compare a distilled student with its softmax teacher: per-layer attention and image error."""
-    from linfusion_engine.distill.evaluate import evaluate
-    from linfusion_engine.distill.setup import DistillSetupError
+    from linfusion_devkit.distill.evaluate import evaluate
+    from linfusion_devkit.distill.setup import DistillSetupError
     from linfusion_engine.linfusion import LinFusionLayoutError, LinFusionWeightsError
     from linfusion_engine.registry import ModelNotAvailableError, UnknownModelError
 

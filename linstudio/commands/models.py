@@ -2,8 +2,8 @@
 
 A studio's models arrive as single-file checkpoints (`.safetensors` / `.ckpt`, the A1111 /
 ComfyUI layout), diffusers folders or HF cache snapshots, with VAE, LoRA, ControlNet and
-IP-Adapter files beside them. `models add` reads each file's keys before writing anything
-(`linfusion_engine.checkpoints`): the family is told from the checkpoint, a wrong file (a LoRA
+IP-Adapter files beside them. `models add` checks each file before writing anything
+(`linfusion_engine.file_checks`, reading keys and shapes only): the family is told from the checkpoint, a wrong file (a LoRA
 given as --base, a truncated download, a pickle with code in it) is refused with one line naming
 the file, and nothing is written to models.yaml unless every part checked out.
 
@@ -26,8 +26,6 @@ models_app = typer.Typer(
 )
 
 LINFUSION_KEYWORDS = ("from_unet", "none")
-CONTROLNET_MARKERS = ("control_model.", "controlnet_cond_embedding.", "input_hint_block.")
-IP_ADAPTER_MARKERS = ("image_proj.", "ip_adapter.")
 UNTRAINED_NOTE = ("untrained: LinFusion layers built from the UNet's own attention, not distilled (an untrained "
                   "start; train them with `linstudio distill`)")
 
@@ -231,10 +229,11 @@ def _pairs(pairs: list[str], option: str, example: str) -> dict[str, str]:
     return found
 
 
-def _check_base(location: str, family: str | None) -> tuple[str, list[str], dict]:
-    """(family, notes, settings detected) for --base, or a one-line refusal naming the file."""
-    from linfusion_engine.checkpoints import CheckpointError, folder_family, inspect_checkpoint
-    from linfusion_engine.registry import FAMILIES, is_single_file
+def _check_base(location: str, family: str | None):
+    """What --base is (a `BaseModelCheck`, None for a hub id not in the cache), or a one-line refusal."""
+    from linfusion_engine.checkpoints import CheckpointError
+    from linfusion_engine.file_checks import FamilyMismatchError, check_base
+    from linfusion_engine.registry import FAMILIES
 
     if family is not None and family not in FAMILIES:
         _fail(f"--family {family!r}: must be one of {', '.join(FAMILIES)}")
@@ -243,24 +242,22 @@ def _check_base(location: str, family: str | None) -> tuple[str, list[str], dict
         if family is None:
             _fail(f"--base {location}: not in the local Hugging Face cache, so its family cannot be read; "
                   "give --family sd15, sd21 or sdxl")
-        return family, [], {}
+        return None
     try:
-        if path.is_file() or is_single_file(location):
-            info = inspect_checkpoint(path)
-            detected, evidence = info.family, info.evidence
-            settings = {"prediction_type": info.prediction_type, "native_size": info.native_size,
-                        "has_vae": info.has_vae}
-            notes = list(info.assumptions)
-        else:
-            detected, evidence = folder_family(path)
-            settings, notes = {}, []
+        return check_base(path, family)
+    except FamilyMismatchError as exc:
+        _fail(f"--family {exc.given}: {exc.path} is {exc.detected} ({exc.evidence})")
     except CheckpointError as exc:
-        if family is not None and "unknown architecture" in str(exc) and path.is_dir():
-            return family, [f"family {family} from --family (the folder's configs do not tell it)"], {}
         _fail(str(exc))
-    if family is not None and family != detected:
-        _fail(f"--family {family}: {path} is {detected} ({evidence})")
-    return detected, [f"family {detected}: {evidence}"] + notes, settings
+
+
+def _base_notes(checked) -> list[str]:
+    """The lines `models add` prints under "registered": how the family was told, what was assumed."""
+    if checked is None:
+        return []
+    if checked.family_given:
+        return [f"family {checked.family} from --family ({checked.evidence})"]
+    return [f"family {checked.family}: {checked.evidence}", *checked.assumptions]
 
 
 def _check_file_part(location: str, option: str, check) -> None:
@@ -274,50 +271,6 @@ def _check_file_part(location: str, option: str, check) -> None:
         check(path)
     except CheckpointError as exc:
         _fail(f"{option}: {exc}")
-
-
-def _vae_check(path: Path) -> None:
-    from linfusion_engine.checkpoints import CheckpointError, inspect_vae
-
-    if path.is_file():
-        inspect_vae(path)
-    elif not ((path / "config.json").is_file() or (path / "vae" / "config.json").is_file()):
-        raise CheckpointError(f"{path}: not a VAE folder (no config.json, nor vae/config.json)")
-
-
-def _controlnet_check(path: Path) -> None:
-    from linfusion_engine.checkpoints import CheckpointError, inspect_component
-
-    if path.is_file():
-        inspect_component(path, CONTROLNET_MARKERS, "a ControlNet")
-    elif not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: not a ControlNet folder (no config.json)")
-
-
-def _ip_adapter_check(path: Path) -> None:
-    from linfusion_engine.checkpoints import CheckpointError, inspect_component
-
-    if path.is_file():
-        inspect_component(path, IP_ADAPTER_MARKERS, "an IP-Adapter")
-        if not (path.parent / "image_encoder").is_dir():
-            raise CheckpointError(f"{path}: an IP-Adapter file needs its image encoder beside it "
-                                  f"({path.parent / 'image_encoder'}/, as in the published models/ folder)")
-        return
-    from linfusion_engine.conditioning.ip_adapter import ip_adapter_files
-
-    try:
-        ip_adapter_files(path)
-    except FileNotFoundError as exc:
-        raise CheckpointError(str(exc)) from None
-
-
-def _lora_check(path: Path) -> None:
-    from linfusion_engine.checkpoints import CheckpointError, describe_weights, read_shapes
-
-    _, shapes = read_shapes(path)
-    what = describe_weights(shapes)
-    if not what.startswith("this is a LoRA"):
-        raise CheckpointError(f"{path}: not a LoRA: {what}")
 
 
 @models_app.command("add")
@@ -347,19 +300,22 @@ def add_model(
 ) -> None:
     """Register (or replace) a studio model in HOME/models.yaml, after checking every file it names."""
     from linfusion_engine.checkpoints import NATIVE_SIZES
+    from linfusion_engine.file_checks import check_controlnet, check_ip_adapter, check_lora, check_vae
     from linfusion_engine.registry import BUILTIN_ENTRIES, PREDICTION_TYPES, ModelEntry
 
     base_location = _location(base, "--base")
-    family, notes, detected = _check_base(base_location, family)
+    checked = _check_base(base_location, family)
+    family = checked.family if checked else family
+    notes = _base_notes(checked)
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         _fail(f"--prediction-type {prediction_type!r}: must be one of {', '.join(PREDICTION_TYPES)}")
-    size = native_size or detected.get("native_size") or NATIVE_SIZES[family]
+    size = native_size or (checked and checked.native_size) or NATIVE_SIZES[family]
     if size <= 0 or size % 8:
         _fail(f"--native-size {size}: must be a positive multiple of 8")
     vae_location = _location(vae, "--vae") if vae else None
     if vae_location:
-        _check_file_part(vae_location, "--vae", _vae_check)
-    elif detected.get("has_vae") is False:
+        _check_file_part(vae_location, "--vae", check_vae)
+    elif checked is not None and checked.has_vae is False:
         _fail(f"--base {base_location}: the checkpoint has no VAE (no first_stage_model.* keys); give one with --vae PATH")
     loras = {k: _location(v, f"--lora {k}") for k, v in _pairs(lora, "--lora", "ink=/loras/ink.safetensors").items()}
     controlnets = {k: _location(v, f"--controlnet {k}")
@@ -367,11 +323,11 @@ def add_model(
     ip_location = _location(ip_adapter, "--ip-adapter") if ip_adapter else None
     linfusion_location = _location(linfusion, "--linfusion", LINFUSION_KEYWORDS)
     for lora_name, location in loras.items():
-        _check_file_part(location, f"--lora {lora_name}", _lora_check)
+        _check_file_part(location, f"--lora {lora_name}", check_lora)
     for kind, location in controlnets.items():
-        _check_file_part(location, f"--controlnet {kind}", _controlnet_check)
+        _check_file_part(location, f"--controlnet {kind}", check_controlnet)
     if ip_location:
-        _check_file_part(ip_location, "--ip-adapter", _ip_adapter_check)
+        _check_file_part(ip_location, "--ip-adapter", check_ip_adapter)
 
     entry = ModelEntry(
         name=name,
@@ -384,7 +340,7 @@ def add_model(
         controlnets=controlnets,
         ip_adapter=ip_location,
         vae=vae_location,
-        prediction_type=prediction_type or detected.get("prediction_type"),
+        prediction_type=prediction_type or (checked.prediction_type if checked else None),
     )
     registry = _registry()
     try:

@@ -16,7 +16,7 @@ def registry(tmp_path) -> ModelRegistry:
 
 
 def test_tiny_models_list_their_conditioning_parts_and_tiny_conditioning_builds_those_names(registry):
-    from linfusion_engine.tiny_conditioning import builtin_names
+    from linfusion_devkit.tiny_conditioning import builtin_names
 
     for name in ("tiny-sd15", "tiny-sdxl"):
         entry = registry.get(name)

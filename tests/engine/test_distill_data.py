@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from linfusion_engine.distill.data import (
+from linfusion_devkit.distill.data import (
     CaptionedImages, DistillDataError, StepSampler, find_examples, load_image, permutation, sample_index)
 
 

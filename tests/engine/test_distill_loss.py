@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from linfusion_engine.distill.loss import Attn1Capture, distillation_loss, training_target
-from linfusion_engine.distill.setup import (
+from linfusion_devkit.distill.loss import Attn1Capture, distillation_loss, training_target
+from linfusion_devkit.distill.setup import (
     build_linfusion, encode_captions, load_pipeline, resolve_base, student_and_teacher)
 from linfusion_engine.linfusion import LinFusion, is_mounted
 from linfusion_engine.registry import ModelRegistry

@@ -18,10 +18,10 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from linfusion_engine.distill.checkpoints import default_checkpoint_dir, list_checkpoints
-from linfusion_engine.distill.data import CaptionedImages, find_examples
-from linfusion_engine.distill.setup import encode_captions, load_pipeline, resolve_base
-from linfusion_engine.distill.train import DistillConfig, DistillRunError, distill, read_metrics
+from linfusion_devkit.distill.checkpoints import default_checkpoint_dir, list_checkpoints
+from linfusion_devkit.distill.data import CaptionedImages, find_examples
+from linfusion_devkit.distill.setup import encode_captions, load_pipeline, resolve_base
+from linfusion_devkit.distill.train import DistillConfig, DistillRunError, distill, read_metrics
 from linfusion_engine.linfusion import LinFusion
 from linfusion_engine.registry import ModelRegistry
 from linstudio.settings import get_settings

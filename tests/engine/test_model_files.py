@@ -109,7 +109,7 @@ def test_mapping_is_what_diffusers_converters_undo_on_tiny_models():
     from diffusers.loaders import single_file_utils as converters
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from linfusion_engine.tiny import _vae_config, tiny_unet_config
+    from linfusion_devkit.tiny import tiny_unet_config, tiny_vae_config
 
     torch.manual_seed(0)
     for family in ("sd15", "sdxl"):
@@ -120,7 +120,7 @@ def test_mapping_is_what_diffusers_converters_undo_on_tiny_models():
         _assert_converted(converters.convert_ldm_unet_checkpoint(original, dict(unet.config)), unet, family)
         if family == "sdxl":
             assert "label_emb.0.2.weight" in stripped
-    vae = AutoencoderKL(**_vae_config())
+    vae = AutoencoderKL(**tiny_vae_config())
     original = model_files.vae_original_state_dict(vae)
     assert original["first_stage_model.decoder.mid.attn_1.proj_out.weight"].ndim == 4
     _assert_converted(converters.convert_ldm_vae_checkpoint(original, dict(vae.config)), vae, "vae")

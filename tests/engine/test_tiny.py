@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from linfusion_engine import tiny
-from linfusion_engine.tiny import ensure_tiny_model, tiny_unet_config
+from linfusion_devkit import tiny
+from linfusion_devkit.tiny import ensure_tiny_model, tiny_unet_config
 
 
 def _digests(folder: Path) -> dict[str, str]:

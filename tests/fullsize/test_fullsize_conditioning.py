@@ -49,7 +49,8 @@ def test_an_ip_adapter_weights_file_with_its_image_encoder_beside_it_renders(tmp
     from linfusion_engine.conditioning.inputs import IpAdapterInput
     from linfusion_engine.engine import Engine, RenderRequest
     from linfusion_engine.registry import ModelRegistry, resolve_location
-    from linfusion_engine.tiny_conditioning import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME, ensure_tiny_conditioning
+    from linfusion_devkit.tiny_conditioning import IP_ADAPTER_WEIGHT_NAME, ensure_tiny_conditioning
+    from linfusion_engine.loading import IP_ADAPTER_SUBFOLDER
     from linstudio.cli import app
     from linstudio.settings import get_settings
 

@@ -26,11 +26,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from linfusion_engine.distill.checkpoints import (
+from linfusion_devkit.distill.checkpoints import (
     default_checkpoint_dir, list_checkpoints, load_checkpoint, save_checkpoint)
-from linfusion_engine.distill.data import CaptionedImages, StepSampler, find_examples
-from linfusion_engine.distill.loss import Attn1Capture, LossTerms, distillation_loss, training_target
-from linfusion_engine.distill.setup import (
+from linfusion_devkit.distill.data import CaptionedImages, StepSampler, find_examples
+from linfusion_devkit.distill.loss import Attn1Capture, LossTerms, distillation_loss, training_target
+from linfusion_devkit.distill.setup import (
     INITS, build_linfusion, encode_captions, load_pipeline, resolve_base, student_and_teacher)
 
 METRICS_NAME = "metrics.jsonl"

@@ -56,8 +56,6 @@ def family_of_folder(folder: Path) -> str:
 def resolve_base(base: str, registry) -> BaseModel:
     """A registry name (tiny models are built on first use, `registry` says where) or a diffusers
     pipeline folder (then `registry` is not asked)."""
-    from linfusion_engine.registry import BUILTIN_PREFIX
-
     path = Path(base).expanduser()
     if path.is_dir():
         family = family_of_folder(path)
@@ -68,10 +66,10 @@ def resolve_base(base: str, registry) -> BaseModel:
                                 f"(`linstudio models add NAME --base {path}`) and distil NAME")
     entry = registry.get(base)  # UnknownModelError names the registered models
     folder = registry.base_path(entry)
-    if entry.is_tiny:
-        from linfusion_engine.tiny import ensure_tiny_model
+    if entry.is_tiny:  # built the way the engine builds it: by the builder installed for `builtin:`
+        from linfusion_engine.builtins import ensure_built
 
-        ensure_tiny_model(entry.base[len(BUILTIN_PREFIX):], folder)
+        ensure_built(entry.base, folder, registry.models_dir)
     if folder is None:
         registry.require_available(entry)  # raises ModelNotAvailableError saying how to provide it
     return BaseModel(Path(folder), "sdxl" if entry.family == "sdxl" else "sd15", entry.native_size,
@@ -80,8 +78,7 @@ def resolve_base(base: str, registry) -> BaseModel:
 
 def load_pipeline(base: BaseModel):
     """The base pipeline on the CPU in fp32, offline, without progress bars."""
-    from linfusion_engine.loading import hub_offline, load_base_pipeline
-    from linfusion_engine.tiny import quiet_progress_bars
+    from linfusion_engine.loading import hub_offline, load_base_pipeline, quiet_progress_bars
 
     if base.entry is not None:
         # The teacher is the base alone: an entry whose LinFusion weights are what this run is

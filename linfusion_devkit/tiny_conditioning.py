@@ -21,18 +21,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from linfusion_engine.tiny import TINY_MODELS, ensure_tiny_model, quiet_progress_bars
+from linfusion_devkit.tiny import TINY_MODELS, ensure_tiny_model
+from linfusion_engine.loading import IP_ADAPTER_SUBFOLDER, LORA_FILE, quiet_progress_bars
 
 CONTROLNET_TYPES: tuple[str, ...] = ("canny", "depth")
 # Embedding widths of the control-map encoder: 4 entries = 3 downsamples = the VAE's 8x (recipes.md).
 CONTROL_EMBEDDING_CHANNELS = (8, 16, 16, 16)
-IP_ADAPTER_WEIGHT_NAME = "ip-adapter_tiny.safetensors"
-IP_ADAPTER_SUBFOLDER = "models"
+IP_ADAPTER_WEIGHT_NAME = "ip-adapter_tiny.safetensors"  # in IP_ADAPTER_SUBFOLDER, where the engine looks
 IP_IMAGE_TOKENS = 4  # a plain IP-Adapter projects one image to 4 extra text tokens
 IMAGE_ENCODER_SIZE = 32
 IMAGE_ENCODER_PROJECTION = 32
-LORA_NAME = "tiny-style"
-LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_NAME = "tiny-style"  # written as LORA_FILE, the file the engine reads from a `builtin:` LoRA folder
 LORA_RANK = 4
 # Output convs and LoRA `up` matrices get N(0, this^2) instead of zeros: visible, not explosive.
 NONZERO_INIT_STD = 0.05

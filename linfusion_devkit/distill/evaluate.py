@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 
-from linfusion_engine.distill.loss import Attn1Capture
-from linfusion_engine.distill.setup import load_pipeline, resolve_base
+from linfusion_devkit.distill.loss import Attn1Capture
+from linfusion_devkit.distill.setup import load_pipeline, resolve_base
 from linfusion_engine.linfusion import LinFusion
 
 

@@ -16,12 +16,13 @@ never leaves a half-written model and two processes racing to build end with one
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
+
+from linfusion_engine.loading import quiet_progress_bars
 
 TINY_MODELS: dict[str, str] = {"tiny-sd15": "sd15", "tiny-sdxl": "sdxl"}
 BUILD_SEED = 20240903
@@ -82,8 +83,9 @@ def tiny_unet_config(family: str) -> dict:
     raise ValueError(f"no tiny UNet for family {family!r}; tiny families: sd15, sdxl")
 
 
-def _vae_config() -> dict:
-    """Four blocks, three downsamples: 8x like the real VAE, at 8-16 channels."""
+def tiny_vae_config() -> dict:
+    """The AutoencoderKL config of the tiny models: four blocks, three downsamples (8x like the real
+    VAE) at 8-16 channels. Public because the GPU bench and the single-file mapping test build it too."""
     return {
         "in_channels": 3,
         "out_channels": 3,
@@ -109,8 +111,10 @@ def _scheduler_config() -> dict:
     }
 
 
-def _tokenizer():
+def tiny_tokenizer():
     """A byte-level CLIP tokenizer: no package ships a CLIP vocabulary, and this needs none.
+
+    Public because `tests/model_files.py` gives its full-size random models the same one.
 
     Vocab: the two special tokens, every byte symbol, every byte symbol + "</w>" (514 entries),
     no merges. `model_max_length` must be given: without it the pipeline overflows.
@@ -130,7 +134,7 @@ def _tokenizer():
 def _text_config():
     from transformers import CLIPTextConfig
 
-    # Token ids match the tokenizer above; SD-XL reads hidden_states[-2], so at least 2 layers.
+    # Token ids match `tiny_tokenizer`; SD-XL reads hidden_states[-2], so at least 2 layers.
     return CLIPTextConfig(
         vocab_size=514,
         hidden_size=TEXT_HIDDEN,
@@ -158,7 +162,7 @@ def build_tiny_pipeline(family: str):
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(BUILD_SEED)
         unet = UNet2DConditionModel(**unet_config)
-        vae = AutoencoderKL(**_vae_config())
+        vae = AutoencoderKL(**tiny_vae_config())
         text_encoder = CLIPTextModel(_text_config())
         text_encoder_2 = CLIPTextModelWithProjection(_text_config()) if family == "sdxl" else None
     scheduler = DDIMScheduler(**_scheduler_config())
@@ -168,37 +172,15 @@ def build_tiny_pipeline(family: str):
 
         return StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-            tokenizer=_tokenizer(), tokenizer_2=_tokenizer(), unet=unet, scheduler=scheduler,
+            tokenizer=tiny_tokenizer(), tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler,
             add_watermarker=False,
         )
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(), unet=unet, scheduler=scheduler,
+        vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-
-
-@contextlib.contextmanager
-def quiet_progress_bars():
-    """Hide diffusers' and transformers' load/save progress bars for the duration.
-
-    They are meant for interactive downloads; in a render worker's log, one bar per component per
-    load is noise. The previous on/off state is restored afterwards.
-    """
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    was_on = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on[0]:
-            diffusers_logging.enable_progress_bar()
-        if was_on[1]:
-            transformers_logging.enable_progress_bar()
 
 
 def is_built(folder: Path) -> bool:
