@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from catalogue import check as checks
 from catalogue import ingest as ingesting
 from catalogue import repair as repairs
-from catalogue import intents, jobs, migrate, queries, submissions
+from catalogue import intents, jobs, migrate, queries, schedules, submissions
 from catalogue.db import chunked, make_engine, make_sessionmaker
 from catalogue.errors import IntentSweptError
 from catalogue.ids import new_ulid, utcnow
@@ -408,6 +408,62 @@ class Catalogue:
         """One render with its full record, or None."""
         with self.transaction() as session:
             return queries.get_render(session, render_id)
+
+    # -- scheduled re-renders (catalogue.schedules) ---------------------------------------------
+    def add_schedule(self, record: schedules.ScheduleRecord) -> None:
+        """Record a new schedule; DuplicateSchedule when the name is taken."""
+        with self.transaction() as session:
+            schedules.add(session, record, self.clock())
+
+    def schedules(self) -> list[schedules.ScheduleRecord]:
+        with self.transaction() as session:
+            return schedules.list_all(session)
+
+    def schedule(self, name: str) -> schedules.ScheduleRecord | None:
+        with self.transaction() as session:
+            return schedules.get(session, name)
+
+    def set_schedule_active(self, name: str, active: bool, *, synced: bool) -> schedules.ScheduleRecord:
+        """Pause (False) or resume; `synced=False` leaves telling Prefect to `flows`."""
+        with self.transaction() as session:
+            return schedules.set_active(session, name, active, synced=synced)
+
+    def request_schedule_run(self, name: str) -> schedules.ScheduleRecord:
+        with self.transaction() as session:
+            return schedules.request_run(session, name, self.clock())
+
+    def pending_schedules(self) -> list[schedules.ScheduleRecord]:
+        with self.transaction() as session:
+            return schedules.pending(session)
+
+    def mark_schedule_synced(self, name: str, *, active: bool, run_requested_at: datetime | None,
+                             next_run_at: datetime | None) -> None:
+        with self.transaction() as session:
+            schedules.mark_synced(session, name, active=active, run_requested_at=run_requested_at,
+                                  next_run_at=next_run_at)
+
+    def set_schedule_next_run(self, name: str, next_run_at: datetime | None) -> None:
+        with self.transaction() as session:
+            schedules.set_next_run(session, name, next_run_at)
+
+    def record_schedule_run(self, name: str, run: schedules.LastRun) -> None:
+        with self.transaction() as session:
+            schedules.record_run(session, name, run)
+
+    def remove_schedule(self, name: str) -> None:
+        """Forget a schedule; the re-renders it made stay."""
+        with self.transaction() as session:
+            schedules.remove(session, name)
+
+    def schedule_sources(self, name: str, selection: schedules.Selection) -> list[str]:
+        """The render ids a run of `name` re-renders now (its selection less its own re-renders)."""
+        with self.transaction() as session:
+            return schedules.source_render_ids(session, name, selection)
+
+    def schedules_selecting(self, render_id: str) -> list[str]:
+        """The names of the schedules that would re-render `render_id` if they ran now."""
+        with self.transaction() as session:
+            return schedules.selecting(session, render_id)
 
     def check(self, verify_hashes: bool = True) -> checks.CheckReport:
         """Compare rows and objects (see `catalogue.check`); `.ok` when consistent. Changes nothing."""

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -393,4 +394,41 @@ class RerenderRequest(Base):
         CheckConstraint(f"state IN {REQUEST_STATES!r}", name="state"),
         CheckConstraint(f"kind IN {REQUEST_KINDS!r}", name="kind"),
         Index("ix_rerender_requests_state_created_at", "state", "created_at"),
+    )
+
+
+class Schedule(Base):
+    """A named, recurring (or one-off) re-render: which renders, at which sizes, when (catalogue.schedules).
+
+    Prefect runs it (a schedule of the `rerender` deployment, with these parameters); this row is
+    what the studio asked for, so the gallery can list it, a render can say which schedules select
+    it, and every re-render a run makes points back to it by name. `active` is the wanted state:
+    whoever changes it (the CLI, a signed-in gallery user) sets `sync_pending`, and `flows` tells
+    Prefect and clears it. `run_requested_at` asks for one run now. `next_run_at` and the `last_*`
+    columns are what Prefect and the last run reported, kept here for the gallery.
+    """
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    selection: Mapped[dict[str, Any]]
+    sizes: Mapped[list[Any]]
+    cron: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    run_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean)
+    sync_pending: Mapped[bool] = mapped_column(Boolean)
+    run_requested_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_by: Mapped[str] = mapped_column(String(NAME_LEN))
+    created_at: Mapped[datetime]
+    next_run_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_run_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_made: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_skipped: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_failed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("(cron IS NULL) <> (run_at IS NULL)", name="cron_or_run_at"),
     )

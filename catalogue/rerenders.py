@@ -39,7 +39,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def rerender_records(source: dict, sizes: list[tuple[int, int]], strength: float = DEFAULT_STRENGTH) -> list[dict]:
+def rerender_records(source: dict, sizes: list[tuple[int, int]], strength: float = DEFAULT_STRENGTH,
+                     schedule: str | None = None) -> list[dict]:
     """Job records that re-render catalogued render `source` (as `Catalogue.render` returns it) at `sizes`.
 
     The source's stored record is read back as a `JobSpec` whatever version wrote it (fields it
@@ -56,13 +57,19 @@ def rerender_records(source: dict, sizes: list[tuple[int, int]], strength: float
                                                    "width": source["width"], "height": source["height"],
                                                    "strength": strength}}
     return [spec.derived(source["render_id"], width=width, height=height, conditioning=conditioning,
-                         manifest_path=f"{RERENDER_PREFIX}{source['render_id']}", manifest_line=None).to_record()
+                         manifest_path=f"{RERENDER_PREFIX}{source['render_id']}", manifest_line=None,
+                         schedule=schedule).to_record()
             for width, height in sizes]
 
 
 def plan_rerenders(catalogue, render_ids: list[str], sizes: list[tuple[int, int]],
-                   requested_by: str) -> list[dict]:
-    """Record re-render jobs (one submission per source render); returns their records."""
+                   requested_by: str, schedule: str | None = None) -> list[dict]:
+    """Record re-render jobs (one submission per source render); returns their records.
+
+    For a `schedule`'s run, a source already at a target size is not re-rendered at that size
+    (nothing to gain, and its own re-render would be selected again next run), and every record
+    names the schedule.
+    """
     if not sizes:
         raise RerenderError("no target size given")
     planned = []
@@ -70,7 +77,10 @@ def plan_rerenders(catalogue, render_ids: list[str], sizes: list[tuple[int, int]
         source = catalogue.render(render_id)
         if source is None:
             raise RerenderError(f"render {render_id!r} is not in the catalogue")
-        records = rerender_records(source, sizes)
+        wanted = [s for s in sizes if schedule is None or s != (source["width"], source["height"])]
+        if not wanted:
+            continue
+        records = rerender_records(source, wanted, schedule=schedule)
         digest = hashlib.sha256(json.dumps([render_id, sizes, requested_by]).encode()).hexdigest()
         submission = catalogue.create_submission(source["team"], source["project"],
                                                  f"{RERENDER_PREFIX}{render_id} by {requested_by}", digest,

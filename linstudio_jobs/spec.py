@@ -63,6 +63,8 @@ class JobSpec:
             drops `path`, so moving a file re-renders nothing.
         parent_render_id: the render a re-render starts from (None: a first render).
         tags, manifest_path, manifest_line: for the catalogue and for errors; not in the key.
+        schedule: the schedule that planned this re-render (catalogue.schedules); not in the key,
+            so a scheduled re-render and the same one asked for by hand are one job.
 
     Raises ValueError when the size breaks the engine's size rule (`capabilities.size_problem`).
     """
@@ -88,6 +90,7 @@ class JobSpec:
     tags: tuple[str, ...] = _about(default=())
     manifest_path: str = _about(default="")
     manifest_line: int | None = _about(default=None)
+    schedule: str | None = _about(default=None)  # the schedule whose run planned this re-render
 
     def __post_init__(self) -> None:
         check_size(self.width, self.height)
