@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from catalogue import check as checks
 from catalogue import ingest as ingesting
-from catalogue import repair as repairs
 from catalogue import intents, jobs, migrate, queries, schedules, submissions
+from catalogue import repair as repairs
 from catalogue.db import chunked, make_engine, make_sessionmaker
 from catalogue.errors import IntentSweptError
 from catalogue.ids import new_ulid, utcnow

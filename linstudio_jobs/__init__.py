@@ -8,7 +8,12 @@ nothing), for the size rule every job obeys.
 """
 
 from linfusion_engine.capabilities import MAX_SIDE, SIZE_STEP, check_size, size_problem
-from linstudio_jobs.keys import JOB_KEY_VERSION, KEY_FIELDS, OPTIONAL_KEY_FIELDS, job_key
+from linstudio_jobs.keys import (
+           JOB_KEY_VERSION,
+           KEY_FIELDS,
+           OPTIONAL_KEY_FIELDS,
+           job_key,
+)
 from linstudio_jobs.spec import SPEC_VERSION, JobSpec, pixel_fields
 
 __all__ = ["JOB_KEY_VERSION", "KEY_FIELDS", "MAX_SIDE", "OPTIONAL_KEY_FIELDS", "SIZE_STEP", "SPEC_VERSION", "JobSpec",

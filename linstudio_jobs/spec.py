@@ -125,7 +125,7 @@ class JobSpec:
         return record
 
     @classmethod
-    def from_record(cls, record: Mapping) -> "JobSpec":
+    def from_record(cls, record: Mapping) -> JobSpec:
         """The spec a stored record describes, whatever version wrote it.
 
         Fields the record lacks take their defaults (a record written before a field existed), and
@@ -145,7 +145,7 @@ class JobSpec:
             values["tags"] = ()
         return cls(**values)
 
-    def derived(self, parent_render_id: str, **changes: Any) -> "JobSpec":
+    def derived(self, parent_render_id: str, **changes: Any) -> JobSpec:
         """A re-render of this job (e.g. the same asset at 8K from this 2K render): new key, parent recorded."""
         return dataclasses.replace(self, parent_render_id=parent_render_id, **changes)
 

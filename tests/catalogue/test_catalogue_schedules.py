@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from conftest import job_record, tiny_png
 
 from catalogue import review
 from catalogue.rerenders import plan_rerenders
-from catalogue.schedules import DuplicateSchedule, LastRun, ScheduleError, ScheduleRecord, Selection, UnknownSchedule
-
-from conftest import job_record, tiny_png
+from catalogue.schedules import (
+    DuplicateSchedule,
+    LastRun,
+    ScheduleError,
+    ScheduleRecord,
+    Selection,
+    UnknownSchedule,
+)
 
 
 def _schedule(name="sunday-keyart", selection=None, sizes=("128x128",), **changes) -> ScheduleRecord:
@@ -48,7 +54,7 @@ def test_a_gallery_pause_waits_for_flows_and_a_cli_pause_does_not(cat):
     cat.set_schedule_active("sunday-keyart", False, synced=True)
     assert cat.pending_schedules() == []
     cat.set_schedule_active("sunday-keyart", True, synced=False)  # a signed-in user's click
-    (pending,) = cat.pending_schedules()
+    assert [s.name for s in cat.pending_schedules()] == ["sunday-keyart"]
     cat.mark_schedule_synced("sunday-keyart", active=True, run_requested_at=None, next_run_at=None)
     assert cat.pending_schedules() == []
     asked = cat.request_schedule_run("sunday-keyart").run_requested_at
