@@ -43,6 +43,7 @@ from toy.shapes import (COLORS, POSITIONS, SHAPES, Scene, control_map, draw, jit
 from toy.train_shapes import EVAL_SEED_START, NATIVE, Run, cosine_lr, rng_state, tokenize, training_scheduler
 
 BASE = Path(__file__).resolve().parents[1] / "linfusion_engine" / "builtin_models" / "shapes-sd15"
+CONTROLNET = BASE.with_name("shapes-sd15-controlnet-seg")  # the committed seg ControlNet
 DEFAULT_DATA = Path("toy/runs/shapes/data.pt")
 # The control map's encoder (4 widths = 3 stride-2 convs = the VAE's 8x): small, the map is binary.
 CONTROL_EMBEDDING_CHANNELS = (16, 32, 64, 128)
@@ -351,13 +352,17 @@ def reference_pixels(pipe, images: list) -> torch.Tensor:
 
 def train_ip_adapter(run: Run, steps: int, resume: bool, data: Path = DEFAULT_DATA, batch: int = 32,
                      seed: int = 11, lr: float = 3e-4, drop_image: float = 0.1,
-                     object_weight: float = 1.0) -> None:
+                     object_weight: float = 1.0, with_control: float = 0.0) -> None:
     """Image encoder, projection and decoupled cross-attention, the UNet and text encoder frozen.
 
     `drop_image`: the share of samples with a zero image embedding, what classifier-free guidance
     feeds the unconditional branch. `object_weight`: the loss weight of latent pixels under the
     object against 1 for the background. The object is about a tenth of the image, so with plain
-    MSE its colour, the thing the adapter learns last, is a tenth of the signal.
+    MSE its colour, the thing the adapter learns last, is a tenth of the signal. `with_control`:
+    the share of samples rendered as `control+ip` is asked at inference: the committed seg
+    ControlNet (frozen) steers with the scene's map while the colour-less prompt names another
+    shape and place, so the adapter learns to lend colours without pulling the outline away from
+    the map (trained without it, the map's shape held in 49% of such renders, against 96% alone).
     """
     import tempfile
 
@@ -375,6 +380,11 @@ def train_ip_adapter(run: Run, steps: int, resume: bool, data: Path = DEFAULT_DA
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     py = random.Random(seed)
+    controlnet = None
+    if with_control > 0:
+        from diffusers import ControlNetModel
+
+        controlnet = ControlNetModel.from_pretrained(CONTROLNET, torch_dtype=torch.float32).eval().requires_grad_(False)
     state, step = run.resume_or_start("ip_adapter", resume, optimizer, generator, py)
     if state is not None:
         for key, module in trainables.items():
@@ -388,13 +398,24 @@ def train_ip_adapter(run: Run, steps: int, resume: bool, data: Path = DEFAULT_DA
         index = torch.randint(0, latents.shape[0], (batch,), generator=generator)
         scenes = [scene_from_seed(int(i), jitter=True) for i in index]
         references = [draw(reference_scene(scene, py), NATIVE, NATIVE) for scene in scenes]
-        hidden = bank.encode([ip_prompt(scene, py) for scene in scenes])  # (B, 77, C)
+        controlled = [with_control > 0 and py.random() < with_control for _ in scenes]
+        prompts = [other_geometry(scene, py).colorless_prompt if c else ip_prompt(scene, py)
+                   for scene, c in zip(scenes, controlled)]
+        hidden = bank.encode(prompts)  # (B, 77, C)
         embeds = pipe.image_encoder(reference_pixels(pipe, references)).image_embeds  # (B, IMAGE_EMBED_DIM)
         keep = (torch.rand(batch, generator=generator) >= drop_image).float()[:, None]  # (B, 1)
         embeds = (embeds * keep)[:, None]  # (B, 1, IMAGE_EMBED_DIM): one reference image each
         noisy, t, target = noised(latents[index], generator, 0.3, 600)
-        prediction = pipe.unet(noisy, t, encoder_hidden_states=hidden,
-                               added_cond_kwargs={"image_embeds": [embeds]}).sample
+        residuals = {}
+        if controlnet is not None:
+            with torch.no_grad():
+                down, mid = controlnet(noisy, t, encoder_hidden_states=hidden, controlnet_cond=seg_tensor(scenes),
+                                       return_dict=False)
+            on = torch.tensor(controlled, dtype=torch.float32).view(-1, 1, 1, 1)  # (B, 1, 1, 1): 0 = no map
+            residuals = {"down_block_additional_residuals": [d * on for d in down],
+                         "mid_block_additional_residual": mid * on}
+        prediction = pipe.unet(noisy, t, encoder_hidden_states=hidden, added_cond_kwargs={"image_embeds": [embeds]},
+                               **residuals).sample
         weights = 1 + (object_weight - 1) * seg_tensor(scenes, latents.shape[-1])[:, :1]  # (B, 1, h, w)
         loss = ((prediction - target) ** 2 * weights).mean() / weights.mean()
         running.append(optimise(optimizer, params, loss))
@@ -471,6 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--object-weight", type=float, default=1.0,
                         help="ip-adapter: loss weight under the object (1: plain MSE)")
+    parser.add_argument("--with-control", type=float, default=0.0,
+                        help="ip-adapter: share of samples steered by the committed seg ControlNet")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     run = Run(args.run)
@@ -484,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
         export_controlnet(run, args.out, args.dtype)
     elif args.stage == "ip-adapter":
         train_ip_adapter(run, args.steps, args.resume, data=args.data, batch=args.batch, lr=args.lr,
-                         object_weight=args.object_weight)
+                         object_weight=args.object_weight, with_control=args.with_control)
     elif args.stage == "ip-check":
         ip_check(run, count=args.count, scale=args.scale)
     elif args.stage == "export-ip-adapter":
