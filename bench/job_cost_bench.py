@@ -79,7 +79,7 @@ def server_cpu(server) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
 
 
-def as_prefect_tasks(records: list[dict], catalogue, settings) -> None:
+def as_prefect_tasks(records: list[dict], catalogue, settings, registry) -> None:
     """The same jobs with one Prefect task run each (the project's job unit before), for comparison."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
@@ -89,7 +89,7 @@ def as_prefect_tasks(records: list[dict], catalogue, settings) -> None:
     from flows.job_runner import RunContext, run_job
 
     ctx = RunContext(catalogue=catalogue, slots=SlotPool([None]), worker="bench/1",
-                     lease_seconds=settings.lease_seconds, worker_name="bench")
+                     lease_seconds=settings.lease_seconds, worker_name="bench", registry=registry)
     job_task = task(name="render-job", cache_policy=NO_CACHE)(run_job)
 
     @flow(name="job-cost-bench-tasks")
@@ -122,23 +122,25 @@ def main() -> None:
     from flows.engines import engine_for
     from flows.rendering import render_png
     from linfusion_engine import RenderRequest
+    from linfusion_engine.registry import ModelRegistry
     from linstudio_settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
+    registry = ModelRegistry.from_settings(settings)
     catalogue = Catalogue.from_settings(settings)
     catalogue.migrate()
     n = args.jobs
     rows: list[tuple[str, float]] = []
     parts = plan(catalogue, work, n, "parts")
-    with engine_for("tiny-sd15", device=None, dtype=None) as engine:
+    with engine_for("tiny-sd15", registry, device=None, dtype=None) as engine:
         engine.render(RenderRequest(prompt="warm", seed=0, width=64, height=64, steps=4, attention="linear"))
         rows.append(("engine render (64 px, 4 steps)", cpu_per_job(lambda r: engine.render(RenderRequest(
             prompt="a prop", seed=r["seed"], width=64, height=64, steps=4, attention="linear")), parts)))
     pngs: dict[str, tuple[bytes, dict]] = {}
 
     def render(record: dict) -> None:
-        pngs[record["key"]] = render_png(record, None, None)
+        pngs[record["key"]] = render_png(record, None, None, registry=registry)
 
     rows.append(("render_png (render + PNG bytes)", cpu_per_job(render, parts)))
     rows.append(("claim (lease UPDATE, one transaction)", cpu_per_job(
@@ -161,9 +163,9 @@ def main() -> None:
         whole = {}
         for label, project, run in (
                 ("job runner (this project: plain threads in the shard's flow run)", "runner",
-                 lambda records: render_records(records, catalogue=catalogue, settings=settings)),
+                 lambda records: render_records(records, catalogue=catalogue, settings=settings, registry=registry)),
                 ("one Prefect task run per job (before)", "tasks",
-                 lambda records: as_prefect_tasks(records, catalogue, settings))):
+                 lambda records: as_prefect_tasks(records, catalogue, settings, registry))):
             records = plan(catalogue, work, n, project)
             before_server, before = server_cpu(server), time.process_time()
             run(records)

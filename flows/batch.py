@@ -82,6 +82,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def open_registry(settings):
+    """The run's model registry, built once from the settings and handed to every step that needs it:
+    validation and the job keys (`load_and_expand`), the renders (`RunContext.registry`), the memory
+    estimates. A models.yaml that cannot be read stops the run the way `linstudio validate` reports
+    it: as a manifest error naming the file."""
+    from linfusion_engine.registry import ModelRegistry
+
+    try:
+        return ModelRegistry.from_settings(settings)
+    except (ValueError, OSError) as exc:
+        message = str(exc).removeprefix(f"{settings.registry_file}: ")
+        raise ManifestsInvalid([f"{settings.registry_file}: model registry: {message}"]) from None
+
+
 def load_and_expand(paths: list[Path], settings, registry=None) -> list[tuple[object, list]]:
     """Validate manifests and expand their jobs; raise ManifestsInvalid listing every error.
 

@@ -48,6 +48,7 @@ def nightly_batch() -> dict:
 def rerender(sizes: list[str], render_ids: list[str] | None = None, team: str | None = None,
              project: str | None = None, tag: str | None = None) -> dict:
     """Re-render catalogued renders (chosen by id, team, project or tag) at `sizes` (WxH strings)."""
+    from flows.batch import open_registry
     from flows.nightly import render_keys_spread
     from flows.rerender import parse_size, plan_rerenders, select_renders
     from flows.shards import INTERACTIVE_QUEUE
@@ -56,12 +57,15 @@ def rerender(sizes: list[str], render_ids: list[str] | None = None, team: str | 
 
     from linstudio_settings import get_settings
 
-    catalogue = Catalogue.from_settings(get_settings())
+    settings = get_settings()
+    registry = open_registry(settings)
+    catalogue = Catalogue.from_settings(settings)
     try:
         catalogue.migrate()
         ids = select_renders(catalogue, team=team, project=project, tag=tag, render_ids=render_ids)
         records = plan_rerenders(catalogue, ids, [parse_size(s) for s in sizes], requested_by="rerender deployment")
-        outcome = render_keys_spread(catalogue, records, queue=INTERACTIVE_QUEUE, logger=get_run_logger())
+        outcome = render_keys_spread(catalogue, records, queue=INTERACTIVE_QUEUE, registry=registry,
+                                     logger=get_run_logger())
     finally:
         catalogue.close()
     return outcome

@@ -6,6 +6,10 @@ worker's long-lived render host), and a lock per model keeps two task threads fr
 twice or from rendering on one pipeline at the same time (diffusers pipelines are not thread-safe).
 A long-lived process bounds what it keeps with `keep_at_most`: least recently used models go first,
 so a host that rendered SD-XL last night does not hold it on the GPU forever beside today's models.
+
+The model registry is handed in by whoever renders (the run's `RunContext.registry`, the render
+host's own, built once at its start): this module reads no settings. Engines are cached by model
+name, as a process renders with one registry; an engine keeps the registry it was loaded with.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ _model_locks: dict[tuple[str, str | None, str | None], threading.Lock] = {}
 
 
 @contextmanager
-def engine_for(model: str, device: str | None = None, dtype: str | None = None) -> Iterator[object]:
-    """Yield the process's engine for `model`, loading it on first use; holds the model's lock."""
+def engine_for(model: str, registry, device: str | None = None, dtype: str | None = None) -> Iterator[object]:
+    """Yield the process's engine for `model`, loading it from `registry` (a
+    `linfusion_engine.registry.ModelRegistry`) on first use; holds the model's lock."""
     key = (model, device, dtype)
     with _lock:
         model_lock = _model_locks.setdefault(key, threading.Lock())
@@ -30,11 +35,8 @@ def engine_for(model: str, device: str | None = None, dtype: str | None = None) 
         engine = _engines.get(key)
         if engine is None:
             from linfusion_engine import Engine
-            from linfusion_engine.registry import ModelRegistry
-            from linstudio_settings import get_settings
 
-            # The process's registry: this cache is the worker process's (a flow run's, a render host's).
-            engine = Engine(model, registry=ModelRegistry.from_settings(get_settings()), device=device, dtype=dtype)
+            engine = Engine(model, registry=registry, device=device, dtype=dtype)
             engine.load()
         with _lock:
             _engines[key] = engine

@@ -7,17 +7,19 @@ part of a Prefect flow run either way. The jobs themselves are plain threads, no
 (see `flows.job_runner` for why): at most one render per render slot, the next job's claim and
 ingest overlapping the current render. The shard's progress is a Prefect progress artifact.
 
-Everything live (the catalogue connection, render slots, loaded engines) is built inside the
-process that renders; flow parameters stay plain data, and database passwords stay out of Prefect.
+Everything live (the catalogue connection, the model registry, render slots, loaded engines) is
+built inside the process that renders; flow parameters stay plain data, and database passwords
+stay out of Prefect. How the live objects of a caller in this process reach the flow run it starts
+is `LiveObjects`'s docstring.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import replace
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from prefect import flow
@@ -29,27 +31,44 @@ from flows.outcomes import JobOutcome, RunSummary, redact_url
 
 log = logging.getLogger(__name__)
 
-# Live objects a caller in the same process hands to the flow run (not flow parameters, which
-# must be JSON): the open catalogue and a progress callback. Keyed by a token parameter.
-_handoff: dict[str, dict] = {}
-_handoff_lock = threading.Lock()
 
+
+@dataclass(frozen=True)
+class LiveObjects:
+    """What a caller in this process hands the `batch_flow` run it starts: its open catalogue, its
+    settings, the run's model registry and a progress callback.
+
+    None of these can be flow parameters: Prefect records parameters as JSON (and a catalogue URL
+    carries the database password). They travel in `_live`, a context variable that `render_batch`
+    sets around its one call of the flow and resets after. Prefect runs a sync flow in the calling
+    thread and context, so the flow's function sees them; nothing else does — not a later call, not
+    a call from another thread — and there is no process-wide table keyed by a token to clean up. A
+    run of the flow started from elsewhere (were `batch_flow` served or deployed) finds the variable
+    unset and builds its own from the worker's settings. Calling `batch_flow.fn` directly was the other way, but it would render outside any
+    flow run: no run in the Prefect UI, and no place for the summary and progress artifacts.
+    """
+
+    catalogue: object
+    settings: object
+    registry: object
+    on_progress: Callable | None = None
+
+
+_live: ContextVar[LiveObjects | None] = ContextVar("linstudio_batch_live", default=None)
 PROGRESS_EVERY_SECONDS = 5.0  # how often a flow run's progress artifact is updated (one API call each)
 
 
 @flow(name="linstudio-batch", validate_parameters=False, log_prints=False)
-def batch_flow(records: list[dict], worker: str | None = None, handoff_token: str | None = None,
-               skipped: list[dict] | None = None, total: int | None = None) -> list[dict]:
+def batch_flow(records: list[dict], worker: str | None = None, skipped: list[dict] | None = None,
+               total: int | None = None) -> list[dict]:
     """Render and catalogue `records` (`JobSpec.to_record()` records); returns one outcome dict per job.
 
-    The catalogue, store, device and dtype come from the settings of the process running the
-    flow (a worker's environment), never from parameters.
+    The catalogue, store, model registry, device and dtype are the caller's (`LiveObjects`), or
+    come from the settings of the process running the flow (a worker's environment), never from
+    parameters.
     """
-    from linstudio_settings import get_settings
-
-    live = _handoff.get(handoff_token or "", {})
-    settings = live.get("settings") or get_settings()
-    catalogue = live.get("catalogue")
+    live = _live.get() or _own_live_objects()
+    settings, catalogue = live.settings, live.catalogue
     owns_catalogue = catalogue is None
     if owns_catalogue:
         from catalogue import Catalogue
@@ -58,8 +77,8 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
         catalogue.migrate()
     skipped_outcomes = [JobOutcome(**item) for item in skipped or []]
     try:
-        outcomes = render_records(records, catalogue=catalogue, settings=settings, worker=worker,
-                                  on_progress=live.get("on_progress"), done_before=len(skipped_outcomes),
+        outcomes = render_records(records, catalogue=catalogue, settings=settings, registry=live.registry,
+                                  worker=worker, on_progress=live.on_progress, done_before=len(skipped_outcomes),
                                   total=total)
     finally:
         if owns_catalogue:
@@ -70,14 +89,25 @@ def batch_flow(records: list[dict], worker: str | None = None, handoff_token: st
     return [o.__dict__ for o in outcomes]
 
 
-def render_records(records: Iterable[dict], *, catalogue, settings, worker: str | None = None,
+def _own_live_objects() -> LiveObjects:
+    """A served or deployed run's own: the worker's settings and registry; the catalogue is opened
+    (and closed) by the flow."""
+    from linfusion_engine.registry import ModelRegistry
+    from linstudio_settings import get_settings
+
+    settings = get_settings()
+    return LiveObjects(catalogue=None, settings=settings, registry=ModelRegistry.from_settings(settings))
+
+
+def render_records(records: Iterable[dict], *, catalogue, settings, registry, worker: str | None = None,
                    on_progress: Callable | None = None, done_before: int = 0,
                    total: int | None = None) -> list[JobOutcome]:
     """Render and catalogue `records` in this process (or on the worker's render host); one outcome each.
 
     Jobs run in `2 x slots` threads: each holds a render slot only around its render, so while one
     job renders the next is claimed and the previous one ingested. `records` is read as jobs start,
-    so it may be a lazy iterable (`flows.helping.BatchHelp`); pass `total` then.
+    so it may be a lazy iterable (`flows.helping.BatchHelp`); pass `total` then. `registry` is the
+    run's model registry (in-process renders load from it; the render host has its own).
     """
     from flows.leases import worker_id
 
@@ -86,7 +116,7 @@ def render_records(records: Iterable[dict], *, catalogue, settings, worker: str 
     keeper = LeaseKeeper(catalogue, owner, settings.lease_seconds)
     ctx = RunContext(catalogue=catalogue, slots=SlotPool(devices), worker=owner,
                      lease_seconds=settings.lease_seconds, dtype=settings.dtype, worker_name=settings.worker_name,
-                     renderer=host.render if host is not None else None, keeper=keeper)
+                     renderer=host.render if host is not None else None, keeper=keeper, registry=registry)
     total = done_before + len(records) if total is None else total
     progress = ProgressArtifact(total, done_before)
     outcomes: list[JobOutcome] = []
@@ -191,29 +221,24 @@ def render_target(settings) -> tuple[list[str | None], object]:
     return render_devices(settings.device), None
 
 
-def render_batch(records: Iterable[dict], *, catalogue, settings, skipped: list[JobOutcome] = (),
+def render_batch(records: Iterable[dict], *, catalogue, settings, registry, skipped: list[JobOutcome] = (),
                  total: int | None = None, on_progress: Callable | None = None) -> list[JobOutcome]:
-    """Render `records` with the already-open catalogue; returns the rendered jobs' outcomes.
+    """Render `records` with the already-open catalogue and the run's model registry; returns the
+    rendered jobs' outcomes.
 
     Inside a flow run (a shard, the nightly run) the jobs render in that run; outside one, in a new
-    run of `batch_flow`.
+    run of `batch_flow`, which finds the live objects in `_live` (see `LiveObjects`).
     """
-    import uuid
-
     from prefect.context import FlowRunContext
 
     from flows.leases import worker_id
 
     if FlowRunContext.get() is not None:
-        return render_records(records, catalogue=catalogue, settings=settings, on_progress=on_progress,
-                              done_before=len(skipped), total=total)
-    token = uuid.uuid4().hex
-    with _handoff_lock:
-        _handoff[token] = {"catalogue": catalogue, "on_progress": on_progress, "settings": settings}
+        return render_records(records, catalogue=catalogue, settings=settings, registry=registry,
+                              on_progress=on_progress, done_before=len(skipped), total=total)
+    token = _live.set(LiveObjects(catalogue=catalogue, settings=settings, registry=registry, on_progress=on_progress))
     try:
-        raw = batch_flow(list(records), worker_id(settings), handoff_token=token,
-                         skipped=[o.__dict__ for o in skipped], total=total)
+        raw = batch_flow(list(records), worker_id(settings), skipped=[o.__dict__ for o in skipped], total=total)
     finally:
-        with _handoff_lock:
-            _handoff.pop(token, None)
+        _live.reset(token)
     return [JobOutcome(**item) for item in raw]

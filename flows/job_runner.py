@@ -29,6 +29,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from flows.devices import SlotPool
@@ -57,6 +58,8 @@ class RunContext:
     dtype: str | None = None
     # Renders elsewhere with render_png's contract (the worker's render host); None: in this process.
     renderer: Callable[..., tuple[bytes, dict]] | None = None
+    # The run's model registry (built once per run, flows/runs.py): what in-process renders load models from.
+    registry: object = None
     # Renews the leases this run holds and keeps failures the catalogue could not take (flows/leases.py);
     # None: failures are written at once or not at all, and leases are not renewed (unit tests).
     keeper: LeaseKeeper | None = None
@@ -192,7 +195,7 @@ def render_claimed(ctx: RunContext, record: dict, label: str, started: float) ->
         source_image = load_source_image(ctx.catalogue, record)  # store I/O before taking a GPU slot
         with ctx.slots.slot() as device:
             render_started = time.perf_counter()
-            render = ctx.renderer or render_png
+            render = ctx.renderer or partial(render_png, registry=ctx.registry)
             png, engine_meta = (render(record, device, ctx.dtype, source_image=source_image)
                                 if source_image is not None else render(record, device, ctx.dtype))
             render_s = time.perf_counter() - render_started

@@ -39,8 +39,11 @@ def shard_deployments_available() -> bool:
         return False
 
 
-def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=None) -> dict:
-    """Render job records: in shards on the workers when deployed, else here. Returns counts by state."""
+def render_keys_spread(catalogue, records: list[dict], *, queue: str, registry, logger=None) -> dict:
+    """Render job records: in shards on the workers when deployed, else here. Returns counts by state.
+
+    `registry` is the run's model registry: the memory estimates that route a shard to the
+    large-GPU pool ask it, and so do the renders here (the workers have their own)."""
     from linstudio_settings import get_settings
 
     from flows.shards import DispatchedShard, dispatch, make_shards, needs_large_gpu, wait_for_shards
@@ -52,11 +55,6 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
     if todo and shard_deployments_available():
         by_key = {r["key"]: r for r in todo}
         large_pool = settings.large_gpu_pool is not None
-        registry = None  # what the memory estimates ask; only routing to a large-GPU pool needs them
-        if large_pool:
-            from linfusion_engine.registry import ModelRegistry
-
-            registry = ModelRegistry.from_settings(settings)
 
         def send(keys: list[str]) -> DispatchedShard:
             shard_records = [by_key[k] for k in keys]
@@ -72,7 +70,7 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, logger=Non
     elif todo:
         from flows.flow import render_batch
 
-        render_batch(todo, catalogue=catalogue, settings=settings)
+        render_batch(todo, catalogue=catalogue, settings=settings, registry=registry)
     from flows.batch import sweep_after_run
 
     sweep_after_run(catalogue)  # a worker killed mid-upload left an intent and its objects
@@ -104,7 +102,7 @@ def run_nightly(logger=None) -> dict:
     """Take the inbox, render it, record each submission's outcome; returns {submission id: status}."""
     from catalogue import Catalogue
 
-    from flows.batch import ManifestsInvalid, load_and_expand, plan_run, release_abandoned_leases
+    from flows.batch import ManifestsInvalid, load_and_expand, open_registry, plan_run, release_abandoned_leases
     from flows.inbox import Inbox
     from flows.settle import settle_running_submissions
     from flows.shards import NIGHTLY_QUEUE
@@ -112,6 +110,10 @@ def run_nightly(logger=None) -> dict:
 
     logger = logger or logging.getLogger(__name__)
     settings = get_settings()
+    try:
+        registry = open_registry(settings)  # the run's one registry: validation, keys, routing, renders
+    except ManifestsInvalid:
+        registry = None  # an unreadable models.yaml: each submission below is refused naming it
     inbox = Inbox.from_settings(settings)
     catalogue = Catalogue.from_settings(settings)
     outcomes: dict[str, str] = {}
@@ -119,7 +121,7 @@ def run_nightly(logger=None) -> dict:
         catalogue.migrate()
         catalogue.sweep_intents()
         release_abandoned_leases(catalogue, settings)
-        for settled in settle_running_submissions(catalogue, settings):
+        for settled in settle_running_submissions(catalogue, settings, registry):
             logger.warning("submission %s was left running by a run that ended before recording it: settled %s "
                            "from the catalogue%s", settled.submission_id, settled.status,
                            f" ({settled.error})" if settled.error else "")
@@ -139,7 +141,7 @@ def run_nightly(logger=None) -> dict:
             reason = ticket.changed_since_submitted() if ticket else "its inbox ticket disappeared"
             if reason is None:
                 try:
-                    expanded = load_and_expand([Path(ticket.manifest_path)], settings)
+                    expanded = load_and_expand([Path(ticket.manifest_path)], settings, registry)
                     planned = plan_run(catalogue, expanded, force=False, submission_ids=[submission_id])
                     taken.append((submission_id, [r for r in planned.to_render] + [
                         {"key": o.key} for o in planned.skipped]))
@@ -151,7 +153,7 @@ def run_nightly(logger=None) -> dict:
                 logger.warning("submission %s refused: %s", submission_id, reason)
         records = [r for _, rs in taken for r in rs if "model" in r]
         if records:
-            render_keys_spread(catalogue, records, queue=NIGHTLY_QUEUE, logger=logger)
+            render_keys_spread(catalogue, records, queue=NIGHTLY_QUEUE, registry=registry, logger=logger)
         for submission_id, rs in taken:
             states = catalogue.job_states([r["key"] for r in rs])
             failed = [k for k, s in states.items() if s != "done"]

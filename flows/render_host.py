@@ -17,6 +17,8 @@ in LINSTUDIO_RENDER_HOST_KEY, inherited only by the worker's own children), pick
 
 One render at a time per host (one GPU). A host that dies mid-job shows up in the flow run as a
 transient ConnectionError: Prefect retries the task, and the supervisor has started a new host.
+The host reads the model registry once, at its start (`main`), and renders every job with it; a
+changed models.yaml reaches it when the supervisor next starts it.
 """
 
 from __future__ import annotations
@@ -72,11 +74,13 @@ def _known_errors() -> dict[str, type]:
 
 
 class RenderHost:
-    """Serves renders over a Unix socket until stopped; one render at a time."""
+    """Serves renders over a Unix socket until stopped; one render at a time, with models from `registry`
+    (a `linfusion_engine.registry.ModelRegistry`, the host's for its whole life)."""
 
-    def __init__(self, address: str, authkey: bytes, *, device: str | None = None, dtype: str | None = None,
+    def __init__(self, address: str, authkey: bytes, *, registry, device: str | None = None, dtype: str | None = None,
                  max_models: int = DEFAULT_MAX_MODELS) -> None:
         self.address, self.authkey = address, authkey
+        self.registry = registry
         self.device, self.dtype = device, dtype
         self.max_models = max_models
         self._render_lock = threading.Lock()
@@ -103,7 +107,7 @@ class RenderHost:
         with self._render_lock:
             for model in models:
                 for device in self.devices:
-                    with engine_for(model, device=device, dtype=self.dtype):
+                    with engine_for(model, self.registry, device=device, dtype=self.dtype):
                         log.info("preloaded %s on %s", model, device or "auto")
 
     def serve_forever(self) -> None:
@@ -145,7 +149,7 @@ class RenderHost:
                 _, record, device, dtype, source_image = request
                 with self._render_lock:
                     png, metadata = render_png(record, device, dtype if dtype is not None else self.dtype,
-                                               source_image=source_image)
+                                               source_image=source_image, registry=self.registry)
                     engines.keep_at_most(self.max_models)
                 return ("ok", png, metadata)
             raise ValueError(f"unknown render host request {request[0]!r}")
@@ -214,6 +218,7 @@ def client_from_settings(settings) -> RenderHostClient | None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m flows.render_host`: run a host (normally started by `linstudio worker`)."""
+    from linfusion_engine.registry import ModelRegistry
     from linstudio_settings import get_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -226,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     if not settings.render_host or not settings.render_host_key:
         raise SystemExit("render host: set LINSTUDIO_RENDER_HOST and LINSTUDIO_RENDER_HOST_KEY (linstudio worker does)")
     host = RenderHost(settings.render_host, settings.render_host_key.get_secret_value().encode(),
-                      device=settings.device, dtype=settings.dtype, max_models=args.max_models)
+                      registry=ModelRegistry.from_settings(settings), device=settings.device, dtype=settings.dtype,
+                      max_models=args.max_models)
     host.start()
     log.info("listening on %s (devices %s)", settings.render_host, host.devices)
     # Serve while preloading: pings answer at once, renders queue on the render lock.

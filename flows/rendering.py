@@ -33,12 +33,13 @@ def render_request(spec: JobSpec, source_image=None) -> RenderRequest:
                          attention=spec.attention, strategy=spec.strategy, tileable=spec.tileable, **conditioning)
 
 
-def render_png(job: JobSpec | Mapping, device: str | None, dtype: str | None, source_image=None) -> tuple[bytes, dict]:
+def render_png(job: JobSpec | Mapping, device: str | None, dtype: str | None, source_image=None, *,
+               registry) -> tuple[bytes, dict]:
     """Render one job (a spec, or the record the catalogue stores) with the process's engine for
-    its model; returns plain PNG bytes and metadata."""
+    its model, loaded from `registry` (the run's, or the render host's); returns plain PNG bytes and metadata."""
     spec = job if isinstance(job, JobSpec) else JobSpec.from_record(job)
     request = render_request(spec, source_image)
-    with engine_for(spec.model, device=device, dtype=dtype) as engine:
+    with engine_for(spec.model, registry, device=device, dtype=dtype) as engine:
         result = engine.render(request)
     buffer = io.BytesIO()
     result.image.save(buffer, format="PNG")

@@ -2,7 +2,9 @@
 
 These are entry points (what `linstudio run`, `linstudio rerender`, the Prefect deployments and
 the detached re-render worker call), so they read the process's settings when none are handed in;
-the steps they put together (`flows.batch`, `flows.flow`) take them as arguments.
+the steps they put together (`flows.batch`, `flows.flow`) take them as arguments. Each run builds
+its model registry once (`open_registry`) and hands it to every step: validation, job keys, memory
+estimates and renders all see the same models.yaml, read once.
 
 - `run_manifests`: validate, plan, render and catalogue manifests (see `flows.batch` for the steps).
 - `render_planned_jobs`: render jobs a re-render or a shard dispatch planned in the catalogue.
@@ -16,7 +18,14 @@ from pathlib import Path
 from typing import Callable
 
 from catalogue import Catalogue
-from flows.batch import finish_submissions, load_and_expand, plan_run, release_abandoned_leases, sweep_after_run
+from flows.batch import (
+    finish_submissions,
+    load_and_expand,
+    open_registry,
+    plan_run,
+    release_abandoned_leases,
+    sweep_after_run,
+)
 from flows.leases import worker_id
 from flows.outcomes import JobOutcome, RunSummary, redact_url
 from flows.prefect_env import configure_prefect_defaults
@@ -35,7 +44,8 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
     lease comes free; without it they are reported `running_elsewhere` (flows/waiting.py).
     """
     settings = settings or get_settings()
-    expanded = load_and_expand([Path(p) for p in paths], settings)
+    registry = open_registry(settings)
+    expanded = load_and_expand([Path(p) for p in paths], settings, registry)
 
     configure_prefect_defaults()
     from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
@@ -52,7 +62,8 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
         # The flow runs even when everything was already catalogued, so that every run leaves its
         # summary in Prefect, skipped jobs included.
         summary.outcomes.extend(render_batch(planned.to_render, catalogue=catalogue, settings=settings,
-                                             skipped=planned.skipped, total=total, on_progress=on_progress))
+                                             registry=registry, skipped=planned.skipped, total=total,
+                                             on_progress=on_progress))
         if summary.running_elsewhere:  # confirmed, taken back if their run is gone, or waited for
             from flows.waiting import resolve_elsewhere
 
@@ -60,7 +71,7 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
             summary.outcomes = resolve_elsewhere(
                 catalogue, summary.outcomes, by_key, worker=worker_id(settings), wait=wait,
                 render=lambda records: render_batch(records, catalogue=catalogue, settings=settings,
-                                                    on_progress=on_progress))
+                                                    registry=registry, on_progress=on_progress))
         finish_submissions(catalogue, planned.submissions, summary)
         sweep_after_run(catalogue)
         return summary
@@ -80,6 +91,7 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
     from flows.outcomes import RUNNING_ELSEWHERE
 
     settings = settings or get_settings()
+    registry = open_registry(settings)
     configure_prefect_defaults()
     from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
 
@@ -103,11 +115,9 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
         if help_batch:
             from flows.helping import BatchHelp
 
-            from linfusion_engine.registry import ModelRegistry
-
             work = BatchHelp(records, catalogue, [job["submission_id"] for job in planned.values()],
-                             max_gib=help_max_gib, registry=ModelRegistry.from_settings(settings))
-        outcomes = render_batch(work, catalogue=catalogue, settings=settings, skipped=skipped,
+                             max_gib=help_max_gib, registry=registry)
+        outcomes = render_batch(work, catalogue=catalogue, settings=settings, registry=registry, skipped=skipped,
                                 total=len(job_keys), on_progress=on_progress)
         if help_batch and work.helped:
             # A job taken for the batch that another worker claimed first is not this run's to report.

@@ -32,24 +32,26 @@ class Settled:
     error: str | None
 
 
-def manifest_keys(row: dict, settings) -> list[str] | None:
-    """The job keys of a submission's manifest, read from the file while it is unchanged; None otherwise."""
+def manifest_keys(row: dict, settings, registry=None) -> list[str] | None:
+    """The job keys of a submission's manifest, read from the file while it is unchanged; None otherwise.
+    `registry`: the caller's model registry (None: built from the settings)."""
     from flows.batch import ManifestsInvalid, load_and_expand
 
     path = Path(row["manifest_path"])
     try:
         if hashlib.sha256(path.read_bytes()).hexdigest() != row.get("manifest_sha256"):
             return None
-        return [job.key for _, jobs in load_and_expand([path], settings) for job in jobs]
+        return [job.key for _, jobs in load_and_expand([path], settings, registry) for job in jobs]
     except (OSError, ManifestsInvalid):
         return None
 
 
-def settle_running_submissions(catalogue, settings) -> list[Settled]:
-    """Settle every `running` submission whose jobs have all ended (see the module docstring)."""
+def settle_running_submissions(catalogue, settings, registry=None) -> list[Settled]:
+    """Settle every `running` submission whose jobs have all ended (see the module docstring); `registry`
+    is the caller's run's model registry, for manifests read again (None: built when one is read)."""
     settled = []
     for row in catalogue.submissions(status="running", limit=100_000):
-        keys = catalogue.submission_job_keys(row["submission_id"]) or manifest_keys(row, settings)
+        keys = catalogue.submission_job_keys(row["submission_id"]) or manifest_keys(row, settings, registry)
         if not keys:
             continue
         verdict = catalogue.settle_submission(row["submission_id"], keys)

@@ -84,10 +84,10 @@ def test_one_failing_job_does_not_stop_the_others(prefect_api, backend, small_ma
 
     real = tasks.render_png
 
-    def flaky(record, device, dtype):
+    def flaky(record, device, dtype, **kwargs):
         if record["asset_id"] == "barrel":
             raise ValueError("the engine refused this job")
-        return real(record, device, dtype)
+        return real(record, device, dtype, **kwargs)
 
     monkeypatch.setattr(tasks, "render_png", flaky)
     summary = run_manifests([small_manifest])

@@ -21,9 +21,18 @@ from PIL import Image
 from flows.render_host import RenderHost, RenderHostClient, RenderHostUnavailable
 from flows.transient import is_transient, one_line
 
-RECORD = {"model": "tiny-sd15", "prompt": "a wooden crate", "negative_prompt": "", "seed": 3, "width": 64,
+RECORD = {"team": "game", "project": "props", "asset_id": "crate", "model_identity": "tiny-sd15",
+          "model": "tiny-sd15", "prompt": "a wooden crate", "negative_prompt": "", "seed": 3, "width": 64,
           "height": 64, "steps": 2, "guidance": 5.0, "scheduler": "euler", "attention": "linear",
           "strategy": "auto", "tileable": False, "conditioning": {}}
+
+
+def _registry():
+    """The studio's registry, as the host's `main` builds it at its start."""
+    from linfusion_engine.registry import ModelRegistry
+    from linstudio.settings import get_settings
+
+    return ModelRegistry.from_settings(get_settings())
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -45,7 +54,7 @@ def host_in_thread(tmp_path):
     """A render host serving from a thread of this process (its engines are this process's)."""
     address = str(Path("/tmp") / f"lsh-test-{secrets.token_hex(4)}.sock")
     key = secrets.token_bytes(16)
-    host = RenderHost(address, key, device="cpu")
+    host = RenderHost(address, key, registry=_registry(), device="cpu")
     host.start()
     thread = threading.Thread(target=host.serve_forever, daemon=True)
     thread.start()
@@ -60,7 +69,7 @@ def test_the_host_renders_what_the_flow_run_would_render_itself(host_in_thread):
     info = client.ping()
     assert info["pid"] == os.getpid() and info["devices"] == ["cpu"]
     png, metadata = client.render(RECORD, "cpu", None)
-    local_png, local_metadata = render_png(RECORD, "cpu", None)
+    local_png, local_metadata = render_png(RECORD, "cpu", None, registry=_registry())
     assert np.array_equal(_pixels(png), _pixels(local_png))  # same seed, same pixels
     assert metadata["model"] == local_metadata["model"]
     assert "tiny-sd15" in client.ping()["models"]
@@ -72,7 +81,7 @@ def test_a_failed_render_reads_the_same_as_in_process_and_is_not_retried(host_in
 
     bad = {**RECORD, "model": "no-such-model"}
     with pytest.raises(Exception) as local:
-        render_png(bad, "cpu", None)
+        render_png(bad, "cpu", None, registry=_registry())
     with pytest.raises(Exception) as remote:
         RenderHostClient(*host_in_thread).render(bad, "cpu", None)
     assert one_line(remote.value) == one_line(local.value)
