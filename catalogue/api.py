@@ -455,8 +455,9 @@ class Catalogue:
         with self.transaction() as session:
             schedules.remove(session, name)
 
-    def schedule_sources(self, name: str, selection: schedules.Selection) -> list[str]:
-        """The render ids a run of `name` re-renders now (its selection less its own re-renders)."""
+    def schedule_sources(self, name: str | None, selection: schedules.Selection) -> list[str]:
+        """The render ids a run of schedule `name` re-renders now (its selection less its own
+        re-renders; None: a re-render asked for by hand, the whole selection)."""
         with self.transaction() as session:
             return schedules.source_render_ids(session, name, selection)
 

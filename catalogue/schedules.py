@@ -263,11 +263,12 @@ def _sources(selection: Selection):
     return query
 
 
-def source_render_ids(session: Session, name: str, selection: Selection, limit: int = 10_000) -> list[str]:
+def source_render_ids(session: Session, name: str | None, selection: Selection, limit: int = 10_000) -> list[str]:
     """The renders a run of schedule `name` re-renders now, newest first: the selection, less the
-    renders this schedule made itself."""
+    renders this schedule made itself (None: a re-render no schedule asked for, all of it)."""
     rows = session.execute(_sources(selection))
-    return [render_id for render_id, record in rows if (record or {}).get("schedule") != name][:limit]
+    return [render_id for render_id, record in rows
+            if name is None or (record or {}).get("schedule") != name][:limit]
 
 
 def selecting(session: Session, render_id: str) -> list[str]:

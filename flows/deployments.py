@@ -4,7 +4,8 @@
   validates and plans it, spreads its jobs over the GPU workers in shards, waits for the catalogue
   to have them all, and records each submission's outcome.
 - `linstudio-rerender` / deployment `rerender`: renders chosen catalogued renders at new sizes
-  from their own images (on demand, or on a schedule such as "every Sunday, key-art at 8K").
+  from their own images, on demand or on the schedules `linstudio schedules add` sets ("every
+  Sunday, approved key art at 8K": one schedule of this deployment each, flows/schedules.py).
 - `linstudio-render-jobs` / deployments `render-shard` and `render-shard-large`: renders one shard
   of planned jobs, by key, on one worker — one model load for the whole shard.
 
@@ -46,15 +47,17 @@ def nightly_batch() -> dict:
 
 @flow(name="linstudio-rerender")
 def rerender(sizes: list[str], render_ids: list[str] | None = None, team: str | None = None,
-             project: str | None = None, tag: str | None = None) -> dict:
-    """Re-render catalogued renders (chosen by id, team, project or tag) at `sizes` (WxH strings)."""
-    from flows.batch import open_registry
-    from flows.nightly import render_keys_spread
-    from flows.rerender import parse_size, plan_rerenders, select_renders
-    from flows.shards import INTERACTIVE_QUEUE
+             project: str | None = None, tag: str | None = None, status: str | None = None,
+             schedule: str | None = None) -> dict:
+    """Re-render catalogued renders (chosen by id, or team / project / tag / review status, evaluated
+    now) at `sizes` (WxH strings); `schedule`: the catalogue schedule this run is for
+    (flows/schedules.py), whose run is recorded there and named by every re-render it makes."""
+    from prefect.runtime import flow_run
 
     from catalogue import Catalogue
-
+    from flows.batch import open_registry
+    from flows.rerender import parse_size
+    from flows.schedules import run_rerender, selection_of
     from linstudio_settings import get_settings
 
     settings = get_settings()
@@ -62,10 +65,9 @@ def rerender(sizes: list[str], render_ids: list[str] | None = None, team: str | 
     catalogue = Catalogue.from_settings(settings)
     try:
         catalogue.migrate()
-        ids = select_renders(catalogue, team=team, project=project, tag=tag, render_ids=render_ids)
-        records = plan_rerenders(catalogue, ids, [parse_size(s) for s in sizes], requested_by="rerender deployment")
-        outcome = render_keys_spread(catalogue, records, queue=INTERACTIVE_QUEUE, registry=registry,
-                                     logger=get_run_logger())
+        selection = selection_of({"render_ids": render_ids, "team": team, "project": project, "tag": tag,
+                                  "status": status})
+        return run_rerender(catalogue, registry, sizes=[parse_size(s) for s in sizes], selection=selection,
+                            schedule=schedule, flow_run_id=flow_run.get_id(), logger=get_run_logger())
     finally:
         catalogue.close()
-    return outcome

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from linstudio.commands import catalogue, distill, manifest, models, production, rerender, run, web
+from linstudio.commands import catalogue, distill, manifest, models, production, rerender, run, schedules, web
 
 app = typer.Typer(
     name="linstudio",
@@ -34,7 +34,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for area in (models, manifest, run, rerender, catalogue, production, web, distill):
+for area in (models, manifest, run, rerender, schedules, catalogue, production, web, distill):
     area.register(app)
 
 

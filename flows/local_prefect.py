@@ -1,0 +1,42 @@
+"""A local Prefect server for the embedded default's scheduler: `prefect server start` under the studio home.
+
+Prefect's ephemeral mode (no PREFECT_API_URL) runs no scheduler service, so schedules would never
+fire; `linstudio scheduler` starts this instead. Imports nothing of Prefect: the caller sets
+PREFECT_API_URL from its answer before Prefect is first imported (it reads the setting once).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def start_local_server(home: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
+    """`prefect server start` on 127.0.0.1:`port` with its database under `home` (a studio's
+    embedded default has no Prefect server of its own); returns once /api/health answers."""
+    import urllib.request
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    log_file = open(home / "server.log", "ab")  # noqa: SIM115 - the server keeps writing it
+    process = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                               stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the local Prefect server exited with {process.returncode}; see {home / 'server.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise RuntimeError(f"the local Prefect server did not answer within {timeout:.0f} s; see {home / 'server.log'}")
