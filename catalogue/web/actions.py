@@ -5,6 +5,7 @@ Shared by the form routes and the JSON API so a button and a script do exactly t
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,8 +19,11 @@ from catalogue.api import Catalogue
 from catalogue.errors import CatalogueError
 from catalogue.models import APPROVED, Render
 from catalogue.queries import render_dict
+from catalogue.schedules import ScheduleRecord, UnknownSchedule
 from catalogue.web import exports, service
 from linstudio_jobs import MAX_SIDE, size_problem  # noqa: F401 (MAX_SIDE: the pages and the API read it here)
+
+log = logging.getLogger(__name__)
 
 # The size rule is every job's (`linstudio_jobs.size_problem`); the gallery adds a floor of its own:
 # a re-render below 64 px a side is never what an artist meant.
@@ -126,6 +130,50 @@ def delete_render(catalogue: Catalogue, render_id: str, who: str) -> None:
     catalogue.forget_renders([render["job_key"]])
     with catalogue.transaction() as session:
         service.cancel_job(session, render["job_key"], who, catalogue.clock(), reason="render deleted")
+
+
+def _schedule(catalogue: Catalogue, name: str) -> ScheduleRecord:
+    """The schedule `name`, or the gallery's NotFound (404): catalogue.schedules' UnknownSchedule is a
+    ValueError, which the app would answer 400, or 500 where it escapes a form route."""
+    record = catalogue.schedule(name)
+    if record is None:
+        raise NotFound(f"schedule {name}: not in the catalogue")
+    return record
+
+
+def set_schedule_active(catalogue: Catalogue, name: str, active: bool, who: str) -> ScheduleRecord:
+    """Pause (False) or resume a schedule as a gallery user or API token: the catalogue records the wanted
+    state with `sync_pending`, and the dispatcher in `flows` that `linstudio serve` runs beside the
+    gallery tells Prefect and clears it. The gallery never talks to Prefect itself.
+
+    Asking for the state the schedule is in already changes nothing (no needless round to Prefect).
+    """
+    record = _schedule(catalogue, name)
+    if record.active == active:
+        return record
+    try:
+        changed = catalogue.set_schedule_active(name, active, synced=False)
+    except UnknownSchedule:  # removed by `linstudio schedules rm` since the look above
+        raise NotFound(f"schedule {name}: not in the catalogue") from None
+    log.info("schedule %s %s by %s (Prefect is told by the dispatcher)", name, "resumed" if active else "paused",
+             who)
+    return changed
+
+
+def request_schedule_run(catalogue: Catalogue, name: str, who: str) -> ScheduleRecord:
+    """Ask for one run of a schedule now (the dispatcher in `flows` starts it and clears the request).
+
+    While a request is waiting, asking again changes nothing: a double click must not start two runs.
+    """
+    record = _schedule(catalogue, name)
+    if record.run_requested_at is not None:
+        return record
+    try:
+        requested = catalogue.request_schedule_run(name)
+    except UnknownSchedule:
+        raise NotFound(f"schedule {name}: not in the catalogue") from None
+    log.info("schedule %s: a run now requested by %s", name, who)
+    return requested
 
 
 def select_renders(session, render_ids: list[str] | None = None, project: str | None = None,

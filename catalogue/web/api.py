@@ -236,3 +236,43 @@ def list_exports(request: Request, who: Reader, limit: Annotated[int, Query(ge=1
             **answers(200, schemas.Export, *ANY_REQUEST, 404))
 def get_export(request: Request, export_id: params.ExportId, who: Reader) -> dict:
     return for_viewer(views.export_detail(request.app.state.catalogue, export_id), who)
+
+
+# -- scheduled re-renders ------------------------------------------------------------------------------
+# Schedules are added and removed on the command line (`linstudio schedules add`), which registers them
+# with Prefect too. The API pauses, resumes and runs them through the catalogue, as the pages do: the
+# dispatcher `linstudio serve` runs beside the gallery tells Prefect, so these answer 202.
+SCHEDULE_CHANGE = ("Answers 202 Accepted with the schedule as recorded: the catalogue takes the change at once "
+                   "and the dispatcher beside the gallery passes it on to Prefect within seconds. ")
+
+
+@router.get("/schedules", summary="Scheduled re-renders: what each selects, when it runs, how its last run went",
+            description="Every schedule, by name. Schedules are added with `linstudio schedules add`.",
+            **answers(200, schemas.SchedulePage, *ANY_REQUEST))
+def list_schedules(request: Request, who: Reader) -> dict:
+    return {"items": for_viewer(views.schedule_list(request.app.state.catalogue), who)}
+
+
+@router.post("/schedules/{name}/pause", summary="Pause a schedule: no more runs until it is resumed",
+             description=SCHEDULE_CHANGE + "`active` is false at once and `sync_pending` true until Prefect has "
+                                           "been told. Pausing a paused schedule changes nothing.",
+             **answers(202, schemas.Schedule, *ANY_WRITE, 404))
+def pause_schedule(request: Request, name: params.ScheduleName, who: Writer) -> dict:
+    return views.schedule_json(actions.set_schedule_active(request.app.state.catalogue, name, False, who.name))
+
+
+@router.post("/schedules/{name}/resume", summary="Resume a paused schedule",
+             description=SCHEDULE_CHANGE + "`active` is true at once and `sync_pending` true until Prefect has "
+                                           "been told. Resuming an active schedule changes nothing.",
+             **answers(202, schemas.Schedule, *ANY_WRITE, 404))
+def resume_schedule(request: Request, name: params.ScheduleName, who: Writer) -> dict:
+    return views.schedule_json(actions.set_schedule_active(request.app.state.catalogue, name, True, who.name))
+
+
+@router.post("/schedules/{name}/run", summary="Run a schedule once now, at its sizes, on its selection as it is now",
+             description=SCHEDULE_CHANGE + "`run_requested_at` is set until the run has been started; its outcome "
+                                           "is then `last_run`. Asking again while a run is requested asks for no "
+                                           "second run.",
+             **answers(202, schemas.Schedule, *ANY_WRITE, 404))
+def run_schedule(request: Request, name: params.ScheduleName, who: Writer) -> dict:
+    return views.schedule_json(actions.request_schedule_run(request.app.state.catalogue, name, who.name))

@@ -26,7 +26,7 @@ DESCRIPTIONS: dict[int, str] = {
     400: "The request is well-formed but refused (the message says why).",
     401: "No credentials, or a wrong or revoked API token (`Authorization: Bearer TOKEN`).",
     403: "The credentials may not do this (a disabled user, a missing CSRF token).",
-    404: "No such render, job, submission or export.",
+    404: "No such render, job, submission, export or schedule.",
     409: "The thing is not in a state that allows this (a job that is not failed or queued).",
     413: "The request body is over the gallery's limit.",
     414: "The path and query are over the gallery's limit (8 KB).",

@@ -1,4 +1,4 @@
-"""Server-rendered pages: gallery, asset page, submissions, sign-in. Every action is a plain form post
+"""Server-rendered pages: gallery, asset page, submissions, exports, schedules, sign-in. Every action is a plain form post
 (POST, then redirect back), so everything works without JavaScript."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def render_page(request: Request, render_id: str, who: Reader):
                  if max(render["width"], render["height"]) * k <= actions.MAX_SIDE]
     return page(request, "render.html", who, statuses=REVIEW_STATUSES, refresh=pending, suggested=suggested,
                 render=render, siblings=detail["siblings"], lineage=detail["lineage"], reviews=detail["reviews"],
-                jobs=jobs)
+                jobs=jobs, schedules=detail["schedules"])
 
 
 @router.get("/renders/{render_id}/download")
@@ -155,6 +155,37 @@ def exports_page(request: Request, who: Reader):
 def export_page(request: Request, export_id: str, who: Reader):
     found = for_viewer(views.export_detail(request.app.state.catalogue, export_id), who)
     return page(request, "export.html", who, export=found, refresh=found["state"] in (EXPORT_QUEUED, EXPORT_RUNNING))
+
+
+# The page shows how a schedule is added: the command line does it (it registers the schedule with Prefect).
+ADD_SCHEDULE_EXAMPLE = ('linstudio schedules add sunday-keyart --status approved --project night-city '
+                        '--size 8192x4608 --cron "0 2 * * 0" --timezone Europe/Paris')
+
+
+@router.get("/schedules", response_class=HTMLResponse)
+def schedules_page(request: Request, who: Reader):
+    """Every schedule; refreshes itself while a pause, resume or run now waits for the dispatcher."""
+    items = for_viewer(views.schedule_list(request.app.state.catalogue), who)
+    waiting = any(s["sync_pending"] or s["run_requested_at"] for s in items)
+    return page(request, "schedules.html", who, schedules=items, add_example=ADD_SCHEDULE_EXAMPLE, refresh=waiting)
+
+
+@router.post("/schedules/{name}/pause")
+def pause_form(request: Request, name: str, who: Writer):
+    actions.set_schedule_active(request.app.state.catalogue, name, False, who.name)
+    return back_to(f"/schedules#schedule-{name}", "/schedules")
+
+
+@router.post("/schedules/{name}/resume")
+def resume_form(request: Request, name: str, who: Writer):
+    actions.set_schedule_active(request.app.state.catalogue, name, True, who.name)
+    return back_to(f"/schedules#schedule-{name}", "/schedules")
+
+
+@router.post("/schedules/{name}/run")
+def run_form(request: Request, name: str, who: Writer):
+    actions.request_schedule_run(request.app.state.catalogue, name, who.name)
+    return back_to(f"/schedules#schedule-{name}", "/schedules")
 
 
 @router.get("/submissions", response_class=HTMLResponse)

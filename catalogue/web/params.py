@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
 from catalogue.export import TEMPLATE_FIELDS
 from catalogue.models import NAME_LEN, REVIEW_STATUSES
+from catalogue.schedules import NAME_RE as SCHEDULE_NAME_RE
 from catalogue.search import CURSOR_PATTERN, SIZE_PATTERN, UNREVIEWED
 from catalogue.web.actions import EXPORT_MAX, MAX_SIDE, MIN_SIDE
 
@@ -120,6 +121,9 @@ RenderId = Annotated[str, PathParam(pattern=ULID_PATTERN, description="A render 
 SubmissionId = Annotated[str, PathParam(pattern=ULID_PATTERN, description="A submission id (ULID).")]
 ExportId = Annotated[str, PathParam(pattern=ULID_PATTERN, description="An export id (ULID).")]
 JobKey = Annotated[str, PathParam(pattern=JOB_KEY_PATTERN, description="A job key (hex sha256).")]
+# The catalogue's own rule for schedule names (catalogue.schedules.check_name), published as it is.
+ScheduleName = Annotated[str, PathParam(pattern=SCHEDULE_NAME_RE.pattern, examples=["sunday-keyart"],
+                                        description="A schedule's name (`linstudio schedules add NAME`).")]
 
 SearchText = Annotated[str | None, Query(max_length=TEXT_MAX, pattern=NO_NUL, examples=["neon street"],
                                         description="Words that must all appear in the prompt or tags.")]

@@ -16,8 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from catalogue.models import REVIEW_STATUSES
+from catalogue.schedules import RUN_STATES
 
 ReviewStatus = Literal[REVIEW_STATUSES]  # type: ignore[valid-type]
+RunState = Literal[RUN_STATES]  # type: ignore[valid-type]
 ExportState = Literal["queued", "running", "done", "failed"]
 
 
@@ -72,6 +74,8 @@ class RenderDetail(Record):
     lineage: dict[str, Any]
     reviews: list[Review]
     rerender_jobs: list[Job]
+    schedules: list[str] = Field(description="Names of the schedules that select this render (would re-render "
+                                             "it if they ran now); see /api/schedules.")
 
 
 class RerenderQueued(BaseModel):
@@ -124,3 +128,51 @@ class ExportQueued(Export):
 
 class ExportPage(BaseModel):
     items: list[Export]
+
+
+class ScheduleSelection(BaseModel):
+    """Which renders a schedule re-renders: `render_ids`, or every render matching all the filters given."""
+
+    render_ids: list[str] | None = None
+    team: str | None = None
+    project: str | None = None
+    tag: str | None = None
+    status: ReviewStatus | None = None
+
+
+class ScheduleLastRun(BaseModel):
+    """How the schedule's last run went: renders made, skipped (there already) and failed; counts are
+    null while it runs."""
+
+    at: str
+    state: RunState
+    made: int | None
+    skipped: int | None
+    failed: int | None
+    flow_run_id: str | None
+
+
+class Schedule(Record):
+    """A scheduled re-render as the catalogue holds it (`linstudio schedules ls --json`'s fields, plus
+    `sync_pending` and `run_requested_at`). Exactly one of `cron` and `at` is set."""
+
+    name: str
+    selection: ScheduleSelection
+    selection_text: str = Field(description="The selection in words, e.g. `project night-city, status approved`.")
+    sizes: list[str] = Field(description="The sizes each run renders, WIDTHxHEIGHT.")
+    cron: str | None = Field(description="When it runs, as cron in `timezone`; null for a one-time schedule.")
+    at: str | None = Field(description="When a one-time schedule runs (ISO 8601); null for a cron schedule.")
+    timezone: str
+    active: bool = Field(description="The wanted state: false once paused.")
+    created_by: str
+    created_at: str | None
+    next_run: str | None
+    last_run: ScheduleLastRun | None
+    sync_pending: bool = Field(description="A pause or resume from the gallery or the API that Prefect has not "
+                                           "been told yet (the dispatcher beside the gallery does, within seconds).")
+    run_requested_at: str | None = Field(description="When a run now was asked for that has not been started yet; "
+                                                     "null otherwise.")
+
+
+class SchedulePage(BaseModel):
+    items: list[Schedule]

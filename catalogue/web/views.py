@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from catalogue import review
+from catalogue import review, schedules
 from catalogue.api import Catalogue
+from catalogue.schedules import ScheduleRecord
 from catalogue.web import exports, service
 from catalogue.web.actions import NotFound
 
@@ -27,12 +28,14 @@ def render_row(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
 
 
 def render_detail(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
-    """The asset page's content: the render, its siblings, lineage, review history and re-render jobs."""
+    """The asset page's content: the render, its siblings, lineage, review history, re-render jobs and
+    the names of the schedules that select it (that would re-render it if they ran now)."""
     with catalogue.transaction() as session:
         render = _found(service.render_full(session, render_id), f"render {render_id}")
         return {"render": render, "siblings": service.siblings(session, render["asset_pk"]),
                 "lineage": service.lineage(session, render_id), "reviews": review.history(session, render_id),
-                "rerender_jobs": service.rerender_jobs(session, render)}
+                "rerender_jobs": service.rerender_jobs(session, render),
+                "schedules": schedules.selecting(session, render_id)}
 
 
 def submission_detail(catalogue: Catalogue, submission_id: str) -> dict[str, Any]:
@@ -45,3 +48,17 @@ def export_detail(catalogue: Catalogue, export_id: str) -> dict[str, Any]:
     """One export: its state, files done of total, and the files once done."""
     with catalogue.transaction() as session:
         return _found(exports.get(session, export_id), f"export {export_id}")
+
+
+def schedule_json(record: ScheduleRecord) -> dict[str, Any]:
+    """A schedule as the API and the Schedules page show it: `ScheduleRecord.to_json()` (what
+    `linstudio schedules ls --json` prints), plus what a pause, resume or run now from the gallery
+    leaves waiting for the dispatcher in `flows`: `sync_pending` and `run_requested_at`."""
+    requested = record.run_requested_at
+    return record.to_json() | {"sync_pending": record.sync_pending,
+                               "run_requested_at": requested.isoformat() if requested else None}
+
+
+def schedule_list(catalogue: Catalogue) -> list[dict[str, Any]]:
+    """Every schedule, by name."""
+    return [schedule_json(record) for record in catalogue.schedules()]

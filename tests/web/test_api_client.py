@@ -3,7 +3,7 @@
 `openapi-python-client` turns the spec the gallery serves into a typed package at test time; the
 test then does what a pipeline TD's script does, through that package only: list renders with
 filters, post a review with a token, start an export and poll it to done, request a re-render,
-and read a typed error. A spec the generator cannot turn into a working client fails here.
+list and pause a schedule, and read a typed error. A spec the generator cannot turn into a working client fails here.
 """
 
 from __future__ import annotations
@@ -54,10 +54,12 @@ def test_a_generated_client_lists_reviews_exports_rerenders_and_reads_errors(gen
     package, base_url, token, ids = generated
     from lin_fusion_studio_catalogue_client import AuthenticatedClient, Client
     from lin_fusion_studio_catalogue_client.api.catalogue import (get_export, get_render, list_renders,
-                                                                  post_export, post_rerender, post_review)
+                                                                  list_schedules, pause_schedule, post_export,
+                                                                  post_rerender, post_review)
     from lin_fusion_studio_catalogue_client.models import (ErrorBody, ErrorDetailCode, ExportOfRenders, ExportQueued,
                                                            ExportState, RenderPage, RerenderIn, RerenderQueued,
-                                                           Review, ReviewFilter, ReviewIn, ReviewInStatus)
+                                                           Review, ReviewFilter, ReviewIn, ReviewInStatus, Schedule,
+                                                           SchedulePage)
 
     assert package.__name__ == PACKAGE
     anonymous = Client(base_url=base_url)
@@ -101,7 +103,15 @@ def test_a_generated_client_lists_reviews_exports_rerenders_and_reads_errors(gen
     rerender = post_rerender.sync(client=bot, render_id=ids["hero1"], body=RerenderIn(sizes=["128x128", [256, 128]]))
     assert isinstance(rerender, RerenderQueued) and len(rerender.job_keys) == 2
 
-    # Typed errors: an unknown render, and an anonymous write.
+    # Schedules: listed, and paused (202: the dispatcher beside the gallery tells Prefect).
+    listed = list_schedules.sync(client=anonymous)
+    assert isinstance(listed, SchedulePage) and [s.name for s in listed.items] == [ids["schedule"]]
+    paused = pause_schedule.sync(client=bot, name=ids["schedule"])
+    assert isinstance(paused, Schedule) and not paused.active and paused.sync_pending
+
+    # Typed errors: an unknown render, an unknown schedule, and an anonymous write.
+    unknown = pause_schedule.sync(client=bot, name="no-such-schedule")
+    assert isinstance(unknown, ErrorBody) and unknown.error.code == ErrorDetailCode.NOT_FOUND
     missing = get_render.sync(client=anonymous, render_id="01ZZZZZZZZZZZZZZZZZZZZZZZZ")
     assert isinstance(missing, ErrorBody) and missing.error.code == ErrorDetailCode.NOT_FOUND
     assert "not in the catalogue" in missing.error.message

@@ -18,7 +18,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from starlette.convertors import PathConvertor
-from web_support import bearer, csrf_of, make_render, record, seed_catalogue, served_over_http, sign_in
+from web_support import (add_schedule, bearer, csrf_of, make_render, record, seed_catalogue, served_over_http,
+                         sign_in)
 
 from catalogue.models import Review
 from catalogue.web import exports
@@ -27,7 +28,7 @@ UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # (A bare ".." is not here: the HTTP client itself folds "/renders/.." into "/" before sending.)
 UNKNOWN_IDS = ["01ZZZZZZZZZZZZZZZZZZZZZZZZ", "NOPE", "%2e%2e", "..%2F..%2Fcatalogue.db",
                "renders%2Ffilm%2Fnight-city%2Fhero.png"]
-ID_PARAMS = ("render_id", "job_key", "submission_id", "export_id")
+ID_PARAMS = ("render_id", "job_key", "submission_id", "export_id", "name")  # name: a schedule's
 
 
 def flat_routes(candidates):
@@ -50,7 +51,8 @@ def routes(app, methods=None):
 
 @pytest.fixture
 def studio(web_cat, settings, user, token):
-    """The gallery with renders, a failed job, a finished export and a submission; ids to fill paths with."""
+    """The gallery with renders, a failed job, a finished export, a submission and a schedule; ids to fill
+    paths with."""
     ids = seed_catalogue(web_cat)
     failed = record("broken", 4)
     submission = web_cat.create_submission("film", "night-city", "film/x.yaml", "0" * 64, 1)
@@ -62,7 +64,7 @@ def studio(web_cat, settings, user, token):
         export, _ = exports.queue(session, ExportOptions(destination=str(settings.home / "exports")), [ids["hero1"]],
                                   "alice", web_cat.clock())
     values = {"render_id": ids["hero1"], "job_key": failed["key"], "submission_id": submission,
-              "export_id": export["export_id"]}
+              "export_id": export["export_id"], "name": add_schedule(web_cat)}
     return web_cat, values, ids
 
 
@@ -112,7 +114,8 @@ def test_every_state_changing_route_refuses_a_missing_or_wrong_csrf_token(web_ca
     app = create_app(web_cat, settings.model_copy(update={"auth_header": "X-Forwarded-User"}))
     changing = {f"{m} {p}" for m, p, _ in routes(app, UNSAFE_METHODS)}
     assert {"POST /login", "POST /logout", "POST /export", "POST /api/export", "POST /renders/{render_id}/review",
-            "DELETE /api/renders/{render_id}", "POST /jobs/{job_key}/retry"} <= changing  # the enumeration works
+            "DELETE /api/renders/{render_id}", "POST /jobs/{job_key}/retry", "POST /schedules/{name}/pause",
+            "POST /api/schedules/{name}/resume"} <= changing  # the enumeration works
     before = snapshot(web_cat)
     assert csrf_failures(app, studio, settings) == []
     assert snapshot(web_cat) == before  # nothing changed
@@ -135,13 +138,15 @@ def test_a_new_unprotected_route_cannot_slip_past_the_csrf_check(web_cat, studio
 def snapshot(cat) -> dict:
     from sqlalchemy import func, select
 
-    from catalogue.models import Export, Job, Render
+    from catalogue.models import Export, Job, Render, Schedule
 
     with cat.transaction() as session:
         return {"reviews": session.scalar(select(func.count()).select_from(Review)),
                 "renders": session.scalar(select(func.count()).select_from(Render)),
                 "exports": session.scalar(select(func.count()).select_from(Export)),
-                "jobs": sorted(session.execute(select(Job.key, Job.state, Job.error)).all())}
+                "jobs": sorted(session.execute(select(Job.key, Job.state, Job.error)).all()),
+                "schedules": sorted(session.execute(select(Schedule.name, Schedule.active, Schedule.sync_pending,
+                                                           Schedule.run_requested_at)).all())}
 
 
 def test_every_route_taking_an_id_refuses_unknown_ones_and_none_takes_a_path(client, studio, token, settings,
@@ -176,7 +181,8 @@ def test_every_route_taking_an_id_refuses_unknown_ones_and_none_takes_a_path(cli
         checked.append(f"{method} {path}")
     assert {"GET /renders/{render_id}/download", "GET /renders/{render_id}/thumb", "GET /api/renders/{render_id}",
             "GET /api/renders/{render_id}/reviews", "POST /api/renders/{render_id}/review",
-            "GET /exports/{export_id}", "POST /jobs/{job_key}/cancel"} <= set(checked)
+            "GET /exports/{export_id}", "POST /jobs/{job_key}/cancel", "POST /schedules/{name}/pause",
+            "POST /api/schedules/{name}/run"} <= set(checked)
     assert client.get(f"/renders/{ids['hero1']}/download").status_code == 200
     assert asked and set(asked) <= catalogued, set(asked) - catalogued  # only keys the catalogue holds
 
@@ -210,7 +216,8 @@ def test_every_page_sends_the_security_headers_and_signed_in_pages_are_never_cac
             assert cache.startswith("private") and "public" not in cache, (path, cache)
         else:
             assert cache == "no-store", (path, cache)
-    assert {"/", "/renders/{render_id}", "/exports/{export_id}", "/api/renders", "/login"} <= set(seen)
+    assert {"/", "/renders/{render_id}", "/exports/{export_id}", "/api/renders", "/login", "/schedules",
+            "/api/schedules"} <= set(seen)
     missing = client.get("/renders/NOPE")
     assert missing.status_code == 404 and missing.headers["cache-control"] == "no-store"
     assert "frame-ancestors 'none'" in missing.headers["content-security-policy"]

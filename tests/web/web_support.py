@@ -104,7 +104,8 @@ def seed_catalogue(cat: Catalogue) -> dict[str, str]:
 
 def seed_studio(cat: Catalogue) -> dict[str, str]:
     """seed_catalogue, plus what the API's other reads and writes need: a queued and a failed job in
-    their own submission, and an approved render (a project export has something to deliver)."""
+    their own submission, an approved render (a project export has something to deliver), and a
+    schedule that selects it (`ids["schedule"]`, its name)."""
     from catalogue import review
 
     ids = seed_catalogue(cat)
@@ -116,7 +117,20 @@ def seed_studio(cat: Catalogue) -> dict[str, str]:
     ids["approved"] = make_render(cat, record("approved", 3))
     with cat.transaction() as session:
         review.record_review(session, ids["approved"], "approved", "", "alice", cat.clock())
+    ids["schedule"] = add_schedule(cat)  # selects the approved render
     return ids
+
+
+def add_schedule(cat: Catalogue, name: str = "sunday-keyart", *, sizes=("128x128",), **fields) -> str:
+    """Record a schedule as `linstudio schedules add` does (a cron one by default, selecting the approved
+    renders of film/night-city); `fields` override the selection and the rest. Returns its name."""
+    from catalogue.schedules import ScheduleRecord, Selection
+
+    selection = fields.pop("selection", None) or Selection(team="film", project="night-city", status="approved")
+    when = {"cron": "0 2 * * 0"} if "run_at" not in fields else {}
+    cat.add_schedule(ScheduleRecord(name, selection, tuple(sizes), fields.pop("timezone", "Europe/Paris"),
+                                    **when, created_by=fields.pop("created_by", "td"), **fields))
+    return name
 
 
 def wait_for_export(client, export_id: str, timeout: float = 60.0, **headers) -> dict:
