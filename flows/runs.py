@@ -19,6 +19,7 @@ from typing import Callable
 
 from catalogue import Catalogue
 from flows.batch import (
+    ManifestsInvalid,
     finish_submissions,
     load_and_expand,
     open_registry,
@@ -91,7 +92,10 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
     from flows.outcomes import RUNNING_ELSEWHERE
 
     settings = settings or get_settings()
-    registry = open_registry(settings)
+    try:
+        registry, unreadable = open_registry(settings), None
+    except ManifestsInvalid as exc:
+        registry, unreadable = None, str(exc.errors[0])
     configure_prefect_defaults()
     from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
 
@@ -101,6 +105,10 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
         records, skipped = [], []
         done = catalogue.rendered_keys(job_keys)
         planned = catalogue.jobs(job_keys)
+        if unreadable is not None:
+            # Each job fails with why, so a batch waiting on them ends (a shard that failed before
+            # recording anything would only be sent out again, to fail the same way).
+            return _fail_unrendered(catalogue, settings, job_keys, done, planned, unreadable)
         for key in job_keys:
             job = planned.get(key)
             if job is None:
@@ -130,6 +138,23 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
         return summary
     finally:
         catalogue.close()
+
+
+def _fail_unrendered(catalogue, settings, job_keys: list[str], done: set[str], planned: dict, reason: str):
+    """A run that cannot read its model registry: every job not yet catalogued is recorded failed with `reason`."""
+    from flows.job_runner import job_label
+
+    summary = RunSummary(outcomes=[], catalogue=redact_url(settings.resolved_database_url),
+                         store=settings.resolved_store_url)
+    for key in job_keys:
+        job = planned.get(key)
+        label = job_label(job["record"]) if job else key[:12]
+        if key in done:
+            summary.outcomes.append(JobOutcome(key, label, "skipped"))
+        elif job is not None:
+            catalogue.fail(key, reason)
+            summary.outcomes.append(JobOutcome(key, label, "failed", reason=reason))
+    return summary
 
 
 if __name__ == "__main__":  # the detached local worker of flows.rerender.start_in_background

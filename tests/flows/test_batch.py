@@ -151,3 +151,27 @@ def test_a_run_shows_its_progress_and_summary_in_prefect(prefect_api, backend, s
             flow_run_id=ArtifactFilterFlowRunId(any_=[latest.flow_run_id]), type=ArtifactFilterType(any_=["progress"])))
     assert latest.description.startswith("3 rendered, 0 skipped"), latest.description
     assert [a.data for a in progress] == [100.0] and progress[0].description == "3 job(s) to render"
+
+
+def test_a_shard_that_cannot_read_models_yaml_fails_its_jobs_with_why(prefect_api, backend, small_manifest):
+    """A worker whose registry file is broken records each job failed with the reason, so the batch
+    waiting on them ends, instead of failing before recording anything (and being sent out again)."""
+    from flows.batch import load_and_expand
+    from flows.runs import render_planned_jobs
+    from linstudio_settings import get_settings
+
+    settings = get_settings()
+    ((loaded, jobs),) = load_and_expand([small_manifest], settings)
+    catalogue = open_catalogue()
+    try:
+        submission = catalogue.create_submission(jobs[0].team, jobs[0].project, str(loaded.path), loaded.sha256, 3)
+        catalogue.plan_jobs(submission, [job.to_record() for job in jobs])
+        settings.registry_file.parent.mkdir(parents=True, exist_ok=True)
+        settings.registry_file.write_text("models: [unclosed")
+        summary = render_planned_jobs([job.key for job in jobs], settings=settings)
+        assert summary.counts["failed"] == 3
+        states = catalogue.job_states([job.key for job in jobs])
+        assert set(states.values()) == {"failed"}
+        assert all("models.yaml" in o.reason and "not valid YAML" in o.reason for o in summary.outcomes)
+    finally:
+        catalogue.close()
