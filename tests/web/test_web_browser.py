@@ -1,5 +1,6 @@
 """The gallery in a real browser (Debian's Chromium driven by Playwright), with JavaScript turned off:
-search, filter, open an asset, follow the lineage, approve with a note, ask for a bigger render.
+search, filter, open an asset, follow the lineage, approve with a note, ask for a bigger render,
+pause a schedule.
 
 One server (uvicorn in a thread of this process) and one browser serve the whole module. The
 screenshots in docs/screenshots/ come from real shapes-sd15 renders (bench/screenshots.py), not
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from web_support import StepClock, make_render, png, record, requested_starts, seed_catalogue, served_over_http
+from web_support import (StepClock, add_schedule, make_render, png, record, requested_starts, seed_catalogue,
+                         served_over_http)
 
 from catalogue.models import Job
 
@@ -145,3 +147,26 @@ def test_sign_in_approve_with_a_note_and_ask_for_a_bigger_render(page, studio, t
     assert "done" in page.locator("#progress .jobs").inner_text()
     assert page.locator("#lineage a", has_text="128×128").count() == 1
     screenshot(page, "asset.png", tmp_path)
+
+
+def test_sign_in_and_pause_a_schedule(page, studio, tmp_path):
+    base, cat, _, _ = studio
+    add_schedule(cat, "sunday-keyart")
+    page.goto(base + "/")
+    page.click("nav >> text=Schedules")
+    assert page.url.endswith("/schedules")
+    assert page.locator("#schedule-sunday-keyart .state").inner_text().strip() == "active"
+    assert page.locator("#schedule-sunday-keyart button").count() == 0  # read-only until signed in
+    page.click("main >> text=Sign in")
+    page.fill("input[name=name]", "alice")
+    page.fill("input[name=password]", "correct horse battery")
+    page.click("button:has-text('Sign in')")
+    assert page.url.endswith("/schedules")
+    page.click("#schedule-sunday-keyart button:has-text('Pause')")
+    assert page.url.endswith("/schedules#schedule-sunday-keyart")
+    state = page.locator("#schedule-sunday-keyart .state").inner_text()
+    assert "paused" in state and "pause pending" in state
+    assert page.locator("#schedule-sunday-keyart button:has-text('Resume')").count() == 1
+    stored = cat.schedule("sunday-keyart")
+    assert (stored.active, stored.sync_pending) == (False, True)  # for the dispatcher in flows to pass on
+    screenshot(page, "schedules.png", tmp_path)
