@@ -5,6 +5,7 @@ The catalogue, FastAPI and uvicorn are imported inside the commands only (see li
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,8 +29,15 @@ def serve(
     from linstudio_settings import get_settings
 
     catalogue = open_catalogue()
-    # The gallery records re-render and retry requests in the catalogue; this starts them.
-    app = create_app(catalogue, get_settings(), background=[RerenderDispatcher(catalogue)])
+    # The gallery records re-render and retry requests in the catalogue; this starts them. With a
+    # Prefect server, a signed-in user's pause, resume or "run now" of a schedule reaches it through
+    # the keeper (on the embedded default, `linstudio scheduler` applies them).
+    background = [RerenderDispatcher(catalogue)]
+    if os.environ.get("PREFECT_API_URL"):
+        from flows.schedules import ScheduleKeeper
+
+        background.append(ScheduleKeeper(catalogue))
+    app = create_app(catalogue, get_settings(), background=background)
     where = catalogue.engine.url.render_as_string(hide_password=True)
     typer.echo(f"gallery of {where} at http://{host}:{port}/", err=True)
     try:

@@ -1,0 +1,196 @@
+"""Scheduled re-renders through a real Prefect server and a worker, and on the embedded default.
+
+Production shape: `linstudio deploy` registers the deployments on the session's Prefect server,
+one process worker takes both the `rerender` flow runs and their shards, and `linstudio schedules`
+sets a schedule due within seconds. The catalogue's record and Prefect's deployment schedule are
+read back side by side, so the two cannot drift apart. Embedded default: `linstudio scheduler`
+starts its own local Prefect server and runs a due schedule.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from flow_support import SMALL_MANIFEST, write_manifest
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+
+
+def _linstudio(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "linstudio"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait(predicate, timeout: float, what: str, logs: list[Path]):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.exists())
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+
+
+def _home(tmp_path: Path, session_root: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    models = session_root / "home" / "models"  # tiny models built once per test session
+    models.mkdir(parents=True, exist_ok=True)
+    os.symlink(models, home / "models")
+    return home
+
+
+def _sources(env: dict, tmp_path: Path) -> None:
+    """Three renders of team `game` (64 px), through `linstudio run`."""
+    manifest = write_manifest(tmp_path / "manifests", "props.yaml", SMALL_MANIFEST)
+    ran = _linstudio(env, "run", str(manifest), timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+def _approve(catalogue, render_id: str) -> None:
+    from catalogue import review
+
+    with catalogue.transaction() as session:
+        review.record_review(session, render_id, "approved", "", "artist", catalogue.clock())
+
+
+def _deployment_schedules(name: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("linstudio-rerender/rerender")
+        schedules = {s.slug: s for s in client.read_deployment_schedules(deployment.id)}
+        runs = client.get_scheduled_flow_runs_for_deployments([deployment.id])
+    return schedules.get(name), [r for r in runs if (r.parameters or {}).get("schedule") == name]
+
+
+def test_a_schedule_runs_through_prefect_and_a_worker(prefect_api, fresh_postgres_url, fresh_s3_store_url, tmp_path,
+                                                     session_root):
+    from catalogue import Catalogue
+    from flows.schedules import parameters
+
+    suffix = uuid.uuid4().hex[:6]
+    home = _home(tmp_path, session_root)
+    pool = f"studio-{suffix}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "LINSTUDIO_HOME": str(home),
+           "LINSTUDIO_DATABASE_URL": fresh_postgres_url, "LINSTUDIO_STORE_URL": fresh_s3_store_url,
+           "LINSTUDIO_WORK_POOL": pool, "LINSTUDIO_CONTROL_POOL": pool, "PREFECT_LOGGING_LEVEL": "INFO"}
+    _sources(env, tmp_path)
+    deployed = _linstudio(env, "deploy")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    catalogue = Catalogue.open(fresh_postgres_url, fresh_s3_store_url)
+    logs = [tmp_path / "worker.log"]
+    worker = None
+    try:
+        first, second, third = [r["render_id"] for r in catalogue.renders(team="game", limit=10)]
+        _approve(catalogue, first)
+        at = (datetime.now(UTC) + timedelta(seconds=25)).strftime("%Y-%m-%dT%H:%M:%S")
+        added = _linstudio(env, "schedules", "add", "soon", "--size", "128x128", "--team", "game",
+                           "--status", "approved", "--at", at)
+        assert added.returncode == 0, added.stderr
+        assert "1 render(s) today; on the Prefect server" in added.stdout
+        _approve(catalogue, second)  # approved after the schedule was set: the run includes it
+
+        # The catalogue's record and Prefect's schedule say the same thing.
+        record = catalogue.schedule("soon")
+        on_prefect, upcoming = _deployment_schedules("soon")
+        assert on_prefect is not None and on_prefect.active
+        assert on_prefect.parameters == parameters(record)
+        assert on_prefect.parameters["status"] == "approved" and on_prefect.parameters["sizes"] == ["128x128"]
+        assert on_prefect.schedule.timezone == "UTC" and "COUNT=1" in on_prefect.schedule.rrule
+
+        worker = _start([str(BIN / "linstudio"), "worker", "--pool", pool, "--name", "studio", "--limit", "2",
+                         "--no-render-host"], env, logs[0])
+        last = _wait(lambda: (run := catalogue.schedule("soon").last_run) and run.state != "running" and run,
+                     240, "the schedule's run to end", logs)
+        assert (last.state, last.made, last.skipped, last.failed) == ("completed", 2, 0, 0)
+        children = [r for r in catalogue.renders(team="game", limit=20) if r["parent_render_id"]]
+        assert sorted(r["parent_render_id"] for r in children) == sorted([first, second])
+        assert all(catalogue.render(r["render_id"])["record"]["schedule"] == "soon" for r in children)
+        assert third not in {r["parent_render_id"] for r in children}
+
+        # Run now, through the deployment: nothing new.
+        again = _linstudio(env, "schedules", "run", "soon")
+        assert again.returncode == 0 and "started on the Prefect server" in again.stdout, again.stderr
+        rerun = _wait(lambda: (run := catalogue.schedule("soon").last_run) and run.flow_run_id != last.flow_run_id
+                      and run.state != "running" and run, 180, "the second run to end", logs)
+        assert (rerun.made, rerun.skipped, rerun.failed) == (0, 2, 0)
+
+        # Pause takes the schedule's next runs off Prefect; resume brings them back.
+        weekly = _linstudio(env, "schedules", "add", "weekly", "--size", "256x256", "--team", "game",
+                            "--cron", "0 3 * * 0", "--timezone", "Europe/Paris")
+        assert weekly.returncode == 0, weekly.stderr
+        assert _wait(lambda: _deployment_schedules("weekly")[1], 60, "Prefect to schedule the weekly runs", logs)
+        assert _linstudio(env, "schedules", "pause", "weekly").returncode == 0
+        paused, _ = _deployment_schedules("weekly")
+        assert not paused.active
+        _wait(lambda: not _deployment_schedules("weekly")[1], 60, "the paused schedule's runs to go", logs)
+        assert _linstudio(env, "schedules", "resume", "weekly").returncode == 0
+        assert _deployment_schedules("weekly")[0].active
+        assert _wait(lambda: _deployment_schedules("weekly")[1], 60, "the resumed schedule's runs", logs)
+
+        listed = _linstudio(env, "schedules", "ls")
+        assert "soon" in listed.stdout and "completed made 0 skipped 2 failed 0" in listed.stdout
+
+        # rm leaves the re-renders it made.
+        for name in ("soon", "weekly"):
+            assert _linstudio(env, "schedules", "rm", name).returncode == 0
+            assert _deployment_schedules(name)[0] is None
+        assert catalogue.schedules() == []
+        assert len([r for r in catalogue.renders(team="game", limit=20) if r["parent_render_id"]]) == 2
+    finally:
+        if worker is not None:
+            _stop(worker)
+        catalogue.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_on_the_embedded_default_linstudio_scheduler_runs_a_due_schedule(tmp_path, session_root):
+    from catalogue import Catalogue
+
+    home = _home(tmp_path, session_root)
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PREFECT_API", "LINSTUDIO_DATABASE", "LINSTUDIO_STORE"))}
+    env.update(LINSTUDIO_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
+    _sources(env, tmp_path)
+    at = (datetime.now(UTC) + timedelta(seconds=50)).strftime("%Y-%m-%dT%H:%M:%S")
+    added = _linstudio(env, "schedules", "add", "tonight", "--size", "128x128", "--team", "game", "--at", at)
+    assert added.returncode == 0 and "runs while `linstudio scheduler` runs" in added.stdout, added.stderr
+    log = tmp_path / "scheduler.log"
+    scheduler = _start([str(BIN / "linstudio"), "scheduler", "--port", str(_free_port())], env, log)
+    catalogue = Catalogue.open(f"sqlite:///{home / 'catalogue.db'}", f"file://{home / 'store'}")
+    try:
+        last = _wait(lambda: (run := catalogue.schedule("tonight").last_run) and run.state != "running" and run,
+                     240, "the scheduler to run the due schedule", [log])
+        assert (last.state, last.made, last.failed) == ("completed", 3, 0)
+    finally:
+        _stop(scheduler)
+        catalogue.close()
