@@ -116,6 +116,18 @@ CONDITIONING_TYPES: tuple[str, ...] = tuple(c.name for c in CONDITIONING)
 # -- features: what a render may ask for beyond one plain text-to-image pass ----------------------
 TILE_AXES: tuple[str, ...] = ("x", "y")  # tileable: true wraps both, "x" or "y" one, false none
 
+# How a render is meant to be seen. An equirectangular panorama (a VR team's 360-degree sky) covers
+# 360 by 180 degrees: it is 2:1 and wraps horizontally, so it renders tileable on x.
+PROJECTIONS: tuple[str, ...] = ("equirectangular",)
+PROJECTION_TILEABLE = {"equirectangular": "x"}
+
+
+def projection_problem(projection: str | None, width: int, height: int) -> str | None:
+    """Why a `projection` cannot have this size (one sentence), or None."""
+    if projection == "equirectangular" and width != 2 * height:
+        return f"an equirectangular panorama is 2:1 (360 by 180 degrees); {width}x{height} is not"
+    return None
+
 
 def features_used(conditioning: Iterable[str], tileable: bool | str, strategy: str) -> list[str]:
     """The features a render asks for, in declaration order: its conditioning types, `tileable`

@@ -20,7 +20,7 @@ KEY_FIELDS: tuple[str, ...] = (
     "team", "project", "asset_id", "prompt", "negative_prompt", "seed", "width", "height",
     "model_identity", "steps", "guidance", "scheduler", "attention", "strategy", "conditioning", "tileable",
 )
-OPTIONAL_KEY_FIELDS: tuple[str, ...] = ("parent_render_id",)  # re-renders only
+OPTIONAL_KEY_FIELDS: tuple[str, ...] = ("parent_render_id", "projection")  # hashed only when set
 
 __all__ = ["JOB_KEY_VERSION", "KEY_FIELDS", "OPTIONAL_KEY_FIELDS", "job_key"]  # JobSpec: linstudio_jobs.spec
 
@@ -28,7 +28,7 @@ __all__ = ["JOB_KEY_VERSION", "KEY_FIELDS", "OPTIONAL_KEY_FIELDS", "job_key"]  #
 def job_key(fields: dict) -> str:
     """The canonical job key: sha256 of `linstudio-job-v1` and the sorted-keys JSON of the key fields.
 
-    `fields` must hold exactly KEY_FIELDS (plus `parent_render_id` for a re-render; None counts as
+    `fields` must hold exactly KEY_FIELDS (plus OPTIONAL_KEY_FIELDS that are set; None counts as
     absent, so first renders keep their keys). File references in `conditioning` may carry their
     `path`: it is dropped here, only the file's hash counts. Raises ValueError on missing or extra
     fields, so that a field cannot slip into (or out of) keys unnoticed.
@@ -37,7 +37,7 @@ def job_key(fields: dict) -> str:
     extra = [name for name in fields if name not in KEY_FIELDS and name not in OPTIONAL_KEY_FIELDS]
     if missing or extra:
         raise ValueError(f"job_key: missing fields {missing}, unexpected fields {extra}")
-    body = {name: value for name, value in fields.items() if not (name == "parent_render_id" and value is None)}
+    body = {name: value for name, value in fields.items() if not (name in OPTIONAL_KEY_FIELDS and value is None)}
     body["conditioning"] = _without_paths(body["conditioning"])
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(f"{JOB_KEY_VERSION}\n{text}".encode()).hexdigest()

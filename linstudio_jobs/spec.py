@@ -87,6 +87,9 @@ class JobSpec:
     tileable: bool | str = _key(default=False)
     model: str = _about(default="")
     parent_render_id: str | None = _key_when_set(None, pixels=False)  # the source arrives in `conditioning`
+    # How the image is meant to be seen (capabilities.PROJECTIONS): the engine draws it through the
+    # `tileable` it implies; added after version 1, so hashed only when set.
+    projection: str | None = _key_when_set(None, pixels=False)
     tags: tuple[str, ...] = _about(default=())
     manifest_path: str = _about(default="")
     manifest_line: int | None = _about(default=None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from linfusion_engine.capabilities import PROJECTION_TILEABLE, projection_problem
 from manifests.paths import PathRefused, check_image, resolve_reference
 from manifests.schema import Asset, AssetFields, Defaults, missing_settings, resolve_asset
 
@@ -183,6 +184,7 @@ def _resolved_rules(defaults: Defaults, assets: list[tuple[int, Asset]], ctx: Ch
         if missing or _unsure("model", prefix, invalid) or ctx.registry is None:
             continue
         resolved = resolve_asset(defaults, asset, index)
+        issues.extend(_projection_rules(resolved, invalid))
         if resolved.model not in ctx.registry.names():
             continue
         family = ctx.registry.get(resolved.model).family
@@ -199,6 +201,23 @@ def _resolved_rules(defaults: Defaults, assets: list[tuple[int, Asset]], ctx: Ch
                 listed = ", ".join(known) if known else "none"
                 issues.append(Issue(where, f"LoRA {lora.name!r} is not registered with model {resolved.model!r}"
                                            f"{did_you_mean(lora.name, known)} (its LoRAs: {listed})"))
+    return issues
+
+
+def _projection_rules(resolved, invalid: set[str] | frozenset[str]) -> list[Issue]:
+    """A projection's sizes (2:1 for equirectangular) and the tileable it implies, at the field that set it."""
+    prefix = f"assets[{resolved.index}]"
+    if resolved.projection is None or _unsure("projection", prefix, invalid):
+        return []
+    where = resolved.origin["projection"]
+    issues = [Issue(where, f"projection {resolved.projection}: {problem} (in sizes)")
+              for problem in dict.fromkeys(projection_problem(resolved.projection, w, h) for w, h in resolved.sizes)
+              if problem is not None]
+    implied = PROJECTION_TILEABLE[resolved.projection]
+    if resolved.tileable != implied and not _unsure("tileable", prefix, invalid):
+        issues.append(Issue(resolved.origin["tileable"], f"tileable {str(resolved.tileable).lower()}: projection "
+                                                         f"{resolved.projection} wraps on {implied} only; give "
+                                                         f"tileable: {implied} or leave it out"))
     return issues
 
 

@@ -41,7 +41,8 @@ def expand_jobs(loaded: LoadedManifest, registry=None) -> list[JobSpec]:
                     negative_prompt=resolved.negative_prompt, seed=seed, width=width, height=height,
                     model_identity=identities[resolved.model], steps=resolved.steps, guidance=resolved.guidance,
                     scheduler=resolved.scheduler, attention=resolved.attention, strategy=resolved.strategy,
-                    conditioning=conditioning, tileable=resolved.tileable, model=resolved.model,
+                    conditioning=conditioning, tileable=resolved.tileable, projection=resolved.projection,
+                    model=resolved.model,
                     tags=tuple(resolved.tags), manifest_path=str(loaded.path),
                     manifest_line=loaded.line_of(f"assets[{index}]")))
     return jobs

@@ -26,6 +26,8 @@ from linfusion_engine.capabilities import (  # what the engine supports: the sch
     CONDITIONING,
     CONTROLNET_TYPES,
     MAX_SIDE,
+    PROJECTION_TILEABLE,
+    PROJECTIONS,
     SIZE_STEP,
     STRATEGIES,
     STRATEGY_TABLE,
@@ -68,6 +70,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "init_image": None,
     "lora": (),
     "tileable": False,
+    "projection": None,
 }
 REQUIRED_AFTER_DEFAULTS = ("model", "sizes")
 
@@ -251,6 +254,9 @@ class AssetFields(_Strict):
     tileable: Tileable | None = Field(
         None, description="false (default); true: tiles on both axes (game textures); x: wraps horizontally "
                           "(360-degree panoramas); y: wraps vertically.")
+    projection: Literal[PROJECTIONS] | None = Field(
+        None, description="How the image is meant to be seen: equirectangular marks a 360-degree VR panorama "
+                          "(sizes must be 2:1; implies tileable: x). The gallery opens it in a 360-degree viewer.")
 
 
 # The input model of each conditioning field. Checked against the engine's declaration at import:
@@ -331,6 +337,7 @@ class ResolvedAsset:
     init_image: InitImage | None
     lora: tuple[Lora, ...]
     tileable: bool | str
+    projection: str | None = None
     origin: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -393,8 +400,15 @@ def resolve_asset(defaults: AssetFields, asset: Asset, index: int) -> ResolvedAs
         scheduler=values["scheduler"], attention=values["attention"], strategy=values["strategy"],
         sizes=tuple(parse_size(s) for s in values["sizes"]), seeds=seeds, tags=tuple(values["tags"]),
         controlnet=tuple(values["controlnet"]), ip_adapter=values["ip_adapter"],
-        init_image=values["init_image"], lora=tuple(values["lora"]), tileable=values["tileable"],
-        origin=origin)
+        init_image=values["init_image"], lora=tuple(values["lora"]), tileable=_tileable_for(values, origin),
+        projection=values["projection"], origin=origin)
+
+
+def _tileable_for(values: dict[str, Any], origin: dict[str, str]) -> bool | str:
+    """The asset's tileable, or the one its projection implies when it does not say (equirectangular: x)."""
+    if "tileable" not in origin and values["projection"] is not None:
+        return PROJECTION_TILEABLE[values["projection"]]
+    return values["tileable"]
 
 
 def manifest_json_schema() -> dict:

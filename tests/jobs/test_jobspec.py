@@ -36,7 +36,7 @@ def test_re_renders_of_old_records_get_the_keys_the_old_main_gave_them():
         source = expected["_source"]
         (record,) = rerender_records(source, [(expected["width"], expected["height"])])
         assert record["key"] == expected["key"]
-        assert {k: v for k, v in record.items() if k not in ("spec_version", "schedule")} == {
+        assert {k: v for k, v in record.items() if k not in ("spec_version", "schedule", "projection")} == {
             k: v for k, v in expected.items() if k != "_source"}
 
 
@@ -60,7 +60,9 @@ def test_manifests_expand_to_the_keys_the_old_main_gave_them(tmp_path):
         if job.model_identity == record["model_identity"]:
             assert job.key == record["key"], record["asset_id"]
             compared += 1
-    assert compared >= 20  # the tiny models' identities are their build version: these always compare
+    # The tiny models' identities are their build version, so their jobs always compare; shapes-sd15's
+    # are its files, which a retrained adapter changes.
+    assert compared >= sum(1 for r in BEFORE["jobs"] if r["model"].startswith("tiny-")) >= 15
 
 
 def test_a_version_1_record_loads_with_the_defaults_of_what_it_lacks():

@@ -134,7 +134,7 @@ def test_record_is_json_with_every_field(project, registry):
     assert set(record) == {"key", "team", "project", "asset_id", "prompt", "negative_prompt", "seed", "width",
                            "height", "model", "model_identity", "steps", "guidance", "scheduler", "attention",
                            "strategy", "tileable", "tags", "conditioning", "parent_render_id", "manifest_path",
-                           "manifest_line", "spec_version", "schedule"}
+                           "manifest_line", "spec_version", "schedule", "projection"}
     assert record["tags"] == ["environment"]
     edges = record["conditioning"]["controlnet"][0]["image"]
     assert edges == {"path": str(project / "controls" / "edges.png"), "hashed": "bytes",
