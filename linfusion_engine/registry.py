@@ -13,7 +13,7 @@ Where things are
 ----------------
 `base` and `linfusion` are locations:
 - `builtin:tiny-sd15` / `builtin:tiny-sdxl`: built deterministically on first use under
-  HOME/models (see `linfusion_engine.tiny`);
+  HOME/models by the builder the `linfusion_engine.builtin_models` entry point names (`linfusion_devkit.tiny`);
 - `package:NAME`: trained weights shipped inside this package (`linfusion_engine/builtin_models/NAME`,
   e.g. `shapes-sd15`, trained by `toy/train_shapes.py`): nothing to build or download, identified
   like any local model, by the sha256 of its files;
@@ -46,7 +46,7 @@ BUILTIN_PREFIX = "builtin:"
 PACKAGE_PREFIX = "package:"
 # Where `package:NAME` locations live: trained weights committed with the code.
 PACKAGED_MODELS_DIR = Path(__file__).resolve().parent / "builtin_models"
-# Bumped whenever `linfusion_engine.tiny` changes what it builds, so job keys follow.
+# Bumped whenever `linfusion_devkit.tiny` changes what it builds, so job keys follow.
 TINY_BUILD_VERSION = "1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
@@ -151,7 +151,7 @@ class ModelEntry:
 
 
 def tiny_conditioning_locations(model: str) -> dict:
-    """The `builtin:` conditioning parts of a tiny model (built by `linfusion_engine.tiny_conditioning`)."""
+    """The `builtin:` conditioning parts of a tiny model (built by `linfusion_devkit.tiny_conditioning` through the entry point)."""
     return {"controlnets": {kind: f"builtin:{model}-controlnet-{kind}" for kind in ("canny", "depth")},
             "ip_adapter": f"builtin:{model}-ip-adapter",
             "loras": {"tiny-style": f"builtin:{model}-lora-tiny-style"}}
