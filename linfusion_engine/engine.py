@@ -26,15 +26,19 @@ import threading
 import time
 from typing import Any
 
+from linfusion_engine import __version__
+from linfusion_engine.builtins import ensure_built
 from linfusion_engine.capabilities import ATTENTION_MODES
 from linfusion_engine.loading import hub_offline, load_base_pipeline
+from linfusion_engine.metadata import PeakMemory, device_description, library_versions, process_peak_rss_bytes
 from linfusion_engine.registry import (
     ModelNotAvailableError,
     ModelRegistry,
 )
 # The request types live below the engine (the strategies need them too); found here as before.
 from linfusion_engine.requests import RenderRequest, RenderResult, choose_attention
-from linfusion_engine.schedulers import SCHEDULER_NAMES
+from linfusion_engine.schedulers import SCHEDULER_NAMES, make_scheduler
+from linfusion_engine.tokenizers import clean_prompt, prompt_truncation
 
 class Engine:
     """A base model with LinFusion, loaded once, rendering `RenderRequest`s.
@@ -51,6 +55,8 @@ class Engine:
     """
 
     def __init__(self, model: str = "tiny-sd15", *, registry: ModelRegistry, device=None, dtype=None) -> None:
+        # lazy: devices, linfusion, the conditioning session and the strategies import torch; this module
+        # imports none (tests/engine/test_registry.py::test_registry_and_scheduler_names_import_without_torch)
         from linfusion_engine.devices import resolve_device, resolve_dtype
 
         self.registry = registry
@@ -82,8 +88,6 @@ class Engine:
             self.registry.require_available(entry)
             base = self.registry.base_path(entry)
             if entry.is_tiny:
-                from linfusion_engine.builtins import ensure_built
-
                 ensure_built(entry.base, base, self.registry.models_dir)
             self._identity = self.registry.identity(entry)
             self._weights = self.registry.weight_digests(entry)
@@ -103,7 +107,7 @@ class Engine:
         `from_unet` builds them on the UNet's device and dtype; published weights load straight
         into the render dtype and device (they are stored in fp16).
         """
-        from linfusion_engine.linfusion import LinFusion
+        from linfusion_engine.linfusion import LinFusion  # lazy: torch and diffusers (see Engine.__init__)
 
         source = self.entry.linfusion
         if source == "none":
@@ -120,6 +124,7 @@ class Engine:
     def conditioning_state(self):
         """The ControlNets and IP-Adapter this engine has loaded (issue 6; `linfusion_engine.conditioning`)."""
         if getattr(self, "_conditioning", None) is None:
+            # lazy: the session's loaders import torch and diffusers (see Engine.__init__)
             from linfusion_engine.conditioning.session import EngineConditioning
 
             self._conditioning = EngineConditioning(self.registry, self.entry, device=self.device, dtype=self.dtype)
@@ -152,7 +157,7 @@ class Engine:
         """What the UNet's self-attention runs now: `linear`, `softmax`, or None before loading."""
         if self.pipeline is None:
             return None
-        from linfusion_engine.linfusion import is_mounted
+        from linfusion_engine.linfusion import is_mounted  # lazy: torch and diffusers (see Engine.__init__)
 
         return "linear" if is_mounted(self.pipeline.unet) else "softmax"
 
@@ -160,7 +165,7 @@ class Engine:
         """Swap the self-attention processors; no weights move and nothing reloads."""
         if self.attention_backend == backend:
             return
-        from linfusion_engine.linfusion import LinFusion
+        from linfusion_engine.linfusion import LinFusion  # lazy: torch and diffusers (see Engine.__init__)
 
         if backend == "linear":
             self.linfusion.mount(self.pipeline.unet)
@@ -173,8 +178,6 @@ class Engine:
         diffusers truncates silently; artists want to know that the end of a long prompt was not
         seen by the model (see `linfusion_engine.tokenizers.prompt_truncation`).
         """
-        from linfusion_engine.tokenizers import clean_prompt, prompt_truncation
-
         cut = {field: prompt_truncation(self.pipeline.tokenizer, clean_prompt(getattr(request, field)))
                for field in ("prompt", "negative_prompt")}
         return {field: report for field, report in cut.items() if report is not None}
@@ -204,10 +207,7 @@ class Engine:
         """
         import torch
 
-        from linfusion_engine import __version__
-        from linfusion_engine.devices import dtype_name
-        from linfusion_engine.metadata import PeakMemory, device_description, library_versions, process_peak_rss_bytes
-        from linfusion_engine.schedulers import make_scheduler
+        from linfusion_engine.devices import dtype_name  # lazy: torch (see Engine.__init__)
 
         started = time.perf_counter()
         # 1. Check inputs (before any load: a bad request costs nothing)
@@ -231,7 +231,7 @@ class Engine:
             generator = torch.Generator(device=self.device).manual_seed(request.seed)
 
             # 5. Run the strategy's stages (issue 5: linfusion_engine.strategies) and decode
-            from linfusion_engine.strategies.render import render_stages
+            from linfusion_engine.strategies.render import render_stages  # lazy: torch (see Engine.__init__)
 
             render_started = time.perf_counter()
             # issue 6: LoRAs, IP-Adapter and ControlNets applied for this render only

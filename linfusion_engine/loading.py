@@ -23,6 +23,9 @@ import contextlib
 import os
 from pathlib import Path
 
+from linfusion_engine.checkpoints import config_folder
+from linfusion_engine.tokenizers import clip_tokenizer
+
 # The file diffusers' `save_lora_weights` writes: a LoRA given as a folder (a `builtin:` one) holds it.
 LORA_FILE = "pytorch_lora_weights.safetensors"
 # Where the published IP-Adapter folders (h94/IP-Adapter) keep their SD-1.5 weights and image encoder.
@@ -127,8 +130,6 @@ def load_base_pipeline(registry, entry, *, dtype):
             extra["vae"] = load_vae(registry.vae_path(entry), entry.family, dtype)
         tokenizers = built_tokenizers(entry.family, registry.models_dir, None if location.is_file() else location)
         if location.is_file():
-            from linfusion_engine.checkpoints import config_folder
-
             pipe = pipeline_class.from_single_file(str(location), config=str(config_folder(entry.family)),
                                                    local_files_only=True, **tokenizers, **dtype_arg, **extra)
         else:
@@ -151,7 +152,6 @@ def built_tokenizers(family: str, models_dir: Path, folder: Path | None) -> dict
     missing = {name: pad for name, pad in pads.items() if folder is None or not (folder / name).is_dir()}
     if not missing:
         return {}
-    from linfusion_engine.tokenizers import clip_tokenizer
 
     cache = Path(models_dir) / "tokenizers" / "clip-bpe-16e6"
     return {name: clip_tokenizer(cache, pad_token=pad) for name, pad in missing.items()}
@@ -164,8 +164,6 @@ def load_vae(location: Path, family: str, dtype):
     dtype_arg = {dtype_kwarg(): dtype}
     location = Path(location)
     if location.is_file():
-        from linfusion_engine.checkpoints import config_folder
-
         return AutoencoderKL.from_single_file(str(location), config=str(config_folder(family)), subfolder="vae",
                                               local_files_only=True, **dtype_arg)
     subfolder = "vae" if (location / "vae" / "config.json").is_file() else None

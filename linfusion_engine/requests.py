@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linfusion_engine.capabilities import ATTENTION_MODES, STRATEGIES, TILE_AXES, side_problem
+from linfusion_engine.conditioning.inputs import Conditioning, ControlInput, InitInput, LoraInput
 from linfusion_engine.registry import ModelEntry
 from linfusion_engine.schedulers import check_scheduler_name
 
@@ -70,8 +71,6 @@ class RenderRequest:
 
     def conditioning(self):
         """The request's conditioning as one `linfusion_engine.conditioning.inputs.Conditioning` (torch-free)."""
-        from linfusion_engine.conditioning.inputs import Conditioning, ControlInput, InitInput, LoraInput
-
         controls = [c if isinstance(c, ControlInput) else ControlInput(*c) for c in self.controlnets]
         loras = [lora if isinstance(lora, LoraInput) else LoraInput(*lora) for lora in self.loras]
         init = None

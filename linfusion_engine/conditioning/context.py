@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from linfusion_engine.conditioning.inputs import Conditioning, resized
 from linfusion_engine.conditioning.pipelines import CONTROLNET_KINDS, use_controlnets
 from linfusion_engine.planner import Stage
+from linfusion_engine.schedulers import noised
 from linfusion_engine.strategies.base import StrategyContext
 from linfusion_engine.strategies.stage import StageInputs
 from linfusion_engine.tiling import circular_convs
@@ -59,8 +60,6 @@ def masked_blend_callback(keep_latents: torch.Tensor, mask: torch.Tensor, noise:
     `previous` (e.g. the highres skip residual) runs first; the mask has the last word. After the
     final step the kept area is `keep_latents` exactly.
     """
-    from linfusion_engine.schedulers import noised
-
     def callback(pipe, index, timestep, callback_kwargs):
         if previous is not None:
             callback_kwargs = previous(pipe, index, timestep, callback_kwargs)

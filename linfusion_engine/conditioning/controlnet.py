@@ -20,7 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from linfusion_engine.builtins import ensure_built
+from linfusion_engine.checkpoints import config_folder
+from linfusion_engine.loading import dtype_kwarg, hub_offline, quiet_progress_bars
 from linfusion_engine.processor import GeneralizedLinearAttnProcessor
+from linfusion_engine.registry import BUILTIN_PREFIX
 
 # Where a ControlNet's softmax processors wait while linear attention is mounted on it.
 _ORIGINALS_ATTR = "_linfusion_controlnet_original_processors"
@@ -40,20 +44,13 @@ def load_controlnet(registry, entry, kind: str, *, device, dtype):
     """
     from diffusers import ControlNetModel
 
-    from linfusion_engine.loading import dtype_kwarg, hub_offline, quiet_progress_bars
-    from linfusion_engine.registry import BUILTIN_PREFIX
-
     location = registry.require_conditioning(entry, "controlnet", kind)
     folder = Path(registry.conditioning_path(location))
     if location.startswith(BUILTIN_PREFIX):
-        from linfusion_engine.builtins import ensure_built
-
         ensure_built(location, folder, registry.models_dir)
     with hub_offline(), quiet_progress_bars():
         # Loaded straight into the render dtype: a later `.to(dtype)` makes diffusers warn.
         if folder.is_file():
-            from linfusion_engine.checkpoints import config_folder
-
             controlnet = ControlNetModel.from_single_file(
                 str(folder), config=str(config_folder(entry.family)), subfolder="controlnet", local_files_only=True,
                 **{dtype_kwarg(): dtype})

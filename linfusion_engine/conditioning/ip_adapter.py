@@ -24,6 +24,8 @@ from torch import nn
 
 # Where the weights are in an IP-Adapter folder: checked by `linstudio models add`, read here.
 from linfusion_engine.file_checks import ip_adapter_files
+from linfusion_engine.linfusion import LinFusion, is_mounted
+from linfusion_engine.loading import hub_offline, quiet_progress_bars, quiet_transformers
 
 
 @contextlib.contextmanager
@@ -63,9 +65,6 @@ class IpAdapterState:
         Whatever attention the UNet's attn1 ran before (softmax, or LinFusion mounted) it runs
         again afterwards, LinFusion's trained layers included.
         """
-        from linfusion_engine.loading import hub_offline, quiet_progress_bars, quiet_transformers
-        from linfusion_engine.linfusion import LinFusion, is_mounted
-
         unet = pipeline.unet
         folder = Path(folder)
         if folder.is_file():  # one weights file, its image_encoder/ beside it (the published models/ layout)

@@ -26,6 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from linfusion_engine.builtins import ensure_built
+from linfusion_engine.loading import LORA_FILE
+from linfusion_engine.registry import BUILTIN_PREFIX, resolve_location
+
 # (prefix in diffusers keys, prefix in kohya keys, pipeline component)
 _TARGETS = (("unet.", "lora_unet_", "unet"), ("text_encoder.", "lora_te1_", "text_encoder"),
             ("text_encoder.", "lora_te_", "text_encoder"), ("text_encoder_2.", "lora_te2_", "text_encoder_2"))
@@ -176,13 +180,9 @@ def apply_loras(pipeline, loras: list[tuple[str, str | Path, float]], linfusion=
 
 def lora_file(registry, entry, name: str) -> Path:
     """The safetensors file of LoRA `name` of registry `entry` (tiny built-in ones built on first use)."""
-    from linfusion_engine.registry import BUILTIN_PREFIX, resolve_location
-
     location = registry.require_conditioning(entry, "lora", name)
     if not location.startswith(BUILTIN_PREFIX):
         return Path(location).expanduser()
-    from linfusion_engine.builtins import ensure_built
-    from linfusion_engine.loading import LORA_FILE
 
     folder = ensure_built(location, resolve_location(location, registry.models_dir), registry.models_dir)
     return folder / LORA_FILE

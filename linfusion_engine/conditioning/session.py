@@ -19,7 +19,14 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
+from linfusion_engine.builtins import ensure_built
+from linfusion_engine.conditioning.context import ConditionedContext
+from linfusion_engine.conditioning.controlnet import ControlNetBank
 from linfusion_engine.conditioning.inputs import Conditioning
+from linfusion_engine.conditioning.ip_adapter import IpAdapterState
+from linfusion_engine.conditioning.lora import apply_loras, lora_file
+from linfusion_engine.linfusion import is_mounted
+from linfusion_engine.registry import BUILTIN_PREFIX
 
 
 class EngineConditioning:
@@ -33,8 +40,6 @@ class EngineConditioning:
     """
 
     def __init__(self, registry, entry, *, device, dtype, linear_controlnet: bool = True) -> None:
-        from linfusion_engine.conditioning.controlnet import ControlNetBank
-
         self.registry, self.entry = registry, entry
         self.device, self.dtype = device, dtype
         self.linear_controlnet = linear_controlnet
@@ -53,14 +58,9 @@ class EngineConditioning:
     def load_ip_adapter(self, pipeline, linfusion):
         """Load the entry's IP-Adapter onto `pipeline` once (LinFusion kept or re-mounted)."""
         if self.ip_adapter is None:
-            from linfusion_engine.conditioning.ip_adapter import IpAdapterState
-            from linfusion_engine.registry import BUILTIN_PREFIX
-
             location = self.registry.require_conditioning(self.entry, "ip_adapter")
             folder = Path(self.registry.conditioning_path(location))
             if location.startswith(BUILTIN_PREFIX):
-                from linfusion_engine.builtins import ensure_built
-
                 ensure_built(location, folder, self.registry.models_dir)
             self.ip_adapter = IpAdapterState.load(pipeline, folder, linfusion, source=location)
         return self.ip_adapter
@@ -72,8 +72,6 @@ class EngineConditioning:
 
         `linear_controlnet` is the per-render switch (see the class docstring).
         """
-        from linfusion_engine.conditioning.lora import apply_loras, lora_file
-
         conditioning.check()
         self.check_available(conditioning)
         self.linear_controlnet = bool(linear_controlnet)
@@ -118,9 +116,6 @@ class RenderSession:
 
     def context(self, **kwargs: Any):
         """A `ConditionedContext` for the strategies (a plain StrategyContext would ignore conditioning)."""
-        from linfusion_engine.conditioning.context import ConditionedContext
-        from linfusion_engine.linfusion import is_mounted
-
         types = [control.type for control in self.conditioning.controlnets]
         state, linfusion = self.state, self.linfusion
 

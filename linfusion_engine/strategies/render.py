@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from linfusion_engine import planner, tiling
 from linfusion_engine.memory import RssPeak, device_budget_bytes, low_memory_mode
+from linfusion_engine.requests import choose_attention
+from linfusion_engine.schedulers import make_scheduler
 from linfusion_engine.strategies import StagePipelines, StrategyContext, run_strategy
+from linfusion_engine.tokenizers import clean_prompt
 
 
 def _dtype_bytes(dtype) -> int:
@@ -27,9 +30,6 @@ def render_stages(engine, request, width: int, height: int, generator, condition
     planner says a whole pass stops fitting (always from 4K on), with `tiling.TILE_PX` tiles.
     """
     import contextlib
-
-    from linfusion_engine.requests import choose_attention
-    from linfusion_engine.schedulers import make_scheduler
 
     entry = engine.entry
     plan = planner.plan_render(request.strategy, width, height, entry.family, entry.native_size,
@@ -60,8 +60,6 @@ def render_stages(engine, request, width: int, height: int, generator, condition
         backend = choose_attention(request, w, h, entry)
         engine._use_attention(backend)
         return backend
-
-    from linfusion_engine.tokenizers import clean_prompt
 
     # issue 6: `conditioned` (a linfusion_engine.conditioning.session.RenderSession) builds a
     # StrategyContext subclass that conditions every stage; None renders from the prompt alone.
