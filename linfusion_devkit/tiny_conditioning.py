@@ -23,6 +23,7 @@ from pathlib import Path
 
 from linfusion_devkit.tiny import TINY_MODELS, ensure_tiny_model
 from linfusion_engine.loading import IP_ADAPTER_SUBFOLDER, LORA_FILE, quiet_progress_bars
+from linfusion_engine.registry import TINY_BUILD_VERSION
 
 CONTROLNET_TYPES: tuple[str, ...] = ("canny", "depth")
 # Embedding widths of the control-map encoder: 4 entries = 3 downsamples = the VAE's 8x (recipes.md).
@@ -70,8 +71,6 @@ def is_tiny_conditioning(name: str) -> bool:
 
 def _base_unet(model: str, models_dir: Path):
     from diffusers import UNet2DConditionModel
-
-    from linfusion_engine.registry import TINY_BUILD_VERSION
 
     folder = ensure_tiny_model(model, models_dir / model / f"v{TINY_BUILD_VERSION}")
     with quiet_progress_bars():

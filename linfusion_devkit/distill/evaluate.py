@@ -28,7 +28,9 @@ from torch.utils._pytree import tree_map
 
 from linfusion_devkit.distill.loss import Attn1Capture
 from linfusion_devkit.distill.setup import load_pipeline, resolve_base
+from linfusion_engine.devices import resolve_device, resolve_dtype
 from linfusion_engine.linfusion import LinFusion
+from linfusion_engine.loading import hub_offline
 
 
 @dataclass
@@ -110,7 +112,6 @@ def load_student(location: str, unet) -> LinFusion:
     """LinFusion weights from a folder, or `from_unet` (the untrained starting point, as a baseline)."""
     if location == "from_unet":
         return LinFusion.from_unet(unet)
-    from linfusion_engine.loading import hub_offline
 
     with hub_offline():
         return LinFusion.from_pretrained(location, torch_dtype=unet.dtype, device=unet.device)
@@ -130,8 +131,6 @@ def evaluate(base: str, linfusion: str, prompts: list[str], *, size: int | None 
         image_dir: where to write teacher-NN.png / student-NN.png; None writes nothing.
         registry: where a registry name for `base` is looked up (the studio's `ModelRegistry`).
     """
-    from linfusion_engine.devices import resolve_device, resolve_dtype
-
     if not prompts:
         raise ValueError("distill-eval needs at least one prompt")
     # 1. Models: the base pipeline (teacher) and the LinFusion layers for the student

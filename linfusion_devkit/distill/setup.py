@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from linfusion_engine.builtins import ensure_built
 from linfusion_engine.linfusion import LinFusion
+from linfusion_engine.loading import hub_offline, load_base_pipeline, quiet_progress_bars
 
 INITS = ("teacher", "random")
 SDXL_PIPELINE_CLASSES = ("StableDiffusionXLPipeline",)
@@ -67,8 +69,6 @@ def resolve_base(base: str, registry) -> BaseModel:
     entry = registry.get(base)  # UnknownModelError names the registered models
     folder = registry.base_path(entry)
     if entry.is_tiny:  # built the way the engine builds it: by the builder installed for `builtin:`
-        from linfusion_engine.builtins import ensure_built
-
         ensure_built(entry.base, folder, registry.models_dir)
     if folder is None:
         registry.require_available(entry)  # raises ModelNotAvailableError saying how to provide it
@@ -78,8 +78,6 @@ def resolve_base(base: str, registry) -> BaseModel:
 
 def load_pipeline(base: BaseModel):
     """The base pipeline on the CPU in fp32, offline, without progress bars."""
-    from linfusion_engine.loading import hub_offline, load_base_pipeline, quiet_progress_bars
-
     if base.entry is not None:
         # The teacher is the base alone: an entry whose LinFusion weights are what this run is
         # about to produce (a new model's registry entry naming its future folder) must not be
