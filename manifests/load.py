@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from linfusion_engine.registry import ModelRegistry
 from manifests.checks import CheckContext
 from manifests.errors import ManifestError, parent_key
 from manifests.schema import Manifest
@@ -148,8 +149,6 @@ def load_manifests(paths: list[Path], *, settings, registry=None) -> LoadResult:
     files, result.errors = find_manifest_files(paths)
     result.files = files
     if registry is None and files:
-        from linfusion_engine.registry import ModelRegistry
-
         try:
             registry = ModelRegistry.from_settings(settings)
         except (ValueError, OSError) as exc:  # a broken models.yaml: say so, check everything else
