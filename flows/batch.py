@@ -20,9 +20,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows.job_runner import job_label
 from flows.outcomes import JobOutcome, RunSummary
 from flows.leases import worker_id
-from flows.transient import one_line
+from flows.transient import is_disk_full, is_transient, one_line
+from linfusion_engine.registry import ModelRegistry
+from manifests import expand_jobs, load_manifests
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +90,6 @@ def open_registry(settings):
     validation and the job keys (`load_and_expand`), the renders (`RunContext.registry`), the memory
     estimates. A models.yaml that cannot be read stops the run the way `linstudio validate` reports
     it: as a manifest error naming the file."""
-    from linfusion_engine.registry import ModelRegistry
-
     try:
         return ModelRegistry.from_settings(settings)
     except (ValueError, OSError) as exc:
@@ -101,8 +102,6 @@ def load_and_expand(paths: list[Path], settings, registry=None) -> list[tuple[ob
 
     `settings` (the studio's) name the shared roots and the job limit; `registry` is the run's model
     registry (None: `load_manifests` builds one from the settings)."""
-    from manifests import expand_jobs, load_manifests
-
     result = load_manifests(paths, settings=settings, registry=registry)
     if result.errors:
         raise ManifestsInvalid(list(result.errors))
@@ -118,8 +117,6 @@ def plan_run(catalogue, expanded: list[tuple[object, list]], force: bool,
     Each manifest's jobs go under a new submission, or under `submission_ids[i]` when the
     submissions already exist (the nightly run's inbox tickets).
     """
-    from flows.job_runner import job_label
-
     planned = PlannedRun()
     seen: set[str] = set()
     for index, (loaded, jobs) in enumerate(expanded):
@@ -167,8 +164,6 @@ def finish_submissions(catalogue, submission_ids: list[str], summary: RunSummary
             elif not elsewhere.intersection(keys):
                 catalogue.finish_submission(submission_id, "done", None)
         except Exception as exc:
-            from flows.transient import is_disk_full, is_transient
-
             if not (is_transient(exc) or is_disk_full(exc)):
                 raise
             summary.unrecorded_submissions.extend(submission_ids[index:])

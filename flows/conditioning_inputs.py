@@ -16,6 +16,9 @@ import hashlib
 import io
 from typing import Any
 
+from catalogue.store import make_s3_client
+from linfusion_engine.conditioning.inputs import ControlInput, IpAdapterInput, LoraInput
+
 
 class ConditioningInputError(ValueError):
     """A conditioning file is missing, unreadable, or changed since the job was planned."""
@@ -23,8 +26,6 @@ class ConditioningInputError(ValueError):
 
 def _s3_bytes(uri: str) -> bytes:
     """The object at `s3://bucket/key`, through the same boto3 client setup as the object store."""
-    from catalogue.store import make_s3_client
-
     bucket, _, key = uri[len("s3://"):].partition("/")
     client = make_s3_client()
     from botocore.exceptions import ClientError
@@ -79,8 +80,6 @@ def _source(entry: dict, image) -> dict:
 
 def request_conditioning(conditioning: dict) -> dict[str, Any]:
     """RenderRequest keyword arguments for a job record's `conditioning` (empty dict for none)."""
-    from linfusion_engine.conditioning.inputs import ControlInput, IpAdapterInput, LoraInput
-
     kwargs: dict[str, Any] = {}
     for i, control in enumerate(conditioning.get("controlnet") or []):
         image = read_image(control["image"], f"controlnet[{i}].image")

@@ -19,6 +19,8 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
 
+from linfusion_engine import Engine
+
 _lock = threading.Lock()
 _engines: OrderedDict[tuple[str, str | None, str | None], object] = OrderedDict()  # least recently used first
 _model_locks: dict[tuple[str, str | None, str | None], threading.Lock] = {}
@@ -34,8 +36,6 @@ def engine_for(model: str, registry, device: str | None = None, dtype: str | Non
     with model_lock:
         engine = _engines.get(key)
         if engine is None:
-            from linfusion_engine import Engine
-
             engine = Engine(model, registry=registry, device=device, dtype=dtype)
             engine.load()
         with _lock:

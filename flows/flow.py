@@ -24,10 +24,14 @@ from typing import Callable, Iterable
 
 from prefect import flow
 
+from catalogue import Catalogue
 from flows.devices import SlotPool, render_devices
 from flows.job_runner import RunContext, run_job
-from flows.leases import LeaseKeeper
+from flows.leases import LeaseKeeper, worker_id
 from flows.outcomes import JobOutcome, RunSummary, redact_url
+from flows.render_host import RenderHostUnavailable, client_from_settings
+from linfusion_engine.registry import ModelRegistry
+from linstudio_settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,6 @@ def batch_flow(records: list[dict], worker: str | None = None, skipped: list[dic
     settings, catalogue = live.settings, live.catalogue
     owns_catalogue = catalogue is None
     if owns_catalogue:
-        from catalogue import Catalogue
-
         catalogue = Catalogue.open(settings.resolved_database_url, settings.resolved_store_url)
         catalogue.migrate()
     skipped_outcomes = [JobOutcome(**item) for item in skipped or []]
@@ -92,9 +94,6 @@ def batch_flow(records: list[dict], worker: str | None = None, skipped: list[dic
 def _own_live_objects() -> LiveObjects:
     """A served or deployed run's own: the worker's settings and registry; the catalogue is opened
     (and closed) by the flow."""
-    from linfusion_engine.registry import ModelRegistry
-    from linstudio_settings import get_settings
-
     settings = get_settings()
     return LiveObjects(catalogue=None, settings=settings, registry=ModelRegistry.from_settings(settings))
 
@@ -109,8 +108,6 @@ def render_records(records: Iterable[dict], *, catalogue, settings, registry, wo
     so it may be a lazy iterable (`flows.helping.BatchHelp`); pass `total` then. `registry` is the
     run's model registry (in-process renders load from it; the render host has its own).
     """
-    from flows.leases import worker_id
-
     devices, host = render_target(settings)
     owner = worker or worker_id(settings)
     keeper = LeaseKeeper(catalogue, owner, settings.lease_seconds)
@@ -210,8 +207,6 @@ def render_target(settings) -> tuple[list[str | None], object]:
     A host that does not answer is logged and skipped: the flow run then loads the model itself,
     slower but correct.
     """
-    from flows.render_host import RenderHostUnavailable, client_from_settings
-
     host = client_from_settings(settings)
     if host is not None:
         try:
@@ -230,8 +225,6 @@ def render_batch(records: Iterable[dict], *, catalogue, settings, registry, skip
     run of `batch_flow`, which finds the live objects in `_live` (see `LiveObjects`).
     """
     from prefect.context import FlowRunContext
-
-    from flows.leases import worker_id
 
     if FlowRunContext.get() is not None:
         return render_records(records, catalogue=catalogue, settings=settings, registry=registry,

@@ -18,6 +18,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from catalogue.store import open_store
+
 QUEUED = "queued/"
 TAKEN = "taken/"
 
@@ -61,8 +63,6 @@ class Inbox:
     """Tickets in an object store (file:// or s3://), addressed by submission id."""
 
     def __init__(self, url: str) -> None:
-        from catalogue.store import open_store
-
         self.url = url
         self.store = open_store(url)
 

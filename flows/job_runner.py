@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
+from flows.conditioning_inputs import ConditioningInputError
 from flows.devices import SlotPool
 from flows.leases import LeaseKeeper
 from flows.outcomes import RUNNING_ELSEWHERE, JobOutcome
@@ -125,8 +126,6 @@ def ingest_with_retries(ctx: RunContext, record: dict, png: bytes, engine_meta: 
 def failure_reason(exc: BaseException, record: dict) -> str:
     """A failed job's reason; a bad input file also names the manifest and line that asked for it,
     so whoever reads the failure knows which entry to fix."""
-    from flows.conditioning_inputs import ConditioningInputError
-
     reason = one_line(exc)
     if isinstance(exc, ConditioningInputError) and record.get("manifest_path"):
         line = record.get("manifest_line")

@@ -17,6 +17,28 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from catalogue import Catalogue
+from flows.batch import (
+    ManifestsInvalid,
+    load_and_expand,
+    open_registry,
+    plan_run,
+    release_abandoned_leases,
+    sweep_after_run,
+)
+from flows.inbox import Inbox
+from flows.settle import settle_running_submissions
+from flows.shards import (
+    DispatchedShard,
+    NIGHTLY_QUEUE,
+    RENDER_SHARD_DEPLOYMENT,
+    dispatch,
+    make_shards,
+    needs_large_gpu,
+    wait_for_shards,
+)
+from linstudio_settings import get_settings
+
 
 def shard_deployments_available() -> bool:
     """True when a Prefect server is configured and knows the `render-shard` deployment."""
@@ -28,8 +50,6 @@ def shard_deployments_available() -> bool:
         if not PREFECT_API_URL.value():
             return False
     from prefect.client.orchestration import get_client
-
-    from flows.shards import RENDER_SHARD_DEPLOYMENT
 
     try:
         with get_client(sync_client=True) as client:
@@ -44,10 +64,6 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, registry, 
 
     `registry` is the run's model registry: the memory estimates that route a shard to the
     large-GPU pool ask it, and so do the renders here (the workers have their own)."""
-    from linstudio_settings import get_settings
-
-    from flows.shards import DispatchedShard, dispatch, make_shards, needs_large_gpu, wait_for_shards
-
     logger = logger or logging.getLogger(__name__)
     settings = get_settings()
     done = catalogue.rendered_keys([r["key"] for r in records])
@@ -68,10 +84,11 @@ def render_keys_spread(catalogue, records: list[dict], *, queue: str, registry, 
         shards = [send([r["key"] for r in shard]) for shard in make_shards(todo, settings.shard_size)]
         wait_for_shards(catalogue, shards, lease_seconds=settings.lease_seconds, redispatch=send, logger=logger)
     elif todo:
+        # lazy: importing flows.flow imports Prefect, which must come after configure_prefect_defaults()
+        # (flows/prefect_env.py); tests/flows/test_nightly_resume.py stands in for render_batch
         from flows.flow import render_batch
 
         render_batch(todo, catalogue=catalogue, settings=settings, registry=registry)
-    from flows.batch import sweep_after_run
 
     sweep_after_run(catalogue)  # a worker killed mid-upload left an intent and its objects
     states = catalogue.job_states([r["key"] for r in records])
@@ -100,14 +117,6 @@ def orphaned_submissions(catalogue, inbox) -> list[tuple[str, object]]:
 
 def run_nightly(logger=None) -> dict:
     """Take the inbox, render it, record each submission's outcome; returns {submission id: status}."""
-    from catalogue import Catalogue
-
-    from flows.batch import ManifestsInvalid, load_and_expand, open_registry, plan_run, release_abandoned_leases
-    from flows.inbox import Inbox
-    from flows.settle import settle_running_submissions
-    from flows.shards import NIGHTLY_QUEUE
-    from linstudio_settings import get_settings
-
     logger = logger or logging.getLogger(__name__)
     settings = get_settings()
     try:

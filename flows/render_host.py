@@ -29,7 +29,13 @@ import os
 import threading
 from multiprocessing.connection import Client, Connection, Listener
 
+from flows import engines
+from flows.conditioning_inputs import ConditioningInputError
+from flows.devices import render_devices
+from flows.rendering import render_png
 from flows.transient import is_transient, one_line
+from linfusion_engine.registry import ModelRegistry
+from linstudio_settings import get_settings
 
 log = logging.getLogger("linstudio.render_host")
 
@@ -65,8 +71,6 @@ def remote_error(name: str, reason: str, transient: bool) -> Exception:
 
 def _known_errors() -> dict[str, type]:
     """The project's own exception types a flow run tells apart, rebuilt as such from the host."""
-    from flows.conditioning_inputs import ConditioningInputError
-
     return {"ConditioningInputError": ConditioningInputError}
 
 
@@ -89,8 +93,6 @@ class RenderHost:
 
     def start(self) -> None:
         """Bind the socket (owner-only) and find the devices; serving starts with `serve_forever`."""
-        from flows.devices import render_devices
-
         if os.path.exists(self.address):
             os.unlink(self.address)  # a stale socket from a host that was killed
         old_umask = os.umask(0o177)
@@ -102,12 +104,10 @@ class RenderHost:
 
     def preload(self, models: list[str]) -> None:
         """Load `models` now, so the first flow run finds them warm (renders wait meanwhile)."""
-        from flows.engines import engine_for
-
         with self._render_lock:
             for model in models:
                 for device in self.devices:
-                    with engine_for(model, self.registry, device=device, dtype=self.dtype):
+                    with engines.engine_for(model, self.registry, device=device, dtype=self.dtype):
                         log.info("preloaded %s on %s", model, device or "auto")
 
     def serve_forever(self) -> None:
@@ -138,14 +138,10 @@ class RenderHost:
 
     def handle(self, request: tuple) -> tuple:
         """Answer one request tuple (see the module docstring)."""
-        from flows import engines
-
         try:
             if request[0] == "ping":
                 return ("ok", {"pid": os.getpid(), "devices": self.devices, "models": engines.loaded_models()})
             if request[0] == "render":
-                from flows.rendering import render_png
-
                 _, record, device, dtype, source_image = request
                 with self._render_lock:
                     png, metadata = render_png(record, device, dtype if dtype is not None else self.dtype,
@@ -218,9 +214,6 @@ def client_from_settings(settings) -> RenderHostClient | None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m flows.render_host`: run a host (normally started by `linstudio worker`)."""
-    from linfusion_engine.registry import ModelRegistry
-    from linstudio_settings import get_settings
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preload", action="append", default=[], help="model to load at start (repeatable)")
     parser.add_argument("--max-models", type=int, default=DEFAULT_MAX_MODELS,

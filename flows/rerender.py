@@ -24,6 +24,8 @@ from catalogue.rerenders import (  # noqa: F401 (re-exported: flows.rerender was
     rerender_records,
     select_renders,
 )
+from flows.prefect_env import configure_prefect_defaults
+from linstudio_settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,6 @@ def start_in_background(job_keys: list[str]) -> subprocess.Popen | None:
 
 
 def _log_dir() -> Path:
-    from linstudio_settings import get_settings
-
     folder = get_settings().home / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -50,8 +50,6 @@ def _log_dir() -> Path:
 
 def _run_deployment(job_keys: list[str]) -> bool:
     """Trigger the `rerender` deployment; False when it is not registered (the caller renders locally)."""
-    from flows.prefect_env import configure_prefect_defaults
-
     configure_prefect_defaults()
     try:
         from prefect.deployments import run_deployment

@@ -27,10 +27,13 @@ from flows.batch import (
     release_abandoned_leases,
     sweep_after_run,
 )
+from flows.helping import BatchHelp
+from flows.job_runner import job_label
 from flows.leases import worker_id
-from flows.outcomes import JobOutcome, RunSummary, redact_url
+from flows.outcomes import JobOutcome, RUNNING_ELSEWHERE, RunSummary, redact_url
 from flows.prefect_env import configure_prefect_defaults
 from catalogue.rerenders import RerenderError
+from flows.waiting import resolve_elsewhere
 from linstudio_settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,8 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
     expanded = load_and_expand([Path(p) for p in paths], settings, registry)
 
     configure_prefect_defaults()
-    from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
+    # lazy: importing flows.flow imports Prefect, which reads its settings once: after configure_prefect_defaults()
+    from flows.flow import render_batch
 
     catalogue = Catalogue.from_settings(settings)
     try:
@@ -66,8 +70,6 @@ def run_manifests(paths: list[Path], *, force: bool = False, wait: bool = False,
                                              registry=registry, skipped=planned.skipped, total=total,
                                              on_progress=on_progress))
         if summary.running_elsewhere:  # confirmed, taken back if their run is gone, or waited for
-            from flows.waiting import resolve_elsewhere
-
             by_key = {r["key"]: r for r in planned.to_render}
             summary.outcomes = resolve_elsewhere(
                 catalogue, summary.outcomes, by_key, worker=worker_id(settings), wait=wait,
@@ -88,16 +90,14 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
     most `help_max_gib` planned memory once its own are done (`flows.helping`); the summary then
     counts what it rendered for the others too.
     """
-    from flows.job_runner import job_label
-    from flows.outcomes import RUNNING_ELSEWHERE
-
     settings = settings or get_settings()
     try:
         registry, unreadable = open_registry(settings), None
     except ManifestsInvalid as exc:
         registry, unreadable = None, str(exc.errors[0])
     configure_prefect_defaults()
-    from flows.flow import render_batch  # after the Prefect defaults: importing flows.flow imports Prefect
+    # lazy: importing flows.flow imports Prefect, which reads its settings once: after configure_prefect_defaults()
+    from flows.flow import render_batch
 
     catalogue = Catalogue.from_settings(settings)
     try:
@@ -121,8 +121,6 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
                              store=settings.resolved_store_url)
         work = records
         if help_batch:
-            from flows.helping import BatchHelp
-
             work = BatchHelp(records, catalogue, [job["submission_id"] for job in planned.values()],
                              max_gib=help_max_gib, registry=registry)
         outcomes = render_batch(work, catalogue=catalogue, settings=settings, registry=registry, skipped=skipped,
@@ -142,8 +140,6 @@ def render_planned_jobs(job_keys: list[str], settings=None, on_progress=None, he
 
 def _fail_unrendered(catalogue, settings, job_keys: list[str], done: set[str], planned: dict, reason: str):
     """A run that cannot read its model registry: every job not yet catalogued is recorded failed with `reason`."""
-    from flows.job_runner import job_label
-
     summary = RunSummary(outcomes=[], catalogue=redact_url(settings.resolved_database_url),
                          store=settings.resolved_store_url)
     for key in job_keys:

@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.batch import ManifestsInvalid, load_and_expand
+
 log = logging.getLogger(__name__)
 
 
@@ -35,8 +37,6 @@ class Settled:
 def manifest_keys(row: dict, settings, registry=None) -> list[str] | None:
     """The job keys of a submission's manifest, read from the file while it is unchanged; None otherwise.
     `registry`: the caller's model registry (None: built from the settings)."""
-    from flows.batch import ManifestsInvalid, load_and_expand
-
     path = Path(row["manifest_path"])
     try:
         if hashlib.sha256(path.read_bytes()).hexdigest() != row.get("manifest_sha256"):

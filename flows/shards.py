@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from catalogue.jobs import claimable
+from linfusion_engine.planner import estimate_peak_gib
 
 RENDER_SHARD_DEPLOYMENT = "linstudio-render-jobs/render-shard"
 RENDER_SHARD_LARGE_DEPLOYMENT = "linstudio-render-jobs/render-shard-large"
@@ -42,10 +43,6 @@ def make_shards(records: list[dict], shard_size: int) -> list[list[dict]]:
 def needs_large_gpu(shard: list[dict], large_job_gib: float, registry) -> bool:
     """True when the planner estimates any job of the shard above `large_job_gib` of device memory
     (`registry`, the studio's model registry, says what each job's model is)."""
-    try:
-        from linfusion_engine.planner import estimate_peak_gib
-    except ImportError:  # no planner estimates: everything fits the default pool
-        return False
     return any(estimate_peak_gib(r, registry) > large_job_gib for r in shard)
 
 

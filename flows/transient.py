@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 
+from catalogue.errors import DatabaseFullError
+
 _TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN,
                      errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED}
 
@@ -18,8 +20,6 @@ _DISK_FULL_TEXTS = ("database or disk is full", "no space left on device", "disk
 
 def is_disk_full(exc: BaseException) -> bool:
     """True when `exc`, or what caused it, says a disk (the database's or the store's) is full."""
-    from catalogue.errors import DatabaseFullError
-
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
