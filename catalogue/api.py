@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from catalogue import check as checks
 from catalogue import ingest as ingesting
-from catalogue import intents, jobs, migrate, queries, schedules, submissions
+from catalogue import intents, jobs, migrate, queries, schedules, submissions, tiles
 from catalogue import repair as repairs
 from catalogue.db import chunked, make_engine, make_sessionmaker
 from catalogue.errors import IntentSweptError
@@ -383,17 +383,22 @@ class Catalogue:
         keys = sorted(set(job_keys))
         now = self.clock()
         forgotten: list[tuple[str, str, int, list[str]]] = []  # (render id, job key, intent id, object keys)
+        pyramid_of: list[str] = []  # the PNG keys of forgotten renders big enough for a deep-zoom pyramid
         with self.transaction() as session:
             for chunk in chunked(keys):
                 for render in session.scalars(select(Render).where(Render.job_key.in_(chunk))):
                     object_keys = [render.object_key, render.thumb_key]
                     intent_id = intents.open_intent(session, render.job_key, FORGET, object_keys, None, now)
                     forgotten.append((render.id, render.job_key, intent_id, object_keys))
+                    if tiles.needs_pyramid(render.width, render.height):
+                        pyramid_of.append(render.object_key)
             for chunk in chunked([render_id for render_id, _, _, _ in forgotten]):
                 session.execute(delete(Render).where(Render.id.in_(chunk)))
             jobs.replan(session, [job_key for _, job_key, _, _ in forgotten], now)
         for _, _, intent_id, object_keys in forgotten:
             self._compensate(intent_id, object_keys)
+        for object_key in pyramid_of:  # a crash before this leaves an orphan pyramid: `catalogue check` finds it
+            tiles.delete(self.store, object_key)
         return [render_id for render_id, _, _, _ in forgotten]
 
     # -- reading --------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Reports, without changing anything:
   (a failed or killed ingest; `sweep_intents` removes those its intents name);
 - missing objects — a render row whose PNG or thumbnail is not in the store;
 - corrupt objects — present, but their sha256 is not the one recorded;
-- expired leases — running jobs whose worker stopped renewing (a run will take them again).
+- expired leases — running jobs whose worker stopped renewing (a run will take them again);
+- deep-zoom pyramids (catalogue.tiles) missing or partial for a render above 2048 px, and
+  orphan pyramids whose render row is gone.
 Unfinished upload intents are listed too, as the likely cause of orphans.
 
 The store is listed *before* the rows are read: an ingest that commits in between then shows up
@@ -23,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from catalogue import intents, jobs
+from catalogue import intents, jobs, tiles
 from catalogue.models import Render
 from catalogue.store import ObjectStore
 
@@ -38,6 +40,15 @@ class ObjectProblem:
     uri: str
     render_id: str | None
     detail: str
+
+
+@dataclass(frozen=True)
+class PyramidProblem:
+    """A render's deep-zoom pyramid that is not whole (`missing`, `partial`), or one without a render (`orphan`)."""
+
+    stem: str
+    render_id: str | None
+    state: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class RowSnapshot:
     renders: list[tuple[str, str, str, str, str]]  # (render id, PNG key, PNG sha256, thumb key, thumb sha256)
     expired: list[LeaseProblem]
     intents: list[dict[str, Any]]
+    big: list[tuple[str, str, int, int]] = field(default_factory=list)  # renders wanting a pyramid: id, key, w, h
 
 
 @dataclass
@@ -70,10 +82,12 @@ class CheckReport:
     corrupt_objects: list[ObjectProblem] = field(default_factory=list)
     expired_leases: list[LeaseProblem] = field(default_factory=list)
     unfinished_intents: list[dict[str, Any]] = field(default_factory=list)
+    pyramid_problems: list[PyramidProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.orphan_objects or self.missing_objects or self.corrupt_objects or self.expired_leases)
+        return not (self.orphan_objects or self.missing_objects or self.corrupt_objects or self.expired_leases
+                    or self.pyramid_problems)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -96,6 +110,10 @@ class CheckReport:
             lines.append(f"{len(self.expired_leases)} expired leases:")
             lines.extend(f"  job {p.job_key}: leased by {p.worker}, expired {p.expired_at}"
                          for p in self.expired_leases)
+        if self.pyramid_problems:
+            lines.append(f"{len(self.pyramid_problems)} deep-zoom pyramids not whole (--repair builds or deletes them):")
+            lines.extend(f"  {p.state} {p.stem}" + (f" [render {p.render_id}]" if p.render_id else "")
+                         for p in self.pyramid_problems)
         if self.unfinished_intents:
             lines.append(f"{len(self.unfinished_intents)} unfinished upload intents (sweep_intents clears them):")
             lines.extend(f"  intent {i['id']} ({i['purpose']}, {i['state']}) job {i['job_key']} by {i['worker']} "
@@ -119,7 +137,26 @@ def snapshot(session: Session, now: datetime) -> RowSnapshot:
     pending = [{"id": i.id, "job_key": i.job_key, "purpose": i.purpose, "state": i.state, "worker": i.worker,
                 "created_at": i.created_at.isoformat(), "object_keys": list(i.object_keys)}
                for i in intents.unfinished(session)]
-    return RowSnapshot(renders=renders, expired=expired, intents=pending)
+    limit = tiles.DEEPZOOM_MIN_SIDE
+    big = [tuple(row) for row in session.execute(
+        select(Render.id, Render.object_key, Render.width, Render.height)
+        .where((Render.width > limit) | (Render.height > limit)).order_by(Render.id)
+    )]
+    return RowSnapshot(renders=renders, expired=expired, intents=pending, big=big)
+
+
+def inspect_pyramids(store: ObjectStore, big: list[tuple[str, str, int, int]]) -> list[PyramidProblem]:
+    """Pyramids missing or partial for the renders in `big`, and pyramids in the store that none of them owns."""
+    problems = []
+    owned = set()
+    for render_id, object_key, width, height in big:
+        stem = tiles.PyramidKeys.of(object_key).stem
+        owned.add(stem)
+        found = tiles.state(store, object_key, width, height)
+        if found in ("missing", "partial"):
+            problems.append(PyramidProblem(stem, render_id, found))
+    problems += [PyramidProblem(stem, None, "orphan") for stem in tiles.pyramid_stems(store) if stem not in owned]
+    return problems
 
 
 def inspect(store: ObjectStore, listed: set[str], rows: RowSnapshot, verify_hashes: bool = True) -> CheckReport:
@@ -147,4 +184,5 @@ def inspect(store: ObjectStore, listed: set[str], rows: RowSnapshot, verify_hash
         detail = (f"named by unfinished upload intent {intent['id']} (job {intent['job_key']}, {intent['worker']})"
                   if intent else "no render row and no upload intent")
         report.orphan_objects.append(ObjectProblem(key, store.uri(key), None, detail))
+    report.pyramid_problems = inspect_pyramids(store, rows.big)
     return report

@@ -51,7 +51,14 @@ def render_dict(render: Render, *, full: bool = False) -> dict[str, Any]:
     }
     if full:
         shape["record"] = render.record
+        shape["projection"] = projection_of(render.record)
     return shape
+
+
+def projection_of(record: dict | None) -> str | None:
+    """The render's projection from its stored record (`equirectangular` for VR panoramas), else None."""
+    value = (record or {}).get("projection")
+    return value if isinstance(value, str) else None
 
 
 def list_renders(session: Session, team: str | None = None, project: str | None = None, limit: int = 100,

@@ -48,8 +48,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from catalogue import intents, jobs
-from catalogue.check import CheckReport
+from catalogue import intents, jobs, pyramids, tiles
+from catalogue.check import CheckReport, PyramidProblem
 from catalogue.jobs import REASON_LIMIT, LeaseSighting, expired_leases
 from catalogue.errors import ObjectNotFoundError
 from catalogue.models import DONE, FAILED, FORGET, PLANNED, RUNNING, Job, Render, Review
@@ -88,6 +88,8 @@ REMOVE_RENDER = "remove-render"
 REMAKE_THUMBNAIL = "remake-thumbnail"
 DELETE_ORPHAN = "delete-orphan"
 KEEP_ORPHAN = "keep-orphan"
+BUILD_PYRAMID = "build-pyramid"
+DELETE_PYRAMID = "delete-pyramid"
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,33 @@ def repair(catalogue: Catalogue, verify_hashes: bool, orphan_grace_seconds: floa
         action = repair_orphan(catalogue, problem.key, problem.uri, orphan_grace_seconds)
         if action is not None:
             actions.append(action)
+    # 5. Deep-zoom pyramids: build the missing and partial ones, delete those of deleted renders.
+    actions += repair_pyramids(catalogue, before.pyramid_problems)
     return RepairReport(before, actions, catalogue.check(verify_hashes))
+
+
+def repair_pyramids(catalogue: Catalogue, problems: list[PyramidProblem]) -> list[RepairAction]:
+    """Rebuild each missing or partial pyramid from its PNG; delete each orphan one whose render is
+    still gone (checked again now: a render ingested since the check owns its pyramid)."""
+    actions = []
+    rebuild = [p.render_id for p in problems if p.render_id]
+    built = set(pyramids.build_pending(catalogue, rebuild, rebuild=True)) if rebuild else set()
+    for p in problems:
+        if p.render_id:
+            done = p.render_id in built
+            actions.append(RepairAction(BUILD_PYRAMID, f"render {p.render_id}",
+                                        f"{p.state} deep-zoom pyramid {'built again' if done else 'NOT built (see the log)'}",
+                                        done=done, data={"render_id": p.render_id, "stem": p.stem}))
+            continue
+        object_key = f"renders/{p.stem.removeprefix(tiles.ROOT)}.png"
+        with catalogue.transaction() as session:
+            owner = session.scalar(select(Render.id).where(Render.object_key == object_key))
+        if owner is not None:
+            continue
+        removed = tiles.delete_stem(catalogue.store, p.stem)
+        actions.append(RepairAction(DELETE_PYRAMID, p.stem, f"orphan pyramid: {removed} tiles deleted",
+                                    data={"stem": p.stem}))
+    return actions
 
 
 # -- leases ---------------------------------------------------------------------------------------------------
@@ -281,6 +309,7 @@ def repair_render(catalogue: Catalogue, render_id: str, verify_hashes: bool) -> 
         refs = references(session, render)
         intent_id = remove_render(session, render, reason, catalogue.clock())
     deleted = delete_forgotten(catalogue, intent_id, [object_key, thumb_key])
+    tiles.delete(store, object_key)  # nothing to delete for a small render; an orphan pyramid is found by check
     detail = describe_removal(render_id, job_key, states, refs, [store.uri(key) for key in deleted])
     return RepairAction(REMOVE_RENDER, f"render {render_id}", detail,
                         data={"render_id": render_id, "job_key": job_key, "reason": reason, **refs})

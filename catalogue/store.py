@@ -144,7 +144,10 @@ class FileStore:
         _fsync_dir(path.parent)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        # Walk only the folder the prefix names (a pyramid's tiles), not the whole store.
+        folder = prefix.rpartition("/")[0]
+        start = self.root / folder if folder and ".." not in folder.split("/") else self.root
+        for dirpath, dirnames, filenames in os.walk(start):
             dirnames.sort()
             for name in sorted(filenames):
                 if name.startswith(_TEMP_PREFIX):

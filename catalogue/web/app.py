@@ -49,7 +49,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
     # No inline scripts at all: even an escaping bug could not run injected script.
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: https: http:; script-src 'self'; "
+    # blob: the 360° viewer (Pannellum) fetches the panorama and hands it to WebGL as a blob: URL.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob: https: http:; script-src 'self'; "
                                "style-src 'self'; frame-ancestors 'none'; form-action 'self'",
 }
 
@@ -61,7 +62,7 @@ def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundSe
     gallery (`linstudio serve` passes the dispatcher that starts the re-renders the gallery asks
     for, flows.requests): the gallery itself imports nothing from orchestration.
     """
-    from catalogue.web import api, pages
+    from catalogue.web import api, deepzoom, pages
 
     runner = ExportRunner(catalogue, settings.export_workers)
     services: list[BackgroundService] = [runner, *background]
@@ -98,6 +99,7 @@ def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundSe
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(deepzoom.router)
     _install_middleware(app)
     _install_error_handlers(app)
     contract.install(app, app.state.export_roots, settings.read_requires_login)

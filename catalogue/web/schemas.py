@@ -41,6 +41,8 @@ class Render(Record):
     model: str
     tags: list[str]
     review_status: ReviewStatus | None = None
+    projection: str | None = Field(default=None, description='"equirectangular" for a VR panorama (shown in a '
+                                                             '360° viewer), else null. In one render\'s detail.')
     object_uri: str | None = Field(default=None, description="Left out for anonymous readers unless s3://.")
     manifest_path: str | None = Field(default=None, description="Left out for anonymous readers.")
 

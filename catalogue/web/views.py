@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from catalogue import review, schedules
+from catalogue import review, schedules, tiles
 from catalogue.api import Catalogue
+from catalogue.queries import projection_of
 from catalogue.schedules import ScheduleRecord
 from catalogue.web import exports, service
 from catalogue.web.actions import NotFound
@@ -36,6 +37,20 @@ def render_detail(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
                 "lineage": service.lineage(session, render_id), "reviews": review.history(session, render_id),
                 "rerender_jobs": service.rerender_jobs(session, render),
                 "schedules": schedules.selecting(session, render_id)}
+
+
+def viewer_source(render: dict) -> dict:
+    """What the page's viewers load: the pyramid for a big render, the PNG for a small one, and the
+    panorama image for an equirectangular one (its 4096-px JPEG when the render is bigger)."""
+    rid = render["render_id"]
+    big = tiles.needs_pyramid(render["width"], render["height"])
+    projection = projection_of(render.get("record"))
+    source = {"render_id": rid, "width": render["width"], "height": render["height"], "projection": projection,
+              "deepzoom": f"/renders/{rid}/deepzoom.dzi" if big else None, "image": f"/renders/{rid}/image"}
+    if projection == "equirectangular":
+        source["panorama"] = f"/renders/{rid}/panorama.jpg" if render["width"] > tiles.PANORAMA_MAX_WIDTH \
+            else f"/renders/{rid}/image"
+    return source
 
 
 def submission_detail(catalogue: Catalogue, submission_id: str) -> dict[str, Any]:

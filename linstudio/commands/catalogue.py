@@ -127,6 +127,38 @@ def check(
         raise typer.Exit(1)
 
 
+@catalogue_app.command("tiles")
+def tiles_command(
+    render: Annotated[list[str] | None, typer.Option(
+        "--render", metavar="ID", help="Only this render (repeat for more). Default: every render above 2048 px.")] = None,
+    missing: Annotated[bool, typer.Option(
+        "--missing", help="Only renders whose pyramid is missing or partial (else every one is built again).")] = False,
+) -> None:
+    """Build the deep-zoom pyramids the gallery's viewer reads, for renders above 2048 px on a side.
+
+    A server (`linstudio serve`) and `linstudio run` build them after ingest; this is for renders
+    made before, or to rebuild after a change of tile settings. Exit 1 when a build failed.
+    """
+    from catalogue import pyramids, tiles
+
+    catalogue = open_catalogue()
+    try:
+        wanted = pyramids.big_renders(catalogue, render)
+        if render:
+            unknown = sorted(set(render) - {r.render_id for r in wanted})
+            for render_id in unknown:
+                typer.echo(f"{render_id}: not a render above 2048 px in the catalogue; skipped", err=True)
+        built = pyramids.build_pending(catalogue, [r.render_id for r in wanted], rebuild=not missing,
+                                       on_built=lambda r, n: typer.echo(f"{r.render_id}  {r.width}x{r.height}  "
+                                                                        f"{n} tiles"))
+        whole = [r for r in wanted if tiles.state(catalogue.store, r.object_key, r.width, r.height) == "complete"]
+    finally:
+        catalogue.close()
+    typer.echo(f"{len(built)} pyramid(s) built; {len(whole)} of {len(wanted)} render(s) above 2048 px have a whole one")
+    if len(whole) < len(wanted):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Attach this area's commands to the top-level app."""
     app.add_typer(catalogue_app, name="catalogue")

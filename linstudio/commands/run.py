@@ -61,12 +61,36 @@ def run(
         raise typer.Exit(1)
     finally:
         progress.close()
+    build_pyramids(settings, summary, quiet=as_json)
     if as_json:
         typer.echo(json.dumps(summary.to_json(), indent=2))
     else:
         typer.echo(summary.to_text())
         typer.echo(where_to_look(settings, summary))
     raise typer.Exit(exit_status(summary))
+
+
+def build_pyramids(settings, summary, quiet: bool) -> None:
+    """Build the deep-zoom pyramids of the renders this run made above 2048 px (catalogue.pyramids), after
+    the GPU work is done: ingest stays as fast as before. A failure is said and left to `linstudio serve`
+    or `linstudio catalogue tiles --missing`; it never changes the run's exit status."""
+    made = [o.render_id for o in summary.outcomes if o.render_id and o.status == "rendered"]
+    if not made:
+        return
+    from catalogue import Catalogue
+    from catalogue.pyramids import big_renders, build_pending
+
+    try:
+        with Catalogue.from_settings(settings) as catalogue:
+            if not big_renders(catalogue, made):
+                return
+            built = build_pending(catalogue, made)
+    except Exception as exc:  # the database or store went away after the run: the pyramids can wait
+        typer.echo(f"deep-zoom pyramids not built ({type(exc).__name__}: {exc}); "
+                   "`linstudio catalogue tiles --missing` builds them", err=True)
+        return
+    if not quiet:
+        typer.echo(f"deep zoom: {len(built)} pyramid(s) built for the gallery's viewer")
 
 
 def exit_status(summary) -> int:

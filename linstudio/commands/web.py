@@ -32,7 +32,10 @@ def serve(
     # The gallery records re-render and retry requests in the catalogue; this starts them. With a
     # Prefect server, a signed-in user's pause, resume or "run now" of a schedule reaches it through
     # the keeper (on the embedded default, `linstudio scheduler` applies them).
-    background = [RerenderDispatcher(catalogue)]
+    # ...and the pyramid worker builds the deep-zoom tiles of big renders after their ingest (catalogue.pyramids).
+    from catalogue.pyramids import PyramidWorker
+
+    background = [RerenderDispatcher(catalogue), PyramidWorker(catalogue)]
     if os.environ.get("PREFECT_API_URL"):
         from flows.schedules import ScheduleKeeper
 

@@ -1,0 +1,185 @@
+"""Deep-zoom tile pyramids of big renders, in the object store beside the PNG.
+
+A 16K render is a ~300 MB PNG no browser shows usefully; the gallery shows it through
+OpenSeadragon from a Deep Zoom (DZI) pyramid instead: `deepzoom/{stem}.dzi` (the XML descriptor)
+and `deepzoom/{stem}_files/{level}/{col}_{row}.jpg`, where `renders/{stem}.png` is the render's
+object key. The keys follow from the object key alone, so no column records them and a deleted
+row leaves tiles that `catalogue check` can recognise as orphans.
+
+The descriptor is written last and deleted first: tiles without a descriptor are a pyramid
+being built or one whose build was interrupted ("partial"), and a descriptor with fewer tiles than
+its dimensions call for is partial too. Only renders larger than `DEEPZOOM_MIN_SIDE` on a side get
+one; smaller renders open in the same viewer from the PNG directly.
+
+libvips' dzsave builds the pyramid from a sequentially decoded PNG in a few hundred MB whatever
+the render's size (bench/deepzoom_bench.py measures it); Pillow would hold the whole 16K image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from catalogue.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+DEEPZOOM_MIN_SIDE = 2048  # larger than this on a side: a pyramid; up to it, the PNG itself
+TILE_SIZE = 254  # OpenSeadragon's default: 254 + 2 x 1 overlap = 256-pixel tiles
+OVERLAP = 1
+JPEG_QUALITY = 85
+PANORAMA_MAX_WIDTH = 4096  # the 360° viewer's texture: WebGL limits and a fast first paint
+ROOT = "deepzoom/"
+UPLOAD_THREADS = 8
+CONTENT_TYPES = {"dzi": "application/xml", "jpg": "image/jpeg", "png": "image/png"}
+
+State = Literal["complete", "partial", "missing", "not_needed"]
+
+
+@dataclass(frozen=True)
+class PyramidKeys:
+    """Where a render's pyramid lies in the store, from its PNG's object key."""
+
+    stem: str  # deepzoom/team/project/asset/jobkey-sha
+
+    @classmethod
+    def of(cls, object_key: str) -> PyramidKeys:
+        name = object_key.removeprefix("renders/").removesuffix(".png")
+        return cls(f"{ROOT}{name}")
+
+    @property
+    def descriptor(self) -> str:
+        return f"{self.stem}.dzi"
+
+    @property
+    def tiles_prefix(self) -> str:
+        return f"{self.stem}_files/"
+
+    @property
+    def panorama(self) -> str:
+        return f"{self.stem}.pano.jpg"
+
+    def tile(self, level: int, col: int, row: int, ext: str) -> str:
+        return f"{self.tiles_prefix}{level}/{col}_{row}.{ext}"
+
+
+def needs_pyramid(width: int, height: int) -> bool:
+    return max(width, height) > DEEPZOOM_MIN_SIDE
+
+
+def expected_tiles(width: int, height: int, tile_size: int = TILE_SIZE) -> int:
+    """How many tiles a complete DZI pyramid of width x height has (every level down to 1x1)."""
+    top = math.ceil(math.log2(max(width, height)))
+    total = 0
+    for level in range(top + 1):
+        scale = 2 ** (top - level)
+        w, h = math.ceil(width / scale), math.ceil(height / scale)
+        total += math.ceil(w / tile_size) * math.ceil(h / tile_size)
+    return total
+
+
+def descriptor_xml(width: int, height: int, ext: str) -> str:
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="{ext}" Overlap="{OVERLAP}" '
+            f'TileSize="{TILE_SIZE}"><Size Height="{height}" Width="{width}"/></Image>\n')
+
+
+def state(store: ObjectStore, object_key: str, width: int, height: int) -> State:
+    """Whether the render's pyramid is complete, partial (interrupted, or being built) or missing."""
+    if not needs_pyramid(width, height):
+        return "not_needed"
+    keys = PyramidKeys.of(object_key)
+    tiles = sum(1 for _ in store.list(keys.tiles_prefix))
+    if store.exists(keys.descriptor):
+        return "complete" if tiles >= expected_tiles(width, height) else "partial"
+    return "partial" if tiles else "missing"
+
+
+def build(store: ObjectStore, object_key: str, projection: str | None = None) -> int:
+    """Build (or rebuild) the pyramid of the PNG at `object_key`; returns the number of tiles written.
+
+    The PNG is copied to a temporary file and decoded sequentially by libvips; tiles are uploaded
+    by a few threads (an S3 store answers each put in milliseconds), the descriptor last.
+    """
+    import pyvips  # a native library: loaded only where pyramids are built
+
+    keys = PyramidKeys.of(object_key)
+    store.delete(keys.descriptor)  # from here on, the pyramid reads as partial until it is whole again
+    with tempfile.TemporaryDirectory(prefix="linstudio-dz-") as folder:
+        source = Path(folder) / "render.png"
+        with source.open("wb") as handle:
+            for chunk in store.stream(object_key):
+                handle.write(chunk)
+        image = pyvips.Image.new_from_file(str(source), access="sequential")
+        ext = "png" if image.hasalpha() else "jpg"
+        suffix = ".png" if ext == "png" else f".jpg[Q={JPEG_QUALITY}]"
+        out = Path(folder) / "p"
+        image.dzsave(str(out), tile_size=TILE_SIZE, overlap=OVERLAP, suffix=suffix, layout="dz")
+        width, height = image.width, image.height
+        tiles = sorted((out.parent / "p_files").rglob(f"*.{ext}"))
+        stale = set(store.list(keys.tiles_prefix))
+
+        def put(path: Path) -> str:
+            key = keys.tiles_prefix + path.relative_to(out.parent / "p_files").as_posix()
+            store.put(key, path.read_bytes(), CONTENT_TYPES[ext])
+            return key
+
+        with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            written = set(pool.map(put, tiles))
+        for key in stale - written:
+            store.delete(key)
+        if projection == "equirectangular":
+            pano = pyvips.Image.thumbnail(str(source), PANORAMA_MAX_WIDTH, height=PANORAMA_MAX_WIDTH)
+            store.put(keys.panorama, pano.write_to_buffer(f".jpg[Q={JPEG_QUALITY}]"), CONTENT_TYPES["jpg"])
+    store.put(keys.descriptor, descriptor_xml(width, height, ext).encode(), CONTENT_TYPES["dzi"])
+    return len(written)
+
+
+def delete(store: ObjectStore, object_key: str) -> int:
+    """Remove a render's pyramid, descriptor first (what is left reads as partial, then as nothing)."""
+    keys = PyramidKeys.of(object_key)
+    store.delete(keys.descriptor)
+    removed = 0
+    for key in list(store.list(keys.tiles_prefix)):
+        store.delete(key)
+        removed += 1
+    store.delete(keys.panorama)
+    return removed
+
+
+def pyramid_stems(store: ObjectStore) -> Iterator[str]:
+    """Every pyramid stem present in the store (from descriptors and tile folders alike), once each."""
+    seen: set[str] = set()
+    for key in store.list(ROOT):
+        if key.endswith(".pano.jpg"):
+            stem = key.removesuffix(".pano.jpg")
+        elif key.endswith(".dzi"):
+            stem = key.removesuffix(".dzi")
+        else:
+            stem = key.split("_files/", 1)[0]
+        if stem not in seen:
+            seen.add(stem)
+            yield stem
+
+
+def delete_stem(store: ObjectStore, stem: str) -> int:
+    """Remove everything of the pyramid at `stem` (an orphan: its render row is gone)."""
+    return delete(store, f"renders/{stem.removeprefix(ROOT)}.png")
+
+
+def tile_key(object_key: str, level: int, col: int, row: int, ext: str) -> str | None:
+    """The store key of one tile, or None when `ext` is not a tile format (the route's own guard)."""
+    if ext not in ("jpg", "png"):
+        return None
+    return PyramidKeys.of(object_key).tile(level, col, row, ext)
+
+
+def wanted(renders: Iterable[tuple[str, str, int, int]]) -> list[tuple[str, str, int, int]]:
+    """The (render id, object key, width, height) rows large enough for a pyramid."""
+    return [row for row in renders if needs_pyramid(row[2], row[3])]

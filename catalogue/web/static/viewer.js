@@ -1,0 +1,75 @@
+/* The gallery's image viewers (no inline script: the CSP allows only our own files).
+ * [data-viewer] elements carry their source as JSON: a deep-zoom pyramid (OpenSeadragon over
+ * /renders/ID/deepzoom.dzi), the PNG for renders up to 2048 px, or a 360° panorama (Pannellum).
+ * [data-compare] holds two viewers whose zoom and pan are kept in step.
+ * Each viewer element gets data-state="open" once its image opened and data-painted="MS" (ms since
+ * navigation start) once the first screen is fully drawn: the browser tests and bench read them. */
+(function () {
+  "use strict";
+  var PREFIX = "/static/vendor/openseadragon/images/";
+
+  function flat(element, source) {
+    var tileSource = source.deepzoom || {type: "image", url: source.image};
+    var viewer = OpenSeadragon({
+      element: element, prefixUrl: PREFIX, tileSources: tileSource, drawer: "canvas",
+      showNavigator: true, maxZoomPixelRatio: 4, visibilityRatio: 0.5, crossOriginPolicy: false
+    });
+    viewer.addHandler("open", function () {
+      element.dataset.state = "open";
+      var item = viewer.world.getItemAt(0);
+      var done = function () {
+        if (item.getFullyLoaded() && !element.dataset.painted) {
+          element.dataset.painted = String(Math.round(performance.now()));
+        }
+      };
+      item.addHandler("fully-loaded-change", done);
+      done();
+    });
+    viewer.addHandler("open-failed", function (event) {
+      element.dataset.state = "failed";
+      element.textContent = "The deep-zoom pyramid is not ready yet: reload in a moment, or download the PNG.";
+    });
+    return viewer;
+  }
+
+  function sphere(element, source) {
+    element.dataset.state = "loading";
+    var viewer = pannellum.viewer(element, {type: "equirectangular", panorama: source.panorama, autoLoad: true,
+                                            showFullscreenCtrl: true, compass: false});
+    viewer.on("load", function () {
+      element.dataset.state = "open";
+      element.dataset.painted = String(Math.round(performance.now()));
+    });
+    viewer.on("error", function (message) { element.dataset.state = "failed"; element.dataset.error = message; });
+    return viewer;
+  }
+
+  /* Zoom and pan of each viewer follow the other's; `leading` stops the echo. */
+  function keepInStep(a, b) {
+    var leading = null;
+    function follow(from, to) {
+      var sync = function () {
+        if (leading && leading !== from) { return; }
+        leading = from;
+        to.viewport.zoomTo(from.viewport.getZoom(), null, true);
+        to.viewport.panTo(from.viewport.getCenter(), true);
+        leading = null;
+      };
+      from.addHandler("zoom", sync);
+      from.addHandler("pan", sync);
+    }
+    follow(a, b);
+    follow(b, a);
+  }
+
+  var viewers = {};
+  document.querySelectorAll("[data-viewer]").forEach(function (element) {
+    var source = JSON.parse(element.dataset.source);
+    viewers[element.id] = element.dataset.viewer === "sphere" ? sphere(element, source) : flat(element, source);
+  });
+  document.querySelectorAll("[data-compare]").forEach(function (pair) {
+    var ids = pair.dataset.compare.split(" ");
+    keepInStep(viewers[ids[0]], viewers[ids[1]]);
+  });
+  window.linstudioViewers = viewers;
+})();
