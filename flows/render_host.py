@@ -113,8 +113,11 @@ class RenderHost:
     def serve_forever(self) -> None:
         assert self._listener is not None, "call start() first"
         while True:
+            listener = self._listener
+            if listener is None:  # stopped between two connections (a refused one, say)
+                return
             try:
-                conn = self._listener.accept()
+                conn = listener.accept()
             except OSError:  # closed by stop()
                 return
             except Exception as exc:  # a client that failed the handshake: refuse it, keep serving
