@@ -3,8 +3,9 @@
 Prints, per package, how many `import` / `from ... import` statements that name one of our modules
 (a package of `PACKAGES`, or a relative import) sit at module level and how many sit inside a
 function, and how many of the function-local ones say why in a `# lazy: ...` comment (on the
-import's lines or the comment lines just above it). Then lists the function-local ones, one a
-line: `path:line function  import ...`, with `[lazy]` where such a comment says why.
+import's lines, or in the comment lines just above it or above the run of imports it is part of).
+With --list, then lists the function-local ones, one a line: `path:line function()  import ...`,
+with `[lazy]` where such a comment says why.
 
 "Module level" is anything outside a function body: a class body, an `if TYPE_CHECKING:` block or
 a `try:` at module level count as module level. One statement counts once however many names it
@@ -44,12 +45,13 @@ def ours(node: ast.Import | ast.ImportFrom) -> bool:
 
 
 def has_lazy_comment(lines: list[str], node: ast.stmt) -> bool:
-    """`# lazy:` on the statement's own lines or in the comment lines right above it."""
+    """`# lazy:` on the statement's own lines, or in the comment lines right above it or above the
+    run of one-line imports it belongs to (one comment may explain a few imports in a row)."""
     end = node.end_lineno or node.lineno
     if any(LAZY_MARK in line for line in lines[node.lineno - 1:end]):
         return True
     above = node.lineno - 2
-    while above >= 0 and lines[above].strip().startswith("#"):
+    while above >= 0 and lines[above].strip().startswith(("#", "from ", "import ")):
         if LAZY_MARK in lines[above]:
             return True
         above -= 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from linstudio import __version__
 from linstudio.commands import catalogue, distill, manifest, models, production, rerender, run, schedules, web
 
 app = typer.Typer(
@@ -29,8 +30,6 @@ def main() -> None:
 @app.command("version")
 def version() -> None:
     """Print the version of LinFusion Studio."""
-    from linstudio import __version__
-
     typer.echo(__version__)
 
 

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from linstudio_settings import get_settings
+
 catalogue_app = typer.Typer(
     name="catalogue",
     help="What has been rendered: list, show and check the catalogue.",
@@ -26,8 +28,9 @@ def open_catalogue():
     """The settings' catalogue, migrated; a configuration error exits 2 with its message."""
     from sqlalchemy.exc import OperationalError
 
+    # lazy: the catalogue (SQLAlchemy, Pillow, Alembic) stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_answers_quickly)
     from catalogue import Catalogue, CatalogueError
-    from linstudio_settings import get_settings
 
     try:
         catalogue = Catalogue.from_settings(get_settings())
@@ -139,6 +142,8 @@ def tiles_command(
     A server (`linstudio serve`) and `linstudio run` build them after ingest; this is for renders
     made before, or to rebuild after a change of tile settings. Exit 1 when a build failed.
     """
+    # lazy: the catalogue (SQLAlchemy, Pillow, Alembic) stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_answers_quickly)
     from catalogue import pyramids, tiles
 
     catalogue = open_catalogue()

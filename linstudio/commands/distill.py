@@ -15,6 +15,9 @@ from typing import NoReturn
 
 import typer
 
+from linfusion_engine.registry import ModelNotAvailableError, ModelRegistry, UnknownModelError
+from linstudio_settings import get_settings
+
 
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
@@ -23,9 +26,6 @@ def _fail(message: str) -> NoReturn:
 
 def _studio_registry():
     """The model registry the studio's settings name (a broken models.yaml raises ValueError, said as one line)."""
-    from linfusion_engine.registry import ModelRegistry
-    from linstudio_settings import get_settings
-
     return ModelRegistry.from_settings(get_settings())
 
 
@@ -54,11 +54,12 @@ def distill(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar with the loss terms."),
 ) -> None:
     """Distil LinFusion layers for a base model (published objective); multi-GPU with `accelerate launch`."""
+    # lazy: torch stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_imports_neither_torch_nor_diffusers)
     from linfusion_devkit.distill.data import DistillDataError
     from linfusion_devkit.distill.setup import DistillSetupError
     from linfusion_devkit.distill.train import DistillConfig, DistillRunError
     from linfusion_devkit.distill.train import distill as run_distill
-    from linfusion_engine.registry import ModelNotAvailableError, UnknownModelError
 
     config = DistillConfig(
         base=base, data=str(data), out=str(out), steps=steps, batch_size=batch_size,
@@ -103,10 +104,11 @@ def distill_eval(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of a table."),
 ) -> None:
     """Compare a distilled student with its softmax teacher: per-layer attention and image error."""
+    # lazy: torch stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_imports_neither_torch_nor_diffusers)
     from linfusion_devkit.distill.evaluate import evaluate
     from linfusion_devkit.distill.setup import DistillSetupError
     from linfusion_engine.linfusion import LinFusionLayoutError, LinFusionWeightsError
-    from linfusion_engine.registry import ModelNotAvailableError, UnknownModelError
 
     prompts = list(prompt)
     if prompts_file is not None:

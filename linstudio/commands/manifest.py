@@ -13,6 +13,12 @@ from typing import Annotated
 
 import typer
 
+from linfusion_engine.capabilities import features_used
+from linfusion_engine.planner import plan_job
+from linstudio_settings import get_settings
+from manifests import expand_jobs, load_manifests, manifest_json_schema
+from manifests.errors import display_path
+
 PathsArg = Annotated[list[Path], typer.Argument(
     help="Manifest files, or folders searched recursively for *.yaml and *.yml.", metavar="PATH")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, for machines.")]
@@ -52,10 +58,6 @@ def _report_errors(result) -> None:
 
 def validate(paths: PathsArg, json_output: JsonOpt = False) -> None:
     """Check manifests: every error in every file, with file, line and key; exit 0 only when all are valid."""
-    from manifests import load_manifests
-    from manifests.errors import display_path
-    from linstudio_settings import get_settings
-
     result = load_manifests(paths, settings=get_settings())
     summary = _summary(result)
     if json_output:
@@ -82,11 +84,6 @@ def plan(paths: PathsArg, json_output: JsonOpt = False) -> None:
     FEATURES lists what each job asks for beyond a plain text-to-image pass (its conditioning
     types, tiling, a multi-stage strategy), named as `linfusion_engine.capabilities` declares them.
     All of them render: the manifest schema accepts nothing the engine does not declare."""
-    from linfusion_engine.capabilities import features_used
-    from manifests import expand_jobs, load_manifests
-    from manifests.errors import display_path
-    from linstudio_settings import get_settings
-
     result = load_manifests(paths, settings=get_settings())
     if result.errors:
         if json_output:
@@ -137,9 +134,6 @@ def _render_plan(job, registry) -> dict:
 
     Estimated for the render device in the settings: a GPU in bf16 unless LINSTUDIO_DEVICE is cpu.
     """
-    from linfusion_engine.planner import plan_job
-    from linstudio_settings import get_settings
-
     entry = registry.get(job.model)
     configured = (get_settings().device or "cuda").split(":")[0]
     on_cpu = configured == "cpu"
@@ -159,7 +153,5 @@ def _plan_cells(plan: dict) -> list[str]:
 
 def schema() -> None:
     """Print the manifest JSON Schema (format version 1), for editors to validate YAML as it is typed."""
-    from manifests import manifest_json_schema
-
     json.dump(manifest_json_schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -19,6 +19,30 @@ from typing import NoReturn
 
 import typer
 
+from linfusion_engine.checkpoints import CheckpointError, NATIVE_SIZES
+from linfusion_engine.file_checks import (
+    FamilyMismatchError,
+    check_base,
+    check_controlnet,
+    check_ip_adapter,
+    check_lora,
+    check_vae,
+)
+from linfusion_engine.registry import (
+    BUILTIN_ENTRIES,
+    BUILTIN_PREFIX,
+    FAMILIES,
+    HUB_ID_RE,
+    ModelEntry,
+    ModelRegistry,
+    PREDICTION_TYPES,
+    UnknownModelError,
+    cached_snapshot,
+    location_format,
+    size_on_disk,
+)
+from linstudio_settings import get_settings
+
 models_app = typer.Typer(
     name="models",
     help="List and register base models and their LinFusion weights.",
@@ -36,9 +60,6 @@ def _fail(message: str) -> NoReturn:
 
 
 def _registry():
-    from linfusion_engine.registry import ModelRegistry
-    from linstudio_settings import get_settings
-
     try:
         return ModelRegistry.from_settings(get_settings())
     except ValueError as exc:  # a broken registry file: say which and where, in one line
@@ -70,7 +91,6 @@ def linfusion_state(entry) -> str:
         return "none (softmax only)"
     if entry.linfusion == "from_unet":
         return "untrained (from_unet)"
-    from linfusion_engine.registry import location_format
 
     return f"trained ({location_format(entry.linfusion)})"
 
@@ -101,8 +121,6 @@ def _row(registry, entry) -> dict:
 
 def _size(registry, entry) -> int | None:
     """Bytes on disk of the base (and its own VAE); None when the base is not on this machine."""
-    from linfusion_engine.registry import size_on_disk
-
     base = size_on_disk(registry.base_path(entry))
     if base is None:
         return None
@@ -136,8 +154,6 @@ def show_model(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Show one model's details: where each part is, its size, identity and what is missing."""
-    from linfusion_engine.registry import UnknownModelError
-
     registry = _registry()
     try:
         entry = registry.get(name)
@@ -191,8 +207,6 @@ def _location(value: str, option: str, keywords: tuple[str, ...] = ()) -> str:
     directory); `~` is kept so one registry file works for every user. A value that is both an
     existing relative path and hub-id-shaped (`models/foo`) is taken as the path.
     """
-    from linfusion_engine.registry import BUILTIN_PREFIX, HUB_ID_RE
-
     if value in keywords or value.startswith((BUILTIN_PREFIX, "/", "~")):
         return value
     if value.startswith(".") or Path(value).exists():
@@ -205,8 +219,6 @@ def _location(value: str, option: str, keywords: tuple[str, ...] = ()) -> str:
 
 def _local_path(location: str, option: str) -> Path | None:
     """The path of a file/folder location, refusing one that is not there; None for a hub id."""
-    from linfusion_engine.registry import BUILTIN_PREFIX, cached_snapshot, location_format
-
     if location.startswith(BUILTIN_PREFIX):
         return None
     if location_format(location) == "hub":
@@ -231,10 +243,6 @@ def _pairs(pairs: list[str], option: str, example: str) -> dict[str, str]:
 
 def _check_base(location: str, family: str | None):
     """What --base is (a `BaseModelCheck`, None for a hub id not in the cache), or a one-line refusal."""
-    from linfusion_engine.checkpoints import CheckpointError
-    from linfusion_engine.file_checks import FamilyMismatchError, check_base
-    from linfusion_engine.registry import FAMILIES
-
     if family is not None and family not in FAMILIES:
         _fail(f"--family {family!r}: must be one of {', '.join(FAMILIES)}")
     path = _local_path(location, "--base")
@@ -262,8 +270,6 @@ def _base_notes(checked) -> list[str]:
 
 def _check_file_part(location: str, option: str, check) -> None:
     """Refuse a missing or wrong VAE / ControlNet / IP-Adapter / LoRA location in one line."""
-    from linfusion_engine.checkpoints import CheckpointError
-
     path = _local_path(location, option)
     if path is None:
         return
@@ -299,10 +305,6 @@ def add_model(
                                                "models/image_encoder/) or a weights file with image_encoder/ beside it."),
 ) -> None:
     """Register (or replace) a studio model in HOME/models.yaml, after checking every file it names."""
-    from linfusion_engine.checkpoints import NATIVE_SIZES
-    from linfusion_engine.file_checks import check_controlnet, check_ip_adapter, check_lora, check_vae
-    from linfusion_engine.registry import BUILTIN_ENTRIES, PREDICTION_TYPES, ModelEntry
-
     base_location = _location(base, "--base")
     checked = _check_base(base_location, family)
     family = checked.family if checked else family

@@ -11,6 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.worker_process import Supervisor, host_environment
+from linstudio_settings import get_settings
+
 submissions_app = typer.Typer(help="Submitted manifests and their status.", no_args_is_help=True)
 
 
@@ -35,10 +38,11 @@ def submit(
     """
     import getpass
 
+    # lazy: the catalogue (SQLAlchemy, Pillow, Alembic) stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_answers_quickly)
     from catalogue import Catalogue
     from flows.batch import ManifestsInvalid, load_and_expand
     from flows.inbox import Inbox, Ticket
-    from linstudio_settings import get_settings
 
     settings = get_settings()
     try:
@@ -89,10 +93,11 @@ def submissions_ls(
     or the database went down as it recorded them), from the catalogue. A queued submission whose
     manifest changed (or vanished) since it was submitted says so: tonight's batch will refuse it.
     """
+    # lazy: the catalogue (SQLAlchemy, Pillow, Alembic) stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_answers_quickly)
     from catalogue import Catalogue
     from flows.inbox import changed_since_submitted
     from flows.settle import settle_running_submissions
-    from linstudio_settings import get_settings
 
     settings = get_settings()
     with Catalogue.from_settings(settings) as catalogue:
@@ -119,9 +124,10 @@ def submissions_ls(
 @submissions_app.command("cancel")
 def submissions_cancel(submission_id: Annotated[str, typer.Argument(help="The submission to cancel.")]) -> None:
     """Cancel a queued submission (one already running is not stopped)."""
+    # lazy: the catalogue (SQLAlchemy, Pillow, Alembic) stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_answers_quickly)
     from catalogue import Catalogue
     from flows.inbox import Inbox
-    from linstudio_settings import get_settings
 
     settings = get_settings()
     with Catalogue.from_settings(settings) as catalogue:
@@ -144,8 +150,6 @@ def deploy(
     Needs PREFECT_API_URL. Creates the work pool (type process) and its `interactive` (priority 1)
     and `nightly` (priority 10) queues when missing.
     """
-    from linstudio_settings import get_settings
-
     settings = get_settings()
     if not os.environ.get("PREFECT_API_URL"):
         typer.echo("error: set PREFECT_API_URL to the Prefect server (deployments need one)", err=True)
@@ -192,8 +196,6 @@ def worker(
     The worker polls its pool every PREFECT_WORKER_QUERY_SECONDS (2 s unless set; Prefect's own
     default is 10 s, which a queued shard would wait on average 5 s for).
     """
-    from linstudio_settings import get_settings
-
     settings = get_settings()
     env = dict(os.environ)
     worker_name = name or (f"{settings.worker_name}-gpu{gpu}" if gpu is not None else settings.worker_name)
@@ -211,8 +213,6 @@ def worker(
     if not render_host:
         os.execve(sys.executable, command, env)
     import logging
-
-    from flows.worker_process import Supervisor, host_environment
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     host_args = [arg for model in preload or [] for arg in ("--preload", model)] + ["--max-models", str(max_models)]

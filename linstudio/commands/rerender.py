@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.prefect_env import configure_prefect_defaults
+from linstudio_settings import get_settings
+
 
 def register(app: typer.Typer) -> None:
     """Attach `rerender` to the top-level app."""
@@ -26,13 +29,12 @@ def rerender(
     Idempotent like `linstudio run`: a size already re-rendered from the same source is skipped.
     Runs locally (no Prefect server needed).
     """
-    from flows.prefect_env import configure_prefect_defaults
-
     configure_prefect_defaults()
+    # lazy: the catalogue (SQLAlchemy, Pillow, Alembic) stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_answers_quickly)
     from catalogue import Catalogue
     from flows.rerender import RerenderError, parse_size, plan_rerenders, select_renders
     from flows.runs import render_planned_jobs
-    from linstudio_settings import get_settings
 
     if not (render or team or project or tag):
         typer.echo("error: choose renders with --render ID, --team, --project or --tag", err=True)

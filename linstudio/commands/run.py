@@ -14,6 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.prefect_env import configure_prefect_defaults
+from linstudio_settings import get_settings
+
 EXIT_RUNNING_ELSEWHERE = 3
 
 
@@ -39,13 +42,12 @@ def run(
     being rendered by another run (listed as running elsewhere) — with --wait the run waits for
     them to land, or renders them itself once their lease comes free.
     """
-    from flows.prefect_env import configure_prefect_defaults
-
     configure_prefect_defaults(verbose=verbose)
+    # lazy: the catalogue (SQLAlchemy, Pillow, Alembic) stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_answers_quickly)
     from catalogue.errors import DatabaseFullError
     from flows.batch import ManifestsInvalid
     from flows.runs import run_manifests
-    from linstudio_settings import get_settings
 
     settings = get_settings()
     progress = _Progress(enabled=not as_json)
@@ -77,6 +79,8 @@ def build_pyramids(settings, summary, quiet: bool) -> None:
     made = [o.render_id for o in summary.outcomes if o.render_id and o.status == "rendered"]
     if not made:
         return
+    # lazy: the catalogue (SQLAlchemy, Pillow, Alembic) stays out of linstudio validate
+    # (tests/manifests/test_manifest_cli.py::test_validate_answers_quickly)
     from catalogue import Catalogue
     from catalogue.pyramids import big_renders, build_pending
 
