@@ -112,7 +112,7 @@ def wait_painted(page, element_id: str) -> None:
 
 
 def test_pyramid_routes_follow_the_render(studio):
-    base, cat, ids = studio
+    base, _cat, ids = studio
     with httpx.Client(base_url=base) as http:
         dzi = http.get(f"/renders/{ids['big']}/deepzoom.dzi")
         assert dzi.status_code == 200 and dzi.headers["content-type"].startswith("application/xml")
@@ -256,3 +256,28 @@ def test_compare_keeps_two_renders_in_step(page, studio, tmp_path):
     assert zoom_l == pytest.approx(zoom_r, rel=1e-3) and zoom_l > 2
     assert (x_l, y_l) == (pytest.approx(x_r, abs=1e-3), pytest.approx(y_r, abs=1e-3))
     shot(page, "compare.png", tmp_path)
+
+
+def test_catalogue_tiles_builds_the_pyramids_of_renders_made_before(tmp_path, monkeypatch):
+    """`linstudio catalogue tiles --missing` on a catalogue whose big render has no pyramid yet."""
+    from typer.testing import CliRunner
+
+    from linstudio.cli import app
+    from linstudio.settings import get_settings
+
+    cat = Catalogue.open(f"sqlite:///{tmp_path / 'catalogue.db'}", (tmp_path / "store").as_uri())
+    cat.migrate()
+    render_id = ingest_painted(cat, "old", 6, 2304, 1152)
+    monkeypatch.setenv("LINSTUDIO_DATABASE_URL", f"sqlite:///{tmp_path / 'catalogue.db'}")
+    monkeypatch.setenv("LINSTUDIO_STORE_URL", (tmp_path / "store").as_uri())
+    get_settings.cache_clear()
+    try:
+        assert CliRunner().invoke(app, ["catalogue", "check", "--no-hashes"]).exit_code == 1  # missing pyramid
+        result = CliRunner().invoke(app, ["catalogue", "tiles", "--missing"])
+        assert result.exit_code == 0 and f"{render_id}  2304x1152" in result.output, result.output
+        again = CliRunner().invoke(app, ["catalogue", "tiles", "--missing"])
+        assert again.exit_code == 0 and "0 pyramid(s) built; 1 of 1" in again.output, again.output
+        assert CliRunner().invoke(app, ["catalogue", "check", "--no-hashes"]).exit_code == 0
+    finally:
+        get_settings.cache_clear()
+        cat.close()
