@@ -107,7 +107,7 @@ def build(store: ObjectStore, object_key: str, projection: str | None = None) ->
     The PNG is copied to a temporary file and decoded sequentially by libvips; tiles are uploaded
     by a few threads (an S3 store answers each put in milliseconds), the descriptor last.
     """
-    import pyvips  # a native library: loaded only where pyramids are built
+    import pyvips  # lazy: libvips (a native library, ~0.05 s here) loads only where pyramids are built
 
     keys = PyramidKeys.of(object_key)
     store.delete(keys.descriptor)  # from here on, the pyramid reads as partial until it is whole again

@@ -33,7 +33,7 @@ def serve(
     # Prefect server, a signed-in user's pause, resume or "run now" of a schedule reaches it through
     # the keeper (on the embedded default, `linstudio scheduler` applies them).
     # ...and the pyramid worker builds the deep-zoom tiles of big renders after their ingest (catalogue.pyramids).
-    from catalogue.pyramids import PyramidWorker
+    from catalogue.pyramids import PyramidWorker  # lazy: as the imports above, out of the CLI's import time
 
     background = [RerenderDispatcher(catalogue), PyramidWorker(catalogue)]
     if os.environ.get("PREFECT_API_URL"):
