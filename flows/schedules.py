@@ -130,7 +130,7 @@ def reconcile(catalogue, client=None, now: datetime | None = None) -> ReconcileR
     deployment that no catalogue schedule names are removed: the catalogue is the list.
     """
     from prefect import get_client
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
     from prefect.exceptions import ObjectNotFound
 
     report = ReconcileReport()
@@ -158,6 +158,11 @@ def reconcile(catalogue, client=None, now: datetime | None = None) -> ReconcileR
             if slug not in wanted:
                 client.delete_deployment_schedule(deployment.id, current.id)
                 report.removed.append(slug)
+        if report.created or report.updated:
+            # Prefect schedules a deployment's runs within seconds only when the deployment itself was
+            # updated (its recent-deployments loop); a new schedule alone waits for the main loop, up
+            # to a minute, and a one-time schedule due sooner would be missed. Touch it.
+            client.update_deployment(deployment.id, DeploymentUpdate(description=deployment.description))
         moment = now or datetime.now(UTC)
         for name, record in wanted.items():
             asked = record.run_requested_at

@@ -98,16 +98,19 @@ def test_a_schedule_runs_through_prefect_and_a_worker(prefect_api, fresh_postgre
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "LINSTUDIO_HOME": str(home),
            "LINSTUDIO_DATABASE_URL": fresh_postgres_url, "LINSTUDIO_STORE_URL": fresh_s3_store_url,
            "LINSTUDIO_WORK_POOL": pool, "LINSTUDIO_CONTROL_POOL": pool, "PREFECT_LOGGING_LEVEL": "INFO"}
+    deploying = subprocess.Popen([str(BIN / "linstudio"), "deploy"], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)  # beside the sources' renders
     _sources(env, tmp_path)
-    deployed = _linstudio(env, "deploy")
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    output, _ = deploying.communicate(timeout=180)
+    assert deploying.returncode == 0, output
     catalogue = Catalogue.open(fresh_postgres_url, fresh_s3_store_url)
     logs = [tmp_path / "worker.log"]
-    worker = None
+    worker = _start([str(BIN / "linstudio"), "worker", "--pool", pool, "--name", "studio", "--limit", "2",
+                     "--no-render-host"], env, logs[0])
     try:
         first, second, third = [r["render_id"] for r in catalogue.renders(team="game", limit=10)]
         _approve(catalogue, first)
-        at = (datetime.now(UTC) + timedelta(seconds=25)).strftime("%Y-%m-%dT%H:%M:%S")
+        at = (datetime.now(UTC) + timedelta(seconds=45)).strftime("%Y-%m-%dT%H:%M:%S")
         added = _linstudio(env, "schedules", "add", "soon", "--size", "128x128", "--team", "game",
                            "--status", "approved", "--at", at)
         assert added.returncode == 0, added.stderr
@@ -122,8 +125,6 @@ def test_a_schedule_runs_through_prefect_and_a_worker(prefect_api, fresh_postgre
         assert on_prefect.parameters["status"] == "approved" and on_prefect.parameters["sizes"] == ["128x128"]
         assert on_prefect.schedule.timezone == "UTC" and "COUNT=1" in on_prefect.schedule.rrule
 
-        worker = _start([str(BIN / "linstudio"), "worker", "--pool", pool, "--name", "studio", "--limit", "2",
-                         "--no-render-host"], env, logs[0])
         last = _wait(lambda: (run := catalogue.schedule("soon").last_run) and run.state != "running" and run,
                      240, "the schedule's run to end", logs)
         assert (last.state, last.made, last.skipped, last.failed) == ("completed", 2, 0, 0)
@@ -162,8 +163,7 @@ def test_a_schedule_runs_through_prefect_and_a_worker(prefect_api, fresh_postgre
         assert catalogue.schedules() == []
         assert len([r for r in catalogue.renders(team="game", limit=20) if r["parent_render_id"]]) == 2
     finally:
-        if worker is not None:
-            _stop(worker)
+        _stop(worker)
         catalogue.close()
 
 
@@ -180,17 +180,22 @@ def test_on_the_embedded_default_linstudio_scheduler_runs_a_due_schedule(tmp_pat
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("PREFECT_API", "LINSTUDIO_DATABASE", "LINSTUDIO_STORE"))}
     env.update(LINSTUDIO_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
-    _sources(env, tmp_path)
-    at = (datetime.now(UTC) + timedelta(seconds=50)).strftime("%Y-%m-%dT%H:%M:%S")
-    added = _linstudio(env, "schedules", "add", "tonight", "--size", "128x128", "--team", "game", "--at", at)
-    assert added.returncode == 0 and "runs while `linstudio scheduler` runs" in added.stdout, added.stderr
     log = tmp_path / "scheduler.log"
+    # The scheduler starts its local Prefect server while the sources render.
     scheduler = _start([str(BIN / "linstudio"), "scheduler", "--port", str(_free_port())], env, log)
-    catalogue = Catalogue.open(f"sqlite:///{home / 'catalogue.db'}", f"file://{home / 'store'}")
+    catalogue = None
     try:
+        _sources(env, tmp_path)
+        _wait(lambda: "serving schedules through" in log.read_text(errors="replace"), 180,
+              "the scheduler's local Prefect server", [log])
+        at = (datetime.now(UTC) + timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%S")
+        added = _linstudio(env, "schedules", "add", "tonight", "--size", "128x128", "--team", "game", "--at", at)
+        assert added.returncode == 0 and "runs while `linstudio scheduler` runs" in added.stdout, added.stderr
+        catalogue = Catalogue.open(f"sqlite:///{home / 'catalogue.db'}", f"file://{home / 'store'}")
         last = _wait(lambda: (run := catalogue.schedule("tonight").last_run) and run.state != "running" and run,
-                     240, "the scheduler to run the due schedule", [log])
+                     180, "the scheduler to run the due schedule", [log])
         assert (last.state, last.made, last.failed) == ("completed", 3, 0)
     finally:
         _stop(scheduler)
-        catalogue.close()
+        if catalogue is not None:
+            catalogue.close()
