@@ -21,6 +21,16 @@ from flows.prefect_env import configure_prefect_defaults
 
 configure_prefect_defaults()
 
+# After the Prefect defaults: flows.flow and what imports it set up Prefect's logging and settings.
+from catalogue import Catalogue  # noqa: E402
+from flows.batch import open_registry  # noqa: E402
+from flows.flow import publish_summary  # noqa: E402
+from flows.nightly import run_nightly  # noqa: E402
+from flows.rerender import parse_size  # noqa: E402
+from flows.runs import render_planned_jobs  # noqa: E402
+from flows.schedules import run_rerender, selection_of  # noqa: E402
+from linstudio_settings import get_settings  # noqa: E402
+
 
 @flow(name="linstudio-render-jobs", validate_parameters=True)
 def render_jobs(job_keys: list[str], help_batch: bool = False, help_max_gib: float | None = None) -> dict:
@@ -29,9 +39,6 @@ def render_jobs(job_keys: list[str], help_batch: bool = False, help_max_gib: flo
     With `help_batch`, a shard done with its own jobs goes on with unclaimed jobs of its batch (of at
     most `help_max_gib` planned memory), flows/helping.py.
     """
-    from flows.flow import publish_summary
-    from flows.runs import render_planned_jobs
-
     summary = render_planned_jobs(job_keys, help_batch=help_batch, help_max_gib=help_max_gib)
     publish_summary(summary)
     return summary.to_json()
@@ -40,8 +47,6 @@ def render_jobs(job_keys: list[str], help_batch: bool = False, help_max_gib: flo
 @flow(name="linstudio-nightly")
 def nightly_batch() -> dict:
     """Everything queued in the inbox, validated, planned, spread over the workers and catalogued."""
-    from flows.nightly import run_nightly
-
     return run_nightly(logger=get_run_logger())
 
 
@@ -53,12 +58,6 @@ def rerender(sizes: list[str], render_ids: list[str] | None = None, team: str | 
     now) at `sizes` (WxH strings); `schedule`: the catalogue schedule this run is for
     (flows/schedules.py), whose run is recorded there and named by every re-render it makes."""
     from prefect.runtime import flow_run
-
-    from catalogue import Catalogue
-    from flows.batch import open_registry
-    from flows.rerender import parse_size
-    from flows.schedules import run_rerender, selection_of
-    from linstudio_settings import get_settings
 
     settings = get_settings()
     registry = open_registry(settings)

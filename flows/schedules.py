@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from catalogue.schedules import ScheduleError, ScheduleRecord, Selection
+from catalogue.rerenders import plan_rerenders
+from catalogue.schedules import LastRun, ScheduleError, ScheduleRecord, Selection
+from flows.nightly import render_keys_spread
+from flows.shards import INTERACTIVE_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +248,6 @@ def run_rerender(catalogue, registry, *, sizes: list[tuple[int, int]], selection
     """Re-render `selection` at `sizes` now (the `rerender` flow's work); with `schedule`, as that
     schedule's run: its own re-renders are not sources, every new record names it, and the run's
     start and outcome are recorded on the schedule. Returns the job counts by state."""
-    from catalogue.schedules import LastRun
-    from flows.nightly import render_keys_spread
-    from flows.rerender import plan_rerenders
-    from flows.shards import INTERACTIVE_QUEUE
-
     if schedule is not None:
         catalogue.record_schedule_run(schedule, LastRun(catalogue.clock(), "running", flow_run_id=flow_run_id))
     try:

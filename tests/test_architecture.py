@@ -218,3 +218,16 @@ def test_no_module_imports_a_private_name_of_another():
 def test_the_known_private_imports_still_exist():
     gone = sorted(KNOWN_PRIVATE_IMPORTS - all_private_imports())
     assert not gone, "made public: take these off KNOWN_PRIVATE_IMPORTS in tests/test_architecture.py:\n  " + "\n  ".join(gone)
+
+
+def test_every_function_local_import_of_our_modules_says_why():
+    """An import of our modules sits at the top of its module unless it keeps an import-time budget
+    (docs/architecture.md, "Imports at the top"), and then a `# lazy:` comment says which."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "infra"))
+    from import_census import census
+
+    unexplained = [f"{i.path}:{i.line} {i.function}(): {i.text}" for found in census().values()
+                   for i in found if i.function is not None and not i.lazy_comment]
+    assert not unexplained, "function-local imports without a '# lazy:' reason:\n" + "\n".join(unexplained)

@@ -62,6 +62,8 @@ def create_app(catalogue: Catalogue, settings, background: Sequence[BackgroundSe
     gallery (`linstudio serve` passes the dispatcher that starts the re-renders the gallery asks
     for, flows.requests): the gallery itself imports nothing from orchestration.
     """
+    # lazy: these import `catalogue.web`, whose __init__ imports this module: at the top they would
+    # run while the package is half built
     from catalogue.web import api, deepzoom, pages
 
     runner = ExportRunner(catalogue, settings.export_workers)

@@ -31,9 +31,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _open():
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from flows.prefect_env import configure_prefect_defaults
 
     configure_prefect_defaults()
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from linstudio.commands.catalogue import open_catalogue
 
     return open_catalogue()
@@ -41,6 +43,7 @@ def _open():
 
 def _sync(catalogue) -> bool:
     """Tell Prefect now when a server is configured; False on the embedded default (the scheduler will)."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from flows.schedules import DeploymentMissing, prefect_configured, reconcile
 
     if not prefect_configured():
@@ -71,8 +74,10 @@ def add(
     sizes already re-rendered from a source are skipped. Filters combine (--project P --status
     approved); --render names renders itself. Nothing is created when an option is wrong.
     """
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     import getpass
 
+    # lazy: as above (the CLI's import budget)
     from catalogue.rerenders import RerenderError, parse_size
     from catalogue.schedules import ScheduleError, ScheduleRecord, Selection, check_name
     from flows.schedules import checked_when, next_run
@@ -91,6 +96,7 @@ def add(
     sizes = tuple(f"{w}x{h}" for w, h in (parse_size(text) for text in size))
     catalogue = _open()
     try:
+        # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
         from linstudio_settings import get_settings
 
         record = ScheduleRecord(name, selection, sizes, timezone, when_cron, when_at,
@@ -152,6 +158,7 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for mac
 
 
 def _set_active(name: str, active: bool) -> None:
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.schedules import UnknownSchedule
 
     catalogue = _open()
@@ -182,6 +189,7 @@ def resume(name: Annotated[str, typer.Argument(help="The schedule's name.")]) ->
 @schedules_app.command("rm")
 def rm(name: Annotated[str, typer.Argument(help="The schedule's name.")]) -> None:
     """Remove a schedule; the re-renders it made stay in the catalogue."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.schedules import UnknownSchedule
 
     catalogue = _open()
@@ -200,6 +208,7 @@ def rm(name: Annotated[str, typer.Argument(help="The schedule's name.")]) -> Non
 def run(name: Annotated[str, typer.Argument(help="The schedule's name.")],
         as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False) -> None:
     """Run a schedule once now: through Prefect when a server is set, else here, waiting for it."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from flows.schedules import prefect_configured, start_run
 
     catalogue = _open()
@@ -213,6 +222,7 @@ def run(name: Annotated[str, typer.Argument(help="The schedule's name.")],
             return
     finally:
         catalogue.close()
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from flows.deployments import rerender
     from flows.schedules import parameters
 
@@ -236,12 +246,15 @@ def scheduler(
     With PREFECT_API_URL set it serves the `rerender` flow against that server instead of
     starting one. Stop it with Ctrl-C; schedules set with `linstudio schedules` reach it within seconds.
     """
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     import os
 
+    # lazy: as above (the CLI's import budget)
     from linstudio_settings import get_settings
 
     # Prefect reads PREFECT_API_URL once, when it is first imported: the local server's address is
     # set before anything here imports it, so this process, its threads and its flow runs use it.
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from flows.local_prefect import start_local_server
 
     catalogue = _open()
@@ -253,6 +266,7 @@ def scheduler(
             typer.echo(f"starting a local Prefect server on 127.0.0.1:{port} (its database in {home})", err=True)
             server = start_local_server(home, port)
             api_url = os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
         from flows.deployments import rerender
         from flows.schedules import serve_schedules
 

@@ -22,8 +22,10 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8400,
 ) -> None:
     """Serve the gallery (pages and the JSON API under /api/) over the settings' catalogue."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     import uvicorn
 
+    # lazy: as above (the CLI's import budget)
     from catalogue.web import create_app
     from flows.requests import RerenderDispatcher
     from linstudio_settings import get_settings
@@ -37,6 +39,7 @@ def serve(
 
     background = [RerenderDispatcher(catalogue), PyramidWorker(catalogue)]
     if os.environ.get("PREFECT_API_URL"):
+        # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
         from flows.schedules import ScheduleKeeper
 
         background.append(ScheduleKeeper(catalogue))
@@ -47,6 +50,7 @@ def serve(
         # proxy_headers: behind the studio's proxy, trust its X-Forwarded-Proto (secure cookies on https).
         # h11_max_incomplete_event_size: the parser buffers a long URL or header block instead of
         # dropping the connection, so the gallery can answer it 414 / 431 (catalogue.web.limits).
+        # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
         from catalogue.web.limits import server_options
 
         uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True, **server_options())
@@ -61,6 +65,7 @@ def users_add(
                                           help="Prompted for when left out.")],
 ) -> None:
     """Add a gallery user, or set a new password for an existing one."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.auth import AuthError, add_user
 
     catalogue = open_catalogue()
@@ -77,6 +82,7 @@ def users_add(
 
 def _auth_change(change, done: str) -> None:
     """Run `change(session, now)` in one transaction; a refused change is `error: ...` and exit 2."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.auth import AuthError
 
     catalogue = open_catalogue()
@@ -115,6 +121,7 @@ def _listing(read, columns: tuple[str, ...], as_json: bool) -> None:
 @users_app.command("ls")
 def users_ls(as_json: Annotated[bool, typer.Option("--json", help="JSON list instead of lines.")] = False) -> None:
     """Gallery users: name, when added, when disabled (- when not)."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.auth import list_users
 
     _listing(list_users, ("name", "created_at", "disabled_at"), as_json)
@@ -123,6 +130,7 @@ def users_ls(as_json: Annotated[bool, typer.Option("--json", help="JSON list ins
 @users_app.command("disable")
 def users_disable(name: Annotated[str, typer.Argument(help="The user to refuse from now on.")]) -> None:
     """Refuse a user's sign-ins and end their sessions on their next request; `users add NAME` enables them again."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.auth import disable_user
 
     _auth_change(lambda session, now: disable_user(session, name, now),
@@ -132,6 +140,7 @@ def users_disable(name: Annotated[str, typer.Argument(help="The user to refuse f
 @users_app.command("remove")
 def users_remove(name: Annotated[str, typer.Argument(help="The user to delete.")]) -> None:
     """Delete a user; their sessions end on their next request and their reviews stay attributed to them."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.auth import remove_user
 
     _auth_change(lambda session, _now: remove_user(session, name),
@@ -141,6 +150,7 @@ def users_remove(name: Annotated[str, typer.Argument(help="The user to delete.")
 @tokens_app.command("ls")
 def tokens_ls(as_json: Annotated[bool, typer.Option("--json", help="JSON list instead of lines.")] = False) -> None:
     """API tokens: name, when created, when revoked (- when live). Tokens themselves are never shown."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.auth import list_tokens
 
     _listing(list_tokens, ("name", "created_at", "revoked_at"), as_json)
@@ -149,6 +159,7 @@ def tokens_ls(as_json: Annotated[bool, typer.Option("--json", help="JSON list in
 @tokens_app.command("revoke")
 def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name (see `linstudio tokens ls`).")]) -> None:
     """Refuse an API token from its next request on (its name stays taken; reviews keep token:NAME)."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.auth import revoke_token
 
     _auth_change(lambda session, now: revoke_token(session, name, now),
@@ -158,6 +169,7 @@ def tokens_revoke(name: Annotated[str, typer.Argument(help="The token's name (se
 @tokens_app.command("create")
 def tokens_create(name: Annotated[str, typer.Argument(help="What the token is for; review history shows token:NAME.")]) -> None:
     """Create an API token; prints it alone on the last line (it is not shown again)."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue.auth import AuthError, create_token
 
     catalogue = open_catalogue()
@@ -183,6 +195,7 @@ def export(
     strip_metadata: Annotated[bool, typer.Option("--strip-metadata", help="Pixels only, no generation settings.")] = False,
 ) -> None:
     """Deliver renders (chosen ones, or everything approved in a project) in a format, named by a template."""
+    # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
     from catalogue import CatalogueError
     from catalogue import export as exporting
     from catalogue.web.actions import export_selection
