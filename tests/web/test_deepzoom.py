@@ -116,7 +116,7 @@ def wait_painted(page, element_id: str) -> None:
 
 def test_pyramid_routes_follow_the_render(studio):
     base, _cat, ids = studio
-    with httpx.Client(base_url=base) as http:
+    with httpx.Client(base_url=base, timeout=60) as http:  # a loaded machine: more than httpx's 5 s
         dzi = http.get(f"/renders/{ids['big']}/deepzoom.dzi")
         assert dzi.status_code == 200 and dzi.headers["content-type"].startswith("application/xml")
         assert 'TileSize="254"' in dzi.text and 'Width="4096"' in dzi.text and 'Height="2048"' in dzi.text
@@ -136,7 +136,8 @@ def test_a_tile_holds_the_pngs_pixels(studio):
     """Tile (1, 1) of the full-resolution level is the PNG's crop with a pixel of overlap each side."""
     base, _cat, ids = studio
     level = 12  # ceil(log2(4096))
-    tile = Image.open(io.BytesIO(httpx.get(f"{base}/renders/{ids['big']}/deepzoom_files/{level}/1_1.jpg").content))
+    answer = httpx.get(f"{base}/renders/{ids['big']}/deepzoom_files/{level}/1_1.jpg", timeout=60)
+    tile = Image.open(io.BytesIO(answer.content))
     left = top = tiles.TILE_SIZE - tiles.OVERLAP
     side = tiles.TILE_SIZE + 2 * tiles.OVERLAP
     assert tile.size == (side, side)

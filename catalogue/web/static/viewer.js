@@ -7,6 +7,7 @@
 (function () {
   "use strict";
   var PREFIX = "/static/vendor/openseadragon/images/";
+  document.documentElement.classList.add("viewers-on");  // the viewer boxes show only where this script runs
 
   function flat(element, source) {
     var tileSource = source.deepzoom || {type: "image", url: source.image};
