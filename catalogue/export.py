@@ -38,7 +38,7 @@ from catalogue.errors import CatalogueError
 from catalogue.pngmeta import a1111_parameters, embed_render_metadata, png_size, read_texts, text_chunk
 from catalogue.store import FileStore, ObjectStore, open_store
 from catalogue.thumbs import MAX_TRUSTED_PIXELS
-from catalogue.thumbs import _pillow_limit_lock as _PILLOW_LIMIT_LOCK  # one lock for Pillow's one global
+from catalogue.thumbs import PILLOW_LIMIT_LOCK  # one lock for Pillow's one global
 
 FORMATS = {"png8": "png", "png16": "png", "tiff": "tif", "jpeg": "jpg", "webp": "webp"}
 CONTENT_TYPES = {"png": "image/png", "tif": "image/tiff", "jpg": "image/jpeg", "webp": "image/webp"}
@@ -110,7 +110,7 @@ def open_render(png: bytes) -> Image.Image:
     width, height = png_size(png)
     if width * height > MAX_TRUSTED_PIXELS:
         raise ExportError(f"render of {width}x{height} exceeds the {MAX_TRUSTED_PIXELS} pixel limit for exports")
-    with _PILLOW_LIMIT_LOCK:  # the limit is checked when the file is opened; decoding happens outside the lock
+    with PILLOW_LIMIT_LOCK:  # the limit is checked when the file is opened; decoding happens outside the lock
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = MAX_TRUSTED_PIXELS
         try:

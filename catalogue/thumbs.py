@@ -20,7 +20,9 @@ THUMB_QUALITY = 80
 THUMB_CONTENT_TYPE = "image/webp"
 MAX_TRUSTED_PIXELS = 32768 * 32768
 
-_pillow_limit_lock = threading.Lock()
+# Pillow's decompression-bomb limit is one global: whoever lifts it for a large render (thumbnails,
+# exports) holds this lock while the file is opened.
+PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 def make_thumbnail(png: bytes, max_side: int = THUMB_MAX_SIDE) -> bytes:
@@ -28,7 +30,7 @@ def make_thumbnail(png: bytes, max_side: int = THUMB_MAX_SIDE) -> bytes:
     width, height = png_size(png)
     if width * height > MAX_TRUSTED_PIXELS:
         raise ValueError(f"render of {width}x{height} exceeds the {MAX_TRUSTED_PIXELS} pixel limit for thumbnails")
-    with _pillow_limit_lock:
+    with PILLOW_LIMIT_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = MAX_TRUSTED_PIXELS
         try:

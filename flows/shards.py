@@ -97,7 +97,7 @@ def wait_for_shards(catalogue, shards: list[DispatchedShard], *, lease_seconds: 
             states = catalogue.job_states(shard.keys)
             unfinished = [k for k in shard.keys if states.get(k) not in ("done", "failed")]
             if not unfinished:
-                if shard.started is None and not shard.ended and _cancel_if_waiting(shard.flow_run_id):
+                if shard.started is None and not shard.ended and cancel_if_waiting(shard.flow_run_id):
                     logger.info("cancelled a shard of %d job(s) no worker had started: other shards of the "
                                 "batch rendered its jobs", len(shard.keys))
                 continue
@@ -149,7 +149,7 @@ def _flow_run_progress(flow_run_id) -> tuple[bool, object]:
     return ended, started
 
 
-def _cancel_if_waiting(flow_run_id) -> bool:
+def cancel_if_waiting(flow_run_id) -> bool:
     """Cancel a shard's flow run that is still waiting for a worker (its jobs were all rendered by
     shards helping their batch, flows/helping.py), so no worker starts it for nothing; True if done.
     A run a worker has already taken is left to find its jobs done and end at once."""

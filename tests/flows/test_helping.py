@@ -128,7 +128,7 @@ def test_the_nightly_cancels_a_shard_run_no_worker_started_and_leaves_a_running_
     from prefect.client.orchestration import get_client
     from prefect.states import Running, Scheduled
 
-    from flows.shards import _cancel_if_waiting
+    from flows.shards import cancel_if_waiting
 
     @flow(name="test-helping-waiting-shard")
     def waiting_shard():
@@ -137,7 +137,7 @@ def test_the_nightly_cancels_a_shard_run_no_worker_started_and_leaves_a_running_
     with get_client(sync_client=True) as client:
         scheduled = client.create_flow_run(waiting_shard, state=Scheduled())
         running = client.create_flow_run(waiting_shard, state=Running())
-        assert _cancel_if_waiting(scheduled.id) is True
-        assert _cancel_if_waiting(running.id) is False
+        assert cancel_if_waiting(scheduled.id) is True
+        assert cancel_if_waiting(running.id) is False
         assert client.read_flow_run(scheduled.id).state.is_cancelled()
         assert client.read_flow_run(running.id).state.is_running()

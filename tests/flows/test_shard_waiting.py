@@ -24,7 +24,7 @@ class JobsFinishAfter:
 @pytest.mark.parametrize("started", [False, True])
 def test_a_shard_no_worker_starts_is_logged_once_and_still_awaited(monkeypatch, caplog, started):
     monkeypatch.setattr(shards, "_flow_run_progress", lambda _id: (False, "now" if started else None))
-    monkeypatch.setattr(shards, "_cancel_if_waiting", lambda _id: False)
+    monkeypatch.setattr(shards, "cancel_if_waiting", lambda _id: False)
     shard = DispatchedShard(keys=["a", "b"], flow_run_id="run-1")
     with caplog.at_level(logging.WARNING, logger="flows.shards"):
         wait_for_shards(JobsFinishAfter(polls=8), [shard], lease_seconds=600, poll_seconds=0.01,
