@@ -62,8 +62,9 @@ def batch_records(jobs: int, run: str) -> list[dict]:
         key = hashlib.sha256(f"web-load-{run}-{n}".encode()).hexdigest()
         records.append({"key": key, "team": "film", "project": "web-load", "asset_id": f"shot{n // 4}",
                         "prompt": f"a rainy neon street, shot {n // 4}, take {n % 4}", "negative_prompt": "",
-                        "seed": n, "width": 512, "height": 512, "model": "tiny-sd15", "steps": 20, "guidance": 7.0,
-                        "scheduler": "ddim", "tags": ["web-load", "night"], "parent_render_id": None})
+                        "seed": n, "width": 512, "height": 512, "model": "tiny-sd15", "model_identity": "web-load",
+                        "steps": 20, "guidance": 7.0, "scheduler": "ddim", "attention": "auto",
+                        "tags": ["web-load", "night"], "parent_render_id": None})
     return records
 
 
