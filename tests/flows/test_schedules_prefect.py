@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from flow_support import SMALL_MANIFEST, write_manifest
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -63,11 +62,32 @@ def _home(tmp_path: Path, session_root: Path) -> Path:
     return home
 
 
-def _sources(env: dict, tmp_path: Path) -> None:
-    """Three renders of team `game` (64 px), through `linstudio run`."""
-    manifest = write_manifest(tmp_path / "manifests", "props.yaml", SMALL_MANIFEST)
-    ran = _linstudio(env, "run", str(manifest), timeout=300)
-    assert ran.returncode == 0, ran.stdout + ran.stderr
+def _sources(database_url: str, store_url: str) -> None:
+    """Three catalogued 64 px renders of team `game` on the tiny model, ingested as painted PNGs: the
+    sources' own rendering is not under test here, their re-renders are."""
+    import io
+
+    from PIL import Image
+
+    from catalogue import Catalogue
+    from linstudio_jobs import JobSpec
+
+    catalogue = Catalogue.open(database_url, store_url)
+    try:
+        catalogue.migrate()
+        specs = [JobSpec(team="game", project="test-props", asset_id=asset, prompt=f"a wooden {asset}",
+                         negative_prompt="", seed=seed, width=64, height=64, model_identity="tiny", steps=2,
+                         guidance=5.0, scheduler="euler", attention="auto", model="tiny-sd15")
+                 for asset, seed in (("crate", 1), ("crate", 2), ("barrel", 7))]
+        submission = catalogue.create_submission("game", "test-props", "props.yaml", "0" * 64, len(specs))
+        catalogue.plan_jobs(submission, [spec.to_record() for spec in specs])
+        for n, spec in enumerate(specs):
+            buffer = io.BytesIO()
+            Image.new("RGB", (64, 64), (40 * n, 120, 200)).save(buffer, format="PNG")
+            assert catalogue.claim(spec.key, "seed", 600)
+            catalogue.ingest(spec.key, buffer.getvalue(), {**spec.to_record(), "engine": {}, "timings": {}}, "seed")
+    finally:
+        catalogue.close()
 
 
 def _approve(catalogue, render_id: str) -> None:
@@ -99,8 +119,8 @@ def test_a_schedule_runs_through_prefect_and_a_worker(prefect_api, fresh_postgre
            "LINSTUDIO_DATABASE_URL": fresh_postgres_url, "LINSTUDIO_STORE_URL": fresh_s3_store_url,
            "LINSTUDIO_WORK_POOL": pool, "LINSTUDIO_CONTROL_POOL": pool, "PREFECT_LOGGING_LEVEL": "INFO"}
     deploying = subprocess.Popen([str(BIN / "linstudio"), "deploy"], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)  # beside the sources' renders
-    _sources(env, tmp_path)
+                                 stderr=subprocess.STDOUT, text=True)
+    _sources(fresh_postgres_url, fresh_s3_store_url)
     output, _ = deploying.communicate(timeout=180)
     assert deploying.returncode == 0, output
     catalogue = Catalogue.open(fresh_postgres_url, fresh_s3_store_url)
@@ -185,7 +205,7 @@ def test_on_the_embedded_default_linstudio_scheduler_runs_a_due_schedule(tmp_pat
     scheduler = _start([str(BIN / "linstudio"), "scheduler", "--port", str(_free_port())], env, log)
     catalogue = None
     try:
-        _sources(env, tmp_path)
+        _sources(f"sqlite:///{home / 'catalogue.db'}", f"file://{home / 'store'}")
         _wait(lambda: "serving schedules through" in log.read_text(errors="replace"), 180,
               "the scheduler's local Prefect server", [log])
         at = (datetime.now(UTC) + timedelta(seconds=40)).strftime("%Y-%m-%dT%H:%M:%S")
