@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from catalogue.schedules import Selection
 from linstudio_jobs import JobSpec, size_problem
 
 RERENDER_PREFIX = "rerender:"
@@ -92,14 +93,8 @@ def plan_rerenders(catalogue, render_ids: list[str], sizes: list[tuple[int, int]
 
 def select_renders(catalogue, *, team: str | None = None, project: str | None = None, tag: str | None = None,
                    render_ids: list[str] | None = None, limit: int = 10_000) -> list[str]:
-    """Render ids chosen by id, or by team / project / tag (all that match)."""
+    """Render ids chosen by id, or by team / project / tag (all that match), newest first: the
+    selection query scheduled re-renders use (`catalogue.schedules.Selection`)."""
     if render_ids:
         return list(render_ids)
-    chosen, after = [], None
-    while len(chosen) < limit:
-        page = catalogue.renders(team=team, project=project, limit=500, after=after)
-        if not page:
-            break
-        chosen.extend(r["render_id"] for r in page if tag is None or tag in (r.get("tags") or []))
-        after = page[-1]["render_id"]
-    return chosen[:limit]
+    return catalogue.schedule_sources(None, Selection(team=team, project=project, tag=tag))[:limit]

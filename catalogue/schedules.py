@@ -14,7 +14,7 @@ already at a target size is not re-rendered at that size.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -276,12 +276,3 @@ def selecting(session: Session, render_id: str) -> list[str]:
     return [record.name for record in list_all(session)
             if any((stored or {}).get("schedule") != record.name
                    for _, stored in session.execute(_sources(record.selection).where(Render.id == render_id)))]
-
-
-def count_matching(session: Session, names: Iterable[str]) -> dict[str, int]:
-    """How many renders each named schedule selects today (a warning when 0: renders may come later)."""
-    counts = {}
-    for name in names:
-        record = get(session, name)
-        counts[name] = 0 if record is None else len(source_render_ids(session, name, record.selection))
-    return counts

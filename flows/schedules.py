@@ -265,6 +265,9 @@ def run_rerender(catalogue, registry, *, sizes: list[tuple[int, int]], selection
     if schedule is not None:
         catalogue.record_schedule_run(schedule, LastRun(catalogue.clock(), "failed" if outcome.failed else "completed",
                                                         outcome.made, outcome.skipped, outcome.failed, flow_run_id))
+        record = catalogue.schedule(schedule)
+        if record is not None:  # the next run the gallery shows moves on with this one
+            catalogue.set_schedule_next_run(schedule, next_run(record, catalogue.clock()) if record.active else None)
     return counts
 
 

@@ -9,6 +9,7 @@ flow with Prefect's Runner until stopped; schedules set meanwhile reach it withi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Optional
@@ -84,16 +85,14 @@ def add(
 
     try:
         check_name(name)
-        for text in size:
-            try:
-                parse_size(text)
-            except RerenderError as exc:
-                raise ScheduleError(f"--size: {exc}") from None
+        try:
+            sizes = tuple(f"{w}x{h}" for w, h in (parse_size(text) for text in size))
+        except RerenderError as exc:
+            raise ScheduleError(f"--size: {exc}") from None
         selection = Selection(tuple(render or ()), team, project, tag, status)
         when_cron, when_at = checked_when(cron, at, timezone, datetime.now(UTC))
     except ScheduleError as exc:
         _fail(str(exc))
-    sizes = tuple(f"{w}x{h}" for w, h in (parse_size(text) for text in size))
     catalogue = _open()
     try:
         # lazy: linstudio.cli imports every command module; `linstudio validate` loads no catalogue, Prefect or torch (test_validate_answers_quickly)
@@ -101,7 +100,7 @@ def add(
 
         record = ScheduleRecord(name, selection, sizes, timezone, when_cron, when_at,
                                 created_by=f"{getpass.getuser()}@{get_settings().worker_name}")
-        record = ScheduleRecord(**{**record.__dict__, "next_run_at": next_run(record, datetime.now(UTC))})
+        record = dataclasses.replace(record, next_run_at=next_run(record, datetime.now(UTC)))
         try:
             catalogue.add_schedule(record)
         except ScheduleError as exc:

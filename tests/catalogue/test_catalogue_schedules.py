@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import job_record, tiny_png
 
 from catalogue import review
 from catalogue.rerenders import plan_rerenders
@@ -65,10 +64,11 @@ def test_a_gallery_pause_waits_for_flows_and_a_cli_pause_does_not(cat):
         cat.set_schedule_active("nope", False, synced=True)
 
 
-def test_sources_are_the_selection_at_each_run_less_the_schedules_own_re_renders(cat, rendered):
+def test_sources_are_the_selection_at_each_run_less_the_schedules_own_re_renders(cat, rendered, make_record,
+                                                                                   make_png):
     cat.add_schedule(_schedule(selection=Selection(team="film", status="approved")))
-    first, _ = rendered(job_record("hero"))
-    second, _ = rendered(job_record("villain"))
+    first, _ = rendered(make_record("hero"))
+    second, _ = rendered(make_record("villain"))
     assert cat.schedule_sources("sunday-keyart", Selection(team="film", status="approved")) == []
     with cat.transaction() as session:
         review.record_review(session, first, "approved", "", "artist", cat.clock())
@@ -81,7 +81,7 @@ def test_sources_are_the_selection_at_each_run_less_the_schedules_own_re_renders
     assert record["schedule"] == "sunday-keyart" and record["parent_render_id"] == first
     assert cat.claim(record["key"], "w1", 600)
     # A child the schedule made carries its name and is never its source, even when it matches.
-    child = cat.ingest(record["key"], tiny_png(size=(128, 128)), {**record, "engine": {}, "timings": {}}, "w1")
+    child = cat.ingest(record["key"], make_png(size=(128, 128)), {**record, "engine": {}, "timings": {}}, "w1")
     with cat.transaction() as session:
         review.record_review(session, child, "approved", "", "artist", cat.clock())
     assert cat.schedule_sources("sunday-keyart", selection) == [first]
@@ -90,9 +90,9 @@ def test_sources_are_the_selection_at_each_run_less_the_schedules_own_re_renders
     assert plan_rerenders(cat, [first], [(64, 64)], requested_by="schedule", schedule="sunday-keyart") == []
 
 
-def test_a_run_reports_and_removing_the_schedule_keeps_its_renders(cat, rendered):
+def test_a_run_reports_and_removing_the_schedule_keeps_its_renders(cat, rendered, make_record):
     cat.add_schedule(_schedule())
-    source, _ = rendered(job_record("hero"))
+    source, _ = rendered(make_record("hero"))
     (record,) = plan_rerenders(cat, [source], [(128, 128)], requested_by="schedule", schedule="sunday-keyart")
     cat.record_schedule_run("sunday-keyart", LastRun(cat.clock(), "completed", made=1, skipped=0, failed=0,
                                                      flow_run_id="f-1"))

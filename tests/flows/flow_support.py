@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 from manifest_files import write_manifest  # noqa: F401  (shared with the other test folder)
+
 from linstudio.settings import get_settings
 
 
@@ -33,3 +38,23 @@ assets:
     seeds: [7]
     sizes: [64x128]
 """
+
+
+def start_logged(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """A long-lived process (a worker, a scheduler) in its own session, its output in `log`."""
+    return subprocess.Popen(args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what, logs: list[Path]):
+    """`predicate()`'s first truthy value within `timeout` s, else an AssertionError naming `what`
+    (a string, or a callable for a message worth computing only on failure) with the logs' tails."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.exists())
+    what = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")

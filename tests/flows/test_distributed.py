@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from flow_support import start_logged as _start
+from flow_support import wait_for as _wait
 from flow_support import write_manifest
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -32,10 +33,6 @@ assets:
 JOBS = 16
 
 
-def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL a worker and every process it started (its flow runs), as a crashed host would."""
@@ -52,17 +49,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
             pass
     proc.wait(timeout=30)
 
-
-def _wait(predicate, timeout: float, what: str, logs: list[Path]):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}" for log in logs if log.exists())
-    what = what() if callable(what) else what
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
 
 
 def test_nightly_batch_survives_a_killed_worker(prefect_api, fresh_postgres_url, fresh_s3_store_url, tmp_path,

@@ -14,12 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from flow_support import start_logged as _start
+from flow_support import wait_for as _wait
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -30,9 +31,6 @@ def _linstudio(env: dict, *args: str, timeout: float = 180) -> subprocess.Comple
     return subprocess.run([str(BIN / "linstudio"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
 
 def _stop(process: subprocess.Popen) -> None:
     try:
@@ -41,16 +39,6 @@ def _stop(process: subprocess.Popen) -> None:
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(process.pid, signal.SIGKILL)
 
-
-def _wait(predicate, timeout: float, what: str, logs: list[Path]):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.exists())
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
 
 
 def _home(tmp_path: Path, session_root: Path) -> Path:
