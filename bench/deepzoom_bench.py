@@ -76,7 +76,10 @@ from catalogue import Catalogue, tiles
 cat = Catalogue.open(sys.argv[1], sys.argv[2])
 row = cat.render(sys.argv[3])
 started = time.perf_counter()
-count = tiles.build(cat.store, row["object_key"])
+if sys.argv[4] == "cube":  # the 360° viewer's cube faces, as if the render were equirectangular
+    count = tiles.build_cube(cat.store, row["object_key"])
+else:
+    count = tiles.build(cat.store, row["object_key"])
 seconds = time.perf_counter() - started
 # VmHWM, not ru_maxrss: getrusage keeps the parent's peak across fork and exec (the ingest's, here).
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -95,8 +98,8 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")
 """
 
 
-def build_pyramid(db: str, store: str, render_id: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", BUILD, db, store, render_id], check=True, capture_output=True,
+def build_pyramid(db: str, store: str, render_id: str, what: str = "pyramid") -> dict:
+    out = subprocess.run([sys.executable, "-c", BUILD, db, store, render_id, what], check=True, capture_output=True,
                          text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -170,9 +173,11 @@ def wait(page, expression: str, timeout: float = 60.0) -> None:
         page.wait_for_timeout(20)
 
 
-def report(args, png_bytes: int, ingest_s: float, build: dict, viewer: dict) -> str:
+def report(args, png_bytes: int, ingest_s: float, build: dict, cube: dict, viewer: dict) -> str:
     mb = 1024 * 1024
-    command = "taskset -c 1 .venv/bin/python bench/deepzoom_bench.py" + (
+    allowed = sorted(os.sched_getaffinity(0))
+    pinned = f"taskset -c {','.join(map(str, allowed))} " if len(allowed) < (os.cpu_count() or 1) else ""
+    command = f"{pinned}.venv/bin/python bench/deepzoom_bench.py" + (
         f" --width {args.width} --height {args.height}" if (args.width, args.height) != (16384, 8192) else "")
     cpu = platform.processor() or platform.machine()
     cores = len(os.sched_getaffinity(0))
@@ -188,6 +193,8 @@ def report(args, png_bytes: int, ingest_s: float, build: dict, viewer: dict) -> 
         f"| pyramid build (`catalogue.tiles.build`: decode, dzsave, upload to a folder store) | {build['seconds']:.1f} s, "
         f"{build['tiles']} tiles |",
         f"| peak memory of the building process (VmHWM: Python, the catalogue and libvips) | {build['peak_rss_mb']:.0f} MiB |",
+        f"| cube faces for the 360° viewer, were it equirectangular (`catalogue.tiles.build_cube`: "
+        f"reproject, cut, upload) | {cube['seconds']:.1f} s, {cube['tiles']} tiles, peak {cube['peak_rss_mb']:.0f} MiB |",
         f"| viewer first paint (navigation start to every tile of the first screen drawn; median of "
         f"{len(viewer['first_paint_all_ms'])}: {viewer['first_paint_all_ms']}) | {viewer['first_paint_ms']} ms |",
         f"| bytes for the first screen (whole image at screen size) | {viewer['first_bytes'] / 1024:.0f} KiB in "
@@ -215,9 +222,11 @@ def main() -> None:
         print(f"ingested {render_id}: {png_bytes} bytes in {ingest_s:.1f} s (painting included)", flush=True)
         build = build_pyramid(db, store, render_id) | {"vips": ".".join(str(pyvips.version(i)) for i in range(3))}
         print(f"pyramid: {build}", flush=True)
+        cube = build_pyramid(db, store, render_id, "cube")
+        print(f"cube faces: {cube}", flush=True)
         viewer = measure_viewer(db, store, render_id, root / "home", args.runs)
         print(f"viewer: {viewer}", flush=True)
-    text = report(args, png_bytes, ingest_s, build, viewer).replace(
+    text = report(args, png_bytes, ingest_s, build, cube, viewer).replace(
         "| ingest through the catalogue", "| painting it and ingesting it through the catalogue")
     print(text)
     if not args.no_write:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from catalogue import intents, jobs, tiles
 from catalogue.models import Render
+from catalogue.queries import projection_of
 from catalogue.store import ObjectStore
 
 CHECKED_PREFIXES = ("renders/", "thumbs/")
@@ -67,7 +68,8 @@ class RowSnapshot:
     renders: list[tuple[str, str, str, str, str]]  # (render id, PNG key, PNG sha256, thumb key, thumb sha256)
     expired: list[LeaseProblem]
     intents: list[dict[str, Any]]
-    big: list[tuple[str, str, int, int]] = field(default_factory=list)  # renders wanting a pyramid: id, key, w, h
+    # renders wanting a pyramid: id, object key, width, height, projection
+    big: list[tuple[str, str, int, int, str | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -138,21 +140,22 @@ def snapshot(session: Session, now: datetime) -> RowSnapshot:
                 "created_at": i.created_at.isoformat(), "object_keys": list(i.object_keys)}
                for i in intents.unfinished(session)]
     limit = tiles.DEEPZOOM_MIN_SIDE
-    big = [tuple(row) for row in session.execute(
-        select(Render.id, Render.object_key, Render.width, Render.height)
+    big = [(rid, key, width, height, projection_of(record)) for rid, key, width, height, record in session.execute(
+        select(Render.id, Render.object_key, Render.width, Render.height, Render.record)
         .where((Render.width > limit) | (Render.height > limit)).order_by(Render.id)
     )]
     return RowSnapshot(renders=renders, expired=expired, intents=pending, big=big)
 
 
-def inspect_pyramids(store: ObjectStore, big: list[tuple[str, str, int, int]]) -> list[PyramidProblem]:
-    """Pyramids missing or partial for the renders in `big`, and pyramids in the store that none of them owns."""
+def inspect_pyramids(store: ObjectStore, big: list[tuple[str, str, int, int, str | None]]) -> list[PyramidProblem]:
+    """Pyramids missing or partial for the renders in `big` (id, object key, width, height, projection),
+    and pyramids in the store that none of them owns."""
     problems = []
     owned = set()
-    for render_id, object_key, width, height in big:
+    for render_id, object_key, width, height, projection in big:
         stem = tiles.PyramidKeys.of(object_key).stem
         owned.add(stem)
-        found = tiles.state(store, object_key, width, height)
+        found = tiles.state(store, object_key, width, height, projection)
         if found in ("missing", "partial"):
             problems.append(PyramidProblem(stem, render_id, found))
     problems += [PyramidProblem(stem, None, "orphan") for stem in tiles.pyramid_stems(store) if stem not in owned]

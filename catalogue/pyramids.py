@@ -63,7 +63,8 @@ def build_pending(catalogue: Any, render_ids: Sequence[str] | None = None, rebui
     one with `rebuild`; returns the ids built. A failing build is logged and left for the next pass."""
     built = []
     for render in big_renders(catalogue, render_ids):
-        if not rebuild and tiles.state(catalogue.store, render.object_key, render.width, render.height) == "complete":
+        if not rebuild and tiles.state(catalogue.store, render.object_key, render.width, render.height,
+                                        render.projection) == "complete":
             continue
         try:
             count = tiles.build(catalogue.store, render.object_key, render.projection)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,15 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from catalogue import panoramas
 from catalogue.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 DEEPZOOM_MIN_SIDE = 2048  # larger than this on a side: a pyramid; up to it, the PNG itself
-TILE_SIZE = 254  # OpenSeadragon's default: 254 + 2 x 1 overlap = 256-pixel tiles
+# 510 + 2 x 1 overlap = 512-pixel tiles, four times OpenSeadragon's default area: the first screen
+# of a 16K render is ~15 requests instead of ~60 (bench/deepzoom_bench.py, docs/gallery.md). Old
+# pyramids keep the size their descriptor names: `state` reads it from there.
+TILE_SIZE = 510
 OVERLAP = 1
 JPEG_QUALITY = 85
-PANORAMA_MAX_WIDTH = 4096  # the 360° viewer's texture: WebGL limits and a fast first paint
 ROOT = "deepzoom/"
 UPLOAD_THREADS = 8
 CONTENT_TYPES = {"dzi": "application/xml", "jpg": "image/jpeg", "png": "image/png"}
@@ -63,7 +67,13 @@ class PyramidKeys:
 
     @property
     def panorama(self) -> str:
+        """The 4096-px JPEG that panoramas had before cube faces (kept only to be deleted)."""
         return f"{self.stem}.pano.jpg"
+
+    @property
+    def cube_prefix(self) -> str:
+        """Pannellum's multiresolution cube faces: `{level}/{face}{row}_{col}.jpg` under it."""
+        return f"{self.stem}_cube/"
 
     def tile(self, level: int, col: int, row: int, ext: str) -> str:
         return f"{self.tiles_prefix}{level}/{col}_{row}.{ext}"
@@ -84,21 +94,75 @@ def expected_tiles(width: int, height: int, tile_size: int = TILE_SIZE) -> int:
     return total
 
 
+DZI_NAMESPACE = "http://schemas.microsoft.com/deepzoom/2008"
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What a DZI descriptor says: the pyramid's tile format, tile size, overlap and full size."""
+
+    ext: str
+    tile_size: int
+    overlap: int
+    width: int
+    height: int
+
+    def xml(self) -> str:
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<Image xmlns="{DZI_NAMESPACE}" Format="{self.ext}" Overlap="{self.overlap}" '
+                f'TileSize="{self.tile_size}"><Size Height="{self.height}" Width="{self.width}"/></Image>\n')
+
+    @classmethod
+    def parse(cls, text: str) -> Descriptor:
+        """Read one back (only ours: attribute order free, no namespaces beyond DZI's)."""
+        fields = dict(re.findall(r'(Format|Overlap|TileSize|Width|Height)="([^"]*)"', text))
+        try:
+            return cls(fields["Format"], int(fields["TileSize"]), int(fields["Overlap"]),
+                       int(fields["Width"]), int(fields["Height"]))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"not a DZI descriptor: {text[:120]!r}") from exc
+
+    def tile_source(self, tiles_url: str) -> dict:
+        """OpenSeadragon's inline form of a DZI descriptor: the page carries it, which saves the
+        viewer a round trip before its first tile."""
+        return {"Image": {"xmlns": DZI_NAMESPACE, "Url": tiles_url, "Format": self.ext,
+                          "Overlap": str(self.overlap), "TileSize": str(self.tile_size),
+                          "Size": {"Width": str(self.width), "Height": str(self.height)}}}
+
+
 def descriptor_xml(width: int, height: int, ext: str) -> str:
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            f'<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="{ext}" Overlap="{OVERLAP}" '
-            f'TileSize="{TILE_SIZE}"><Size Height="{height}" Width="{width}"/></Image>\n')
+    return Descriptor(ext, TILE_SIZE, OVERLAP, width, height).xml()
 
 
-def state(store: ObjectStore, object_key: str, width: int, height: int) -> State:
-    """Whether the render's pyramid is complete, partial (interrupted, or being built) or missing."""
+def read_descriptor(store: ObjectStore, object_key: str) -> Descriptor | None:
+    """The render's descriptor, or None while its pyramid is missing or being (re)built."""
+    key = PyramidKeys.of(object_key).descriptor
+    if not store.exists(key):
+        return None
+    try:
+        return Descriptor.parse(b"".join(store.stream(key)).decode("utf-8", "replace"))
+    except (FileNotFoundError, KeyError):  # deleted between the two calls: a rebuild started
+        return None
+
+
+def state(store: ObjectStore, object_key: str, width: int, height: int, projection: str | None = None) -> State:
+    """Whether the render's pyramid (and, for a panorama above 4096 px, its cube faces) is complete,
+    partial (interrupted, or being built) or missing. The tile size is the descriptor's own, so a
+    pyramid built before TILE_SIZE changed still reads as complete."""
     if not needs_pyramid(width, height):
         return "not_needed"
     keys = PyramidKeys.of(object_key)
     tiles = sum(1 for _ in store.list(keys.tiles_prefix))
-    if store.exists(keys.descriptor):
-        return "complete" if tiles >= expected_tiles(width, height) else "partial"
-    return "partial" if tiles else "missing"
+    descriptor = read_descriptor(store, object_key)
+    if descriptor is None:
+        return "partial" if tiles else "missing"
+    if tiles < expected_tiles(width, height, descriptor.tile_size):
+        return "partial"
+    if panoramas.needs_cube(width, projection):
+        faces = sum(1 for _ in store.list(keys.cube_prefix))
+        if faces < panoramas.CubeLayout.of(width).expected_tiles():
+            return "partial"
+    return "complete"
 
 
 def build(store: ObjectStore, object_key: str, projection: str | None = None) -> int:
@@ -116,7 +180,7 @@ def build(store: ObjectStore, object_key: str, projection: str | None = None) ->
         with source.open("wb") as handle:
             for chunk in store.stream(object_key):
                 handle.write(chunk)
-        image = pyvips.Image.new_from_file(str(source), access="sequential")
+        image = pyvips.Image.new_from_file(str(source), access="sequential")  # dzsave reads it once, top down
         ext = "png" if image.hasalpha() else "jpg"
         suffix = ".png" if ext == "png" else f".jpg[Q={JPEG_QUALITY}]"
         out = Path(folder) / "p"
@@ -134,10 +198,41 @@ def build(store: ObjectStore, object_key: str, projection: str | None = None) ->
             written = set(pool.map(put, tiles))
         for key in stale - written:
             store.delete(key)
-        if projection == "equirectangular":
-            pano = pyvips.Image.thumbnail(str(source), PANORAMA_MAX_WIDTH, height=PANORAMA_MAX_WIDTH)
-            store.put(keys.panorama, pano.write_to_buffer(f".jpg[Q={JPEG_QUALITY}]"), CONTENT_TYPES["jpg"])
+        if panoramas.needs_cube(width, projection):
+            _put_cube(store, keys, source, Path(folder) / "cube")
+        store.delete(keys.panorama)  # a 4096-px JPEG from before cube faces
     store.put(keys.descriptor, descriptor_xml(width, height, ext).encode(), CONTENT_TYPES["dzi"])
+    return len(written)
+
+
+def build_cube(store: ObjectStore, object_key: str) -> int:
+    """(Re)build only the cube faces of the equirectangular PNG at `object_key` (`build` does it with
+    the pyramid; the bench times the two apart); returns the number of face tiles written."""
+    with tempfile.TemporaryDirectory(prefix="linstudio-cube-") as folder:
+        source = Path(folder) / "render.png"
+        with source.open("wb") as handle:
+            for chunk in store.stream(object_key):
+                handle.write(chunk)
+        return _put_cube(store, PyramidKeys.of(object_key), source, Path(folder) / "cube")
+
+
+def _put_cube(store: ObjectStore, keys: PyramidKeys, source: Path, folder: Path) -> int:
+    """Cut the panorama's cube faces (catalogue.panoramas), upload them and drop stale ones."""
+    import pyvips  # lazy: as in build
+
+    folder.mkdir()
+    image = pyvips.Image.new_from_file(str(source))  # random access: a face reads rows from all over
+    stale = set(store.list(keys.cube_prefix))
+
+    def put(item: tuple[str, Path]) -> str:
+        name, path = item
+        store.put(keys.cube_prefix + name, path.read_bytes(), CONTENT_TYPES["jpg"])
+        return keys.cube_prefix + name
+
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        written = set(pool.map(put, panoramas.cut_faces(image, folder, JPEG_QUALITY)))
+    for key in stale - written:
+        store.delete(key)
     return len(written)
 
 
@@ -146,7 +241,7 @@ def delete(store: ObjectStore, object_key: str) -> int:
     keys = PyramidKeys.of(object_key)
     store.delete(keys.descriptor)
     removed = 0
-    for key in list(store.list(keys.tiles_prefix)):
+    for key in [*store.list(keys.tiles_prefix), *store.list(keys.cube_prefix)]:
         store.delete(key)
         removed += 1
     store.delete(keys.panorama)
@@ -161,6 +256,8 @@ def pyramid_stems(store: ObjectStore) -> Iterator[str]:
             stem = key.removesuffix(".pano.jpg")
         elif key.endswith(".dzi"):
             stem = key.removesuffix(".dzi")
+        elif "_cube/" in key:
+            stem = key.split("_cube/", 1)[0]
         else:
             stem = key.split("_files/", 1)[0]
         if stem not in seen:

@@ -1,4 +1,4 @@
-"""Looking at big renders: the deep-zoom pyramid, the 360° panorama, the PNG inline, and compare.
+"""Looking at big renders: the deep-zoom pyramid, the 360° cube tiles, the PNG inline, and compare.
 
 Every route takes a render id and reads its keys from the row (catalogue.tiles derives the
 pyramid's keys from the PNG's), with the same read rule as the PNG itself (`reader`). Tiles and the
@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from catalogue import tiles
+from catalogue import panoramas, tiles
 from catalogue.queries import projection_of
 from catalogue.web import downloads, views
 from catalogue.web.actions import NotFound
@@ -24,6 +24,7 @@ from catalogue.web.security import Viewer, reader
 router = APIRouter(include_in_schema=False)
 Reader = Annotated[Viewer | None, Depends(reader)]
 TILE_NAME = re.compile(r"(\d{1,5})_(\d{1,5})\.(jpg|png)")
+CUBE_TILE_NAME = re.compile(r"[frblud]\d{1,5}_\d{1,5}\.jpg")
 
 
 def _serve(request: Request, key: str, name: str, media_type: str, cache: bool = True):
@@ -60,14 +61,18 @@ def tile(request: Request, render_id: str, level: int, tile_name: str, _who: Rea
     return _serve(request, key, tile_name, tiles.CONTENT_TYPES[ext])
 
 
-@router.get("/renders/{render_id}/panorama.jpg")
-def panorama(request: Request, render_id: str, _who: Reader):
-    """An equirectangular render scaled to 4096 px wide for the 360° viewer (made with its pyramid)."""
+@router.get("/renders/{render_id}/cube/{level}/{tile_name}")
+def cube_tile(request: Request, render_id: str, level: int, tile_name: str, _who: Reader):
+    """One tile of an equirectangular render's cube faces (catalogue.panoramas), for the 360° viewer."""
+    match = CUBE_TILE_NAME.fullmatch(tile_name)
+    if match is None or not 1 <= level <= 16:
+        raise NotFound(f"cube tile {level}/{tile_name}: not a tile name")
     render = views.render_row(request.app.state.catalogue, render_id)
-    if projection_of(render.get("record")) != "equirectangular":
-        raise NotFound(f"render {render_id}: not an equirectangular panorama")
-    key = tiles.PyramidKeys.of(render["object_key"]).panorama
-    return _serve(request, key, f"{render_id}.jpg", "image/jpeg")
+    if not panoramas.needs_cube(render["width"], projection_of(render.get("record"))):
+        raise NotFound(f"render {render_id}: no cube faces (only equirectangular renders above "
+                       f"{panoramas.CUBE_ABOVE_WIDTH} px wide have them)")
+    key = tiles.PyramidKeys.of(render["object_key"]).cube_prefix + f"{level}/{tile_name}"
+    return _serve(request, key, tile_name, "image/jpeg")
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -75,4 +80,4 @@ def compare(request: Request, who: Reader, left: str, right: str):
     """Two renders side by side, zoom and pan kept in step: `/compare?left=ID&right=ID` is shareable."""
     catalogue = request.app.state.catalogue
     pair = [views.render_row(catalogue, left), views.render_row(catalogue, right)]
-    return page(request, "compare.html", who, pair=pair, sources=[views.viewer_source(r) for r in pair])
+    return page(request, "compare.html", who, pair=pair, sources=[views.viewer_source(r, catalogue.store) for r in pair])

@@ -75,7 +75,7 @@ def render_page(request: Request, render_id: str, who: Reader):
                  if max(render["width"], render["height"]) * k <= actions.MAX_SIDE]
     return page(request, "render.html", who, statuses=REVIEW_STATUSES, refresh=pending, suggested=suggested,
                 render=render, siblings=detail["siblings"], lineage=detail["lineage"], reviews=detail["reviews"],
-                jobs=jobs, schedules=detail["schedules"], source=views.viewer_source(render))
+                jobs=jobs, schedules=detail["schedules"], source=views.viewer_source(render, request.app.state.catalogue.store))
 
 
 @router.get("/renders/{render_id}/download")

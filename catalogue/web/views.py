@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from catalogue import review, schedules, tiles
+from catalogue import panoramas, review, schedules, tiles
 from catalogue.api import Catalogue
 from catalogue.queries import projection_of
 from catalogue.schedules import ScheduleRecord
+from catalogue.store import ObjectStore
 from catalogue.web import exports, service
 from catalogue.web.actions import NotFound
 
@@ -39,17 +40,23 @@ def render_detail(catalogue: Catalogue, render_id: str) -> dict[str, Any]:
                 "schedules": schedules.selecting(session, render_id)}
 
 
-def viewer_source(render: dict) -> dict:
-    """What the page's viewers load: the pyramid for a big render, the PNG for a small one, and the
-    panorama image for an equirectangular one (its 4096-px JPEG when the render is bigger)."""
+def viewer_source(render: dict, store: ObjectStore) -> dict:
+    """What the page's viewers load: the pyramid for a big render (its descriptor inline, which saves
+    the viewer a round trip; `pending` while it is being built), the PNG for a small one, and for an
+    equirectangular one the 360° source: Pannellum's cube tiles above 4096 px, else the PNG."""
     rid = render["render_id"]
-    big = tiles.needs_pyramid(render["width"], render["height"])
+    width, height = render["width"], render["height"]
+    big = tiles.needs_pyramid(width, height)
     projection = projection_of(render.get("record"))
-    source = {"render_id": rid, "width": render["width"], "height": render["height"], "projection": projection,
-              "deepzoom": f"/renders/{rid}/deepzoom.dzi" if big else None, "image": f"/renders/{rid}/image"}
+    descriptor = tiles.read_descriptor(store, render["object_key"]) if big else None
+    source = {"render_id": rid, "width": width, "height": height, "projection": projection,
+              "deepzoom": descriptor.tile_source(f"/renders/{rid}/deepzoom_files/") if descriptor else None,
+              "pending": big and descriptor is None, "image": f"/renders/{rid}/image"}
     if projection == "equirectangular":
-        source["panorama"] = f"/renders/{rid}/panorama.jpg" if render["width"] > tiles.PANORAMA_MAX_WIDTH \
-            else f"/renders/{rid}/image"
+        if panoramas.needs_cube(width, projection):
+            source["cube"] = panoramas.CubeLayout.of(width).viewer_settings(f"/renders/{rid}/cube")
+        else:
+            source["panorama"] = f"/renders/{rid}/image"
     return source
 
 

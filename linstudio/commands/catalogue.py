@@ -156,7 +156,7 @@ def tiles_command(
         built = pyramids.build_pending(catalogue, [r.render_id for r in wanted], rebuild=not missing,
                                        on_built=lambda r, n: typer.echo(f"{r.render_id}  {r.width}x{r.height}  "
                                                                         f"{n} tiles"))
-        whole = [r for r in wanted if tiles.state(catalogue.store, r.object_key, r.width, r.height) == "complete"]
+        whole = [r for r in wanted if tiles.state(catalogue.store, r.object_key, r.width, r.height, r.projection) == "complete"]
     finally:
         catalogue.close()
     typer.echo(f"{len(built)} pyramid(s) built; {len(whole)} of {len(wanted)} render(s) above 2048 px have a whole one")

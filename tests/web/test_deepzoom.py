@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import time
@@ -24,7 +25,7 @@ from deepzoom_support import ingest_painted, painted
 from PIL import Image
 from web_support import StepClock, served_over_http
 
-from catalogue import Catalogue, pyramids, tiles
+from catalogue import Catalogue, panoramas, pyramids, tiles
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -34,6 +35,7 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-ba
 FLAT, WEBGL = ["--disable-gpu"], ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 VIEWPORT = {"width": 1280, "height": 900}
 BIG = (4096, 2048)
+BIG_PANORAMA = (4112, 2056)  # just above 4096 px wide: cube-face tiles, the smallest such cube (3 levels)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +50,11 @@ def studio(tmp_path_factory):
     cat.migrate()
     ids = {"big": ingest_painted(cat, "matte", 1, *BIG),
            "small": ingest_painted(cat, "matte", 2, 1024, 512),
-           "pano": ingest_painted(cat, "sky", 3, 2048, 1024, projection="equirectangular")}
+           "pano": ingest_painted(cat, "sky", 3, 2048, 1024, projection="equirectangular"),
+           "vr": ingest_painted(cat, "vr", 7, *BIG_PANORAMA, projection="equirectangular")}
     assert tiles.state(cat.store, cat.render(ids["big"])["object_key"], *BIG) == "missing"  # ingest wrote none
     worker = pyramids.PyramidWorker(cat)  # what `linstudio serve` runs in a thread, one pass
-    assert worker.run_once() == [ids["big"]]
+    assert worker.run_once() == [ids["big"], ids["vr"]]
     assert worker.run_once() == []  # nothing newer since
     app = create_app(cat, Settings(home=root / "home", secret_key="deepzoom-test-secret-0123"))
     with served_over_http(app) as (host, port):
@@ -119,7 +122,7 @@ def test_pyramid_routes_follow_the_render(studio):
     with httpx.Client(base_url=base, timeout=60) as http:  # a loaded machine: more than httpx's 5 s
         dzi = http.get(f"/renders/{ids['big']}/deepzoom.dzi")
         assert dzi.status_code == 200 and dzi.headers["content-type"].startswith("application/xml")
-        assert 'TileSize="254"' in dzi.text and 'Width="4096"' in dzi.text and 'Height="2048"' in dzi.text
+        assert f'TileSize="{tiles.TILE_SIZE}"' in dzi.text and 'Width="4096"' in dzi.text and 'Height="2048"' in dzi.text
         assert http.get(f"/renders/{ids['big']}/deepzoom_files/0/0_0.jpg").status_code == 200
         assert http.get(f"/renders/{ids['big']}/deepzoom_files/12/99_99.jpg").status_code == 404
         assert http.get(f"/renders/{ids['big']}/deepzoom_files/12/..%2f..%2fx.jpg").status_code == 404
@@ -130,6 +133,13 @@ def test_pyramid_routes_follow_the_render(studio):
         assert detail["projection"] == "equirectangular"
         assert http.get(f"/api/renders/{ids['big']}").json()["render"]["projection"] is None
         assert "equirectangular" in http.get(f"/renders/{ids['pano']}").text
+        layout = panoramas.CubeLayout.of(BIG_PANORAMA[0])
+        assert (layout.cube, layout.levels) == (1308, 3)  # 4112 / pi, a multiple of 4: levels of 327, 654, 1308
+        corner = http.get(f"/renders/{ids['vr']}/cube/3/u2_2.jpg")
+        assert corner.status_code == 200 and Image.open(io.BytesIO(corner.content)).size == (1308 - 1024,) * 2
+        assert http.get(f"/renders/{ids['vr']}/cube/3/u3_0.jpg").status_code == 404  # past the face
+        assert http.get(f"/renders/{ids['vr']}/cube/3/x0_0.jpg").status_code == 404  # no such face
+        assert http.get(f"/renders/{ids['pano']}/cube/1/f0_0.jpg").status_code == 404  # 2048 wide: from the PNG
 
 
 def test_a_tile_holds_the_pngs_pixels(studio):
@@ -175,6 +185,44 @@ def test_an_interrupted_pyramid_is_found_by_check_and_rebuilt_by_repair(studio, 
     cat.forget_renders([cat.render(render_id)["job_key"]])
 
 
+def test_a_pyramid_built_with_the_old_tile_size_still_reads_complete(studio):
+    """Pyramids built before tiles grew to 510 px name 254 in their descriptor: state counts by it."""
+    _base, cat, ids = studio
+    key = cat.render(ids["big"])["object_key"]
+    keys = tiles.PyramidKeys.of(key)
+    descriptor = tiles.read_descriptor(cat.store, key)
+    assert descriptor == tiles.Descriptor("jpg", tiles.TILE_SIZE, 1, *BIG)
+    stem = "deepzoom/old/render"
+    old = "renders/old/render.png"
+    cat.store.put(f"{stem}.dzi", tiles.Descriptor("jpg", 254, 1, *BIG).xml().encode(), "application/xml")
+    for n in range(tiles.expected_tiles(*BIG, tile_size=254)):
+        cat.store.put(f"{stem}_files/x/{n}.jpg", b"t", "image/jpeg")
+    try:
+        assert tiles.state(cat.store, old, *BIG) == "complete"
+        cat.store.delete(f"{stem}_files/x/0.jpg")
+        assert tiles.state(cat.store, old, *BIG) == "partial"
+    finally:
+        tiles.delete(cat.store, old)
+    assert tiles.state(cat.store, key, *BIG) == "complete" and keys.descriptor.endswith(".dzi")
+
+
+def test_a_panorama_missing_its_cube_faces_is_partial(studio):
+    _base, cat, ids = studio
+    key = cat.render(ids["vr"])["object_key"]
+    cube = tiles.PyramidKeys.of(key).cube_prefix
+    assert tiles.state(cat.store, key, *BIG_PANORAMA, "equirectangular") == "complete"
+    first = next(iter(cat.store.list(cube)))
+    data = b"".join(cat.store.stream(first))
+    cat.store.delete(first)
+    try:
+        assert tiles.state(cat.store, key, *BIG_PANORAMA, "equirectangular") == "partial"
+        assert tiles.state(cat.store, key, *BIG_PANORAMA) == "complete"  # a flat render needs no cube
+        assert [(p.render_id, p.state) for p in cat.check(verify_hashes=False).pyramid_problems] == \
+            [(ids["vr"], "partial")]
+    finally:
+        cat.store.put(first, data, "image/jpeg")
+
+
 def test_a_deleted_render_leaves_no_tiles_and_an_orphan_pyramid_is_repaired(studio):
     _base, cat, _ids = studio
     render_id = ingest_painted(cat, "gone", 5, 2304, 1152)
@@ -203,7 +251,8 @@ def test_a_big_render_opens_in_deep_zoom_and_a_corner_at_one_to_one_fetches_only
     page.goto(f"{base}/renders/{ids['big']}")
     wait_painted(page, "viewer")
     first_screen = [u for u in fetched if "/deepzoom_files/" in u]
-    assert first_screen and not any(u.endswith("/download") for u in fetched)
+    assert first_screen and not any(u.endswith(("/download", "/image")) for u in fetched)
+    assert not any(u.endswith(".dzi") for u in fetched)  # the page carries the descriptor
     shot(page, "deepzoom.png", tmp_path)
     fetched.clear()
     # Zoom to 1:1 on the top-left corner.
@@ -221,7 +270,8 @@ def test_a_big_render_opens_in_deep_zoom_and_a_corner_at_one_to_one_fetches_only
     assert full, fetched
     cols, rows = (s // tiles.TILE_SIZE + 1 for s in size)
     assert all(col <= cols and row <= rows for col, row in full), (full, size)
-    assert len(full) <= (cols + 1) * (rows + 1) < 17 * 9  # of the level's 153 tiles
+    level_tiles = math.ceil(BIG[0] / tiles.TILE_SIZE) * math.ceil(BIG[1] / tiles.TILE_SIZE)
+    assert len(full) <= (cols + 1) * (rows + 1) < level_tiles, (full, level_tiles)
     shot(page, "deepzoom-corner.png", tmp_path)
 
 
@@ -236,6 +286,58 @@ def test_an_equirectangular_render_opens_in_the_360_viewer(gl_page, studio, tmp_
     assert page.get_attribute("#viewer", "data-viewer") == "flat"  # and the flat view beside it
     page.locator("#sphere").scroll_into_view_if_needed()
     shot(page, "panorama.png", tmp_path)
+
+
+def _view(page, element_id: str, yaw: float, pitch: float) -> np.ndarray:
+    """The 360° viewer `element_id` turned to (yaw, pitch), once its pixels stop changing (cube tiles
+    arrive one by one), as an RGB array."""
+    page.evaluate(f"window.linstudioViewers['{element_id}'].setYaw({yaw}, false).setPitch({pitch}, false)")
+    previous = None
+    for _ in range(60):
+        page.wait_for_timeout(250)
+        current = np.asarray(Image.open(io.BytesIO(page.locator(f"#{element_id}").screenshot())).convert("RGB"),
+                             dtype=np.int16)
+        if previous is not None and np.array_equal(previous, current):
+            return current
+        previous = current
+    return previous
+
+
+@pytest.mark.browser
+def test_a_panorama_above_4096_px_opens_from_cube_tiles_that_show_what_the_png_shows(gl_page, studio, tmp_path):
+    """The 360° viewer of a 4112x2056 panorama fetches cube-face tiles, not the PNG; every way it looks
+    (the four sides, up and down) shows what Pannellum shows from the PNG itself (the faces' geometry)."""
+    page = gl_page
+    base, cat, ids = studio
+    fetched = []
+    page.on("request", lambda request: fetched.append(request.url))
+    page.goto(f"{base}/renders/{ids['vr']}", wait_until="domcontentloaded")
+    wait_until(page, "['open', 'failed'].includes(document.getElementById('sphere').dataset.state)", 90)
+    assert page.get_attribute("#sphere", "data-state") == "open", page.get_attribute("#sphere", "data-error")
+    assert any("/cube/" in u for u in fetched) and not any(u.endswith("/image") for u in fetched), fetched
+    key = cat.render(ids["vr"])["object_key"]
+    assert tiles.state(cat.store, key, *BIG_PANORAMA, "equirectangular") == "complete"
+    # Two viewers of one size side by side: the page's cube settings, and the PNG as one texture.
+    page.evaluate(f"""() => {{
+        const cube = JSON.parse(document.getElementById('sphere').dataset.source).cube;
+        const settings = {{cube: {{type: 'multires', multiRes: cube}},
+                          reference: {{type: 'equirectangular', panorama: '/renders/{ids['vr']}/image'}}}};
+        for (const [id, config] of Object.entries(settings)) {{
+            const box = document.createElement('div');
+            box.id = id; box.style.width = '400px'; box.style.height = '300px';
+            document.body.prepend(box);
+            window.linstudioViewers[id] = pannellum.viewer(box, Object.assign(config,
+                {{autoLoad: true, showControls: false, hfov: 90}}));
+        }}
+    }}""")
+    wait_until(page, "window.linstudioViewers.cube.isLoaded() && window.linstudioViewers.reference.isLoaded()", 90)
+    differences = {}
+    for yaw, pitch in ((0, 0), (90, 0), (180, 0), (-90, 0), (0, 75), (30, -75)):
+        cube, reference = _view(page, "cube", yaw, pitch), _view(page, "reference", yaw, pitch)
+        differences[(yaw, pitch)] = float(np.abs(cube - reference).mean())
+    shot(page, "panorama-cube.png", tmp_path)
+    assert max(differences.values()) < 12, differences  # JPEG tiles and a level's resampling, no turned face
+    assert min(differences.values()) > 0  # the two were really drawn from different sources
 
 
 @pytest.mark.browser

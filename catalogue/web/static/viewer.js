@@ -1,6 +1,7 @@
 /* The gallery's image viewers (no inline script: the CSP allows only our own files).
  * [data-viewer] elements carry their source as JSON: a deep-zoom pyramid (OpenSeadragon over
- * /renders/ID/deepzoom.dzi), the PNG for renders up to 2048 px, or a 360° panorama (Pannellum).
+ * /renders/ID/deepzoom_files/, its descriptor inline), the PNG for renders up to 2048 px, or a 360°
+ * panorama (Pannellum: cube-face tiles under /renders/ID/cube/ above 4096 px wide, else the PNG).
  * [data-compare] holds two viewers whose zoom and pan are kept in step.
  * Each viewer element gets data-state="open" once its image opened and data-painted="MS" (ms since
  * navigation start) once the first screen is fully drawn: the browser tests and bench read them. */
@@ -9,7 +10,15 @@
   var PREFIX = "/static/vendor/openseadragon/images/";
   document.documentElement.classList.add("viewers-on");  // the viewer boxes show only where this script runs
 
+  var NOT_READY = "The deep-zoom pyramid is not ready yet: reload in a moment, or download the PNG.";
+
   function flat(element, source) {
+    if (source.pending) {  // a big render whose pyramid is being built: never the whole PNG instead
+      element.dataset.state = "failed";
+      element.textContent = NOT_READY;
+      return null;
+    }
+    // The descriptor comes inline (no round trip before the first tile); small renders load the PNG.
     var tileSource = source.deepzoom || {type: "image", url: source.image};
     var viewer = OpenSeadragon({
       element: element, prefixUrl: PREFIX, tileSources: tileSource, drawer: "canvas",
@@ -31,25 +40,32 @@
     });
     viewer.addHandler("open-failed", function (event) {
       element.dataset.state = "failed";
-      element.textContent = "The deep-zoom pyramid is not ready yet: reload in a moment, or download the PNG.";
+      element.textContent = NOT_READY;
     });
     return viewer;
   }
 
   function sphere(element, source) {
     element.dataset.state = "loading";
-    var viewer = pannellum.viewer(element, {type: "equirectangular", panorama: source.panorama, autoLoad: true,
-                                            showFullscreenCtrl: true, compass: false});
-    viewer.on("load", function () {
+    // Above 4096 px wide: cube-face tiles, fetched for the view and level shown; else the PNG itself.
+    var settings = source.cube ? {type: "multires", multiRes: source.cube}
+                               : {type: "equirectangular", panorama: source.panorama};
+    var viewer = pannellum.viewer(element, Object.assign(settings, {autoLoad: true, showFullscreenCtrl: true,
+                                                                    compass: false}));
+    var opened = function () {
+      if (element.dataset.state === "open") { return; }
       element.dataset.state = "open";
       element.dataset.painted = String(Math.round(performance.now()));
-    });
+    };
+    viewer.on("load", opened);
+    if (viewer.isLoaded()) { opened(); }  // multires loads inside pannellum.viewer(), before `on` is set
     viewer.on("error", function (message) { element.dataset.state = "failed"; element.dataset.error = message; });
     return viewer;
   }
 
   /* Zoom and pan of each viewer follow the other's; `leading` stops the echo. */
   function keepInStep(a, b) {
+    if (!a || !b) { return; }
     var leading = null;
     function follow(from, to) {
       var sync = function () {
