@@ -1,9 +1,9 @@
 """Scheduled re-renders through a real Prefect server and a worker, and on the embedded default.
 
 Production shape: `linstudio deploy` registers the deployments on the session's Prefect server,
-one process worker takes both the `rerender` flow runs and their shards, and `linstudio schedules`
-sets a schedule due within seconds. The catalogue's record and Prefect's deployment schedule are
-read back side by side, so the two cannot drift apart. Embedded default: `linstudio scheduler`
+one process worker takes both the `rerender` flow runs and their shards, `linstudio schedules` sets
+the schedules and `schedules run` starts one through its deployment. The catalogue's record and
+Prefect's deployment schedule are read back side by side, so the two cannot drift apart. Embedded default: `linstudio scheduler`
 starts its own local Prefect server and runs a due schedule.
 """
 
@@ -30,6 +30,25 @@ BIN = Path(sys.executable).parent
 def _linstudio(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "linstudio"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
+
+
+def _in_process_cli(monkeypatch, env: dict):
+    """`linstudio ...` through typer's runner in this process, with `env`'s LINSTUDIO_* settings (this
+    process already talks to the session's Prefect server): no torch/Prefect import per command."""
+    from typer.testing import CliRunner
+
+    from linstudio.cli import app
+    from linstudio.settings import get_settings
+
+    for key, value in env.items():
+        if key.startswith("LINSTUDIO_"):
+            monkeypatch.setenv(key, value)
+
+    def cli(*args: str):
+        get_settings.cache_clear()
+        return CliRunner().invoke(app, list(args))
+
+    return cli
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -95,8 +114,12 @@ def _deployment_schedules(name: str):
     return schedules.get(name), [r for r in runs if (r.parameters or {}).get("schedule") == name]
 
 
-def test_a_schedule_runs_through_prefect_and_a_worker(prefect_api, fresh_postgres_url, fresh_s3_store_url, tmp_path,
-                                                     session_root):
+def test_a_schedule_lands_on_prefect_and_runs_through_a_worker(prefect_api, fresh_postgres_url, fresh_s3_store_url,
+                                                              tmp_path, session_root, monkeypatch):
+    """The schedule's run is started with `schedules run` rather than awaited at its time: Prefect's
+    own scheduler firing a due deployment schedule is proven on the embedded default below. The
+    `schedules` commands run in-process (typer's runner, the same settings from the environment):
+    the deployment and the worker are the processes under test."""
     from catalogue import Catalogue
     from flows.schedules import parameters
 
@@ -106,6 +129,7 @@ def test_a_schedule_runs_through_prefect_and_a_worker(prefect_api, fresh_postgre
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "LINSTUDIO_HOME": str(home),
            "LINSTUDIO_DATABASE_URL": fresh_postgres_url, "LINSTUDIO_STORE_URL": fresh_s3_store_url,
            "LINSTUDIO_WORK_POOL": pool, "LINSTUDIO_CONTROL_POOL": pool, "PREFECT_LOGGING_LEVEL": "INFO"}
+    cli = _in_process_cli(monkeypatch, env)
     deploying = subprocess.Popen([str(BIN / "linstudio"), "deploy"], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
     _sources(fresh_postgres_url, fresh_s3_store_url)
@@ -118,61 +142,62 @@ def test_a_schedule_runs_through_prefect_and_a_worker(prefect_api, fresh_postgre
     try:
         first, second, third = [r["render_id"] for r in catalogue.renders(team="game", limit=10)]
         _approve(catalogue, first)
-        at = (datetime.now(UTC) + timedelta(seconds=45)).strftime("%Y-%m-%dT%H:%M:%S")
-        added = _linstudio(env, "schedules", "add", "soon", "--size", "128x128", "--team", "game",
-                           "--status", "approved", "--at", at)
-        assert added.returncode == 0, added.stderr
-        assert "1 render(s) today; on the Prefect server" in added.stdout
-        _approve(catalogue, second)  # approved after the schedule was set: the run includes it
+        added = cli("schedules", "add", "nightly", "--size", "128x128", "--team", "game",
+                           "--status", "approved", "--cron", "0 3 * * *", "--timezone", "Europe/Paris")
+        assert added.exit_code == 0, added.output
+        assert "1 render(s) today; on the Prefect server" in added.output
+        once = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S")
+        assert cli("schedules", "add", "once", "--size", "256x256", "--team", "game",
+                          "--at", once).exit_code == 0
+        _approve(catalogue, second)  # approved after the schedule was set: its run includes it
 
         # The catalogue's record and Prefect's schedule say the same thing.
-        record = catalogue.schedule("soon")
-        on_prefect, upcoming = _deployment_schedules("soon")
-        assert on_prefect is not None and on_prefect.active
-        assert on_prefect.parameters == parameters(record)
-        assert on_prefect.parameters["status"] == "approved" and on_prefect.parameters["sizes"] == ["128x128"]
-        assert on_prefect.schedule.timezone == "UTC" and "COUNT=1" in on_prefect.schedule.rrule
+        for name, timezone in (("nightly", "Europe/Paris"), ("once", "UTC")):
+            on_prefect, _ = _deployment_schedules(name)
+            assert on_prefect is not None and on_prefect.active
+            assert on_prefect.parameters == parameters(catalogue.schedule(name))
+            assert on_prefect.schedule.timezone == timezone
+        nightly, _ = _deployment_schedules("nightly")
+        assert nightly.schedule.cron == "0 3 * * *"
+        assert nightly.parameters["status"] == "approved" and nightly.parameters["sizes"] == ["128x128"]
+        assert "COUNT=1" in _deployment_schedules("once")[0].schedule.rrule
 
-        last = _wait(lambda: (run := catalogue.schedule("soon").last_run) and run.state != "running" and run,
+        # Run now, through the deployment and the worker.
+        started = cli("schedules", "run", "nightly")
+        assert started.exit_code == 0 and "started on the Prefect server" in started.output, started.output
+        last = _wait(lambda: (run := catalogue.schedule("nightly").last_run) and run.state != "running" and run,
                      240, "the schedule's run to end", logs)
         assert (last.state, last.made, last.skipped, last.failed) == ("completed", 2, 0, 0)
         children = [r for r in catalogue.renders(team="game", limit=20) if r["parent_render_id"]]
         assert sorted(r["parent_render_id"] for r in children) == sorted([first, second])
-        assert all(catalogue.render(r["render_id"])["record"]["schedule"] == "soon" for r in children)
+        assert all(catalogue.render(r["render_id"])["record"]["schedule"] == "nightly" for r in children)
         assert third not in {r["parent_render_id"] for r in children}
 
-        # Run now, through the deployment: nothing new.
-        again = _linstudio(env, "schedules", "run", "soon")
-        assert again.returncode == 0 and "started on the Prefect server" in again.stdout, again.stderr
-        rerun = _wait(lambda: (run := catalogue.schedule("soon").last_run) and run.flow_run_id != last.flow_run_id
-                      and run.state != "running" and run, 180, "the second run to end", logs)
-        assert (rerun.made, rerun.skipped, rerun.failed) == (0, 2, 0)
-
         # Pause takes the schedule's next runs off Prefect; resume brings them back.
-        weekly = _linstudio(env, "schedules", "add", "weekly", "--size", "256x256", "--team", "game",
-                            "--cron", "0 3 * * 0", "--timezone", "Europe/Paris")
-        assert weekly.returncode == 0, weekly.stderr
-        assert _wait(lambda: _deployment_schedules("weekly")[1], 60, "Prefect to schedule the weekly runs", logs)
-        assert _linstudio(env, "schedules", "pause", "weekly").returncode == 0
-        paused, _ = _deployment_schedules("weekly")
+        assert _wait(lambda: _deployment_schedules("nightly")[1], 60, "Prefect to schedule the nightly runs", logs)
+        assert cli("schedules", "pause", "nightly").exit_code == 0
+        paused, _ = _deployment_schedules("nightly")
         assert not paused.active
-        _wait(lambda: not _deployment_schedules("weekly")[1], 60, "the paused schedule's runs to go", logs)
-        assert _linstudio(env, "schedules", "resume", "weekly").returncode == 0
-        assert _deployment_schedules("weekly")[0].active
-        assert _wait(lambda: _deployment_schedules("weekly")[1], 60, "the resumed schedule's runs", logs)
+        _wait(lambda: not _deployment_schedules("nightly")[1], 60, "the paused schedule's runs to go", logs)
+        assert cli("schedules", "resume", "nightly").exit_code == 0
+        assert _deployment_schedules("nightly")[0].active
+        assert _wait(lambda: _deployment_schedules("nightly")[1], 60, "the resumed schedule's runs", logs)
 
-        listed = _linstudio(env, "schedules", "ls")
-        assert "soon" in listed.stdout and "completed made 0 skipped 2 failed 0" in listed.stdout
+        listed = cli("schedules", "ls")
+        assert "nightly" in listed.output and "completed made 2 skipped 0 failed 0" in listed.output
 
         # rm leaves the re-renders it made.
-        for name in ("soon", "weekly"):
-            assert _linstudio(env, "schedules", "rm", name).returncode == 0
+        for name in ("nightly", "once"):
+            assert cli("schedules", "rm", name).exit_code == 0
             assert _deployment_schedules(name)[0] is None
         assert catalogue.schedules() == []
         assert len([r for r in catalogue.renders(team="game", limit=20) if r["parent_render_id"]]) == 2
     finally:
         _stop(worker)
         catalogue.close()
+        from linstudio.settings import get_settings
+
+        get_settings.cache_clear()  # the next test reads its own environment
 
 
 def _free_port() -> int:
