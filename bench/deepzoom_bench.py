@@ -9,9 +9,11 @@
    first screen is drawn) and the bytes of tiles fetched for that first screen; then zooms to 1:1 on
    the top-left corner and counts the bytes that costs; both against the PNG's size.
 
-Writes its report between the `<!-- bench:deepzoom -->` markers of docs/benchmarks.md.
+Writes its report between the `<!-- bench:deepzoom -->` markers of docs/benchmarks.md (`bench:deepzoom-split`
+with --server-cpu and --browser-cpu).
 
     taskset -c 1 .venv/bin/python bench/deepzoom_bench.py [--width 16384 --height 8192] [--no-write]
+    .venv/bin/python bench/deepzoom_bench.py --server-cpu 0 --browser-cpu 1   # browser off the server's core
 """
 
 from __future__ import annotations
@@ -110,13 +112,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def measure_viewer(db: str, store: str, render_id: str, home: Path, runs: int) -> dict:
-    """First paint (median of `runs` fresh browsers) and the bytes of the first screen and of a 1:1 corner."""
+def measure_viewer(db: str, store: str, render_id: str, home: Path, runs: int,
+                   server_cpu: int | None = None, browser_cpu: int | None = None) -> dict:
+    """First paint (median of `runs` fresh browsers) and the bytes of the first screen and of a 1:1 corner.
+
+    `server_cpu` / `browser_cpu`: pin the gallery server and Chromium to one core each, as on an
+    artist's workstation that opens the studio's gallery (the browser never shares the server's core).
+    """
     import httpx
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVE, db, store, str(port), str(home)], cwd=ROOT)
+    pin = ["taskset", "-c", str(server_cpu)] if server_cpu is not None else []
+    server = subprocess.Popen([*pin, sys.executable, "-c", SERVE, db, store, str(port), str(home)], cwd=ROOT)
+    if browser_cpu is not None:
+        os.sched_setaffinity(0, {browser_cpu})  # Playwright's driver and Chromium inherit it
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -175,17 +185,21 @@ def wait(page, expression: str, timeout: float = 60.0) -> None:
 
 def report(args, png_bytes: int, ingest_s: float, build: dict, cube: dict, viewer: dict) -> str:
     mb = 1024 * 1024
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = args.allowed_cores
     pinned = f"taskset -c {','.join(map(str, allowed))} " if len(allowed) < (os.cpu_count() or 1) else ""
     command = f"{pinned}.venv/bin/python bench/deepzoom_bench.py" + (
-        f" --width {args.width} --height {args.height}" if (args.width, args.height) != (16384, 8192) else "")
+        f" --width {args.width} --height {args.height}" if (args.width, args.height) != (16384, 8192) else "") + (
+        f" --server-cpu {args.server_cpu}" if args.server_cpu is not None else "") + (
+        f" --browser-cpu {args.browser_cpu}" if args.browser_cpu is not None else "")
+    placement = (f"the gallery server on core {args.server_cpu}, Chromium on core {args.browser_cpu}"
+                 if args.server_cpu is not None and args.browser_cpu is not None
+                 else "the gallery server, Chromium and the builder share them")
     cpu = platform.processor() or platform.machine()
-    cores = len(os.sched_getaffinity(0))
+    cores = len(allowed)
     pct = lambda n: f"{100 * n / png_bytes:.3f}%"  # noqa: E731
     return "\n".join([
         f"### Deep zoom ({args.width}x{args.height})", "",
-        f"`{command}` — {datetime.now(UTC):%Y-%m-%d}, {cpu}, {cores} core(s) allowed (the gallery server, "
-        f"Chromium and the builder share them), libvips {build['vips']}, Chromium headless on loopback, viewport "
+        f"`{command}` — {datetime.now(UTC):%Y-%m-%d}, {cpu}, {cores} core(s) allowed ({placement}), libvips {build['vips']}, Chromium headless on loopback, viewport "
         f"{VIEWPORT['width']}x{VIEWPORT['height']}.", "",
         "| what | measured |", "| --- | --- |",
         f"| painted PNG (noise: compresses like a render) | {png_bytes / mb:.1f} MiB |",
@@ -211,7 +225,10 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=8192)
     parser.add_argument("--runs", type=int, default=3, help="fresh browsers timed for the first paint")
     parser.add_argument("--no-write", action="store_true", help="print the report only")
+    parser.add_argument("--server-cpu", type=int, help="pin the gallery server to this core")
+    parser.add_argument("--browser-cpu", type=int, help="pin Chromium (and this process) to this core")
     args = parser.parse_args()
+    args.allowed_cores = sorted(os.sched_getaffinity(0))  # before --browser-cpu narrows this process
     import pyvips
 
     with tempfile.TemporaryDirectory(prefix="deepzoom-bench-") as folder:
@@ -224,13 +241,16 @@ def main() -> None:
         print(f"pyramid: {build}", flush=True)
         cube = build_pyramid(db, store, render_id, "cube")
         print(f"cube faces: {cube}", flush=True)
-        viewer = measure_viewer(db, store, render_id, root / "home", args.runs)
+        viewer = measure_viewer(db, store, render_id, root / "home", args.runs, args.server_cpu, args.browser_cpu)
         print(f"viewer: {viewer}", flush=True)
     text = report(args, png_bytes, ingest_s, build, cube, viewer).replace(
         "| ingest through the catalogue", "| painting it and ingesting it through the catalogue")
     print(text)
     if not args.no_write:
-        update_section("deepzoom", text, heading="## Deep zoom")
+        if args.server_cpu is not None and args.browser_cpu is not None:
+            update_section("deepzoom-split", text, heading="## Deep zoom, the browser off the server's core")
+        else:
+            update_section("deepzoom", text, heading="## Deep zoom")
 
 
 if __name__ == "__main__":
