@@ -12,6 +12,24 @@
 
   var NOT_READY = "The deep-zoom pyramid is not ready yet: reload in a moment, or download the PNG.";
 
+  /* Zoom in, zoom out, whole image, full page: plain buttons above the viewer; returns their ids. */
+  function toolbar(element) {
+    var bar = document.createElement("div"), ids = {};
+    bar.className = "viewer-tools";
+    [["zoom-in", "+", "Zoom in"], ["zoom-out", "\u2212", "Zoom out"], ["home", "Fit", "The whole image"],
+     ["full-page", "Full page", "Full page (Esc leaves)"]].forEach(function (spec) {
+      var button = document.createElement("button");
+      button.type = "button";
+      button.id = element.id + "-" + spec[0];
+      button.textContent = spec[1];
+      button.title = spec[2];
+      bar.appendChild(button);
+      ids[spec[0]] = button.id;
+    });
+    element.parentNode.insertBefore(bar, element);
+    return ids;
+  }
+
   function flat(element, source) {
     if (source.pending) {  // a big render whose pyramid is being built: never the whole PNG instead
       element.dataset.state = "failed";
@@ -20,12 +38,16 @@
     }
     // The descriptor comes inline (no round trip before the first tile); small renders load the PNG.
     var tileSource = source.deepzoom || {type: "image", url: source.image};
+    var buttons = toolbar(element);
     var viewer = OpenSeadragon({
       element: element, prefixUrl: PREFIX, tileSources: tileSource, drawer: "canvas",
+      // Our own text buttons: OpenSeadragon's would fetch 20 button images before the first tile.
+      zoomInButton: buttons["zoom-in"], zoomOutButton: buttons["zoom-out"], homeButton: buttons.home,
+      fullPageButton: buttons["full-page"],
       showNavigator: true, maxZoomPixelRatio: 4, visibilityRatio: 0.5, crossOriginPolicy: false,
       // Ask for every tile of the view at once (OpenSeadragon's default is one per frame) and only at the
       // level the view needs (no blurry levels first): fewer requests and the first screen drawn sooner.
-      maxTilesPerFrame: 64, immediateRender: true
+      maxTilesPerFrame: 64, immediateRender: true, minPixelRatio: 0.9
     });
     viewer.addHandler("open", function () {
       element.dataset.state = "open";
