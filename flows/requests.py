@@ -4,7 +4,7 @@ The gallery plans re-renders and retries in the catalogue and records a request
 (catalogue.rerender_requests); it never starts a render itself. `RerenderDispatcher` runs beside
 the gallery (`linstudio serve` hands it to the web app) and looks at the requests every
 `poll_seconds`: it claims each waiting one, starts its jobs with `start` (by default
-flows.rerender.start_in_background: the `rerender` deployment where one is registered, else a
+flows.rerender.start_in_background: the `render-shard` deployment where one is registered, else a
 detached local process), and marks it started. Requests left by a gallery that stopped — or by a
 dispatcher that died between claiming and starting — are picked up on the next look.
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def start_in_background(job_keys: list[str]) -> subprocess.Popen | None:
-    """Render planned jobs without waiting: the `rerender` deployment if configured, else a local
+    """Render planned jobs without waiting: the `render-shard` deployment if configured, else a local
     process, which is returned so that its starter can reap it when it ends (None for a deployment)."""
     if os.environ.get("PREFECT_API_URL") and _run_deployment(job_keys):
         return None
@@ -48,13 +48,17 @@ def _log_dir() -> Path:
     return folder
 
 
+RENDER_SHARD_DEPLOYMENT = "linstudio-render-jobs/render-shard"  # prefect.yaml: planned jobs by key, on the GPU pool
+
+
 def _run_deployment(job_keys: list[str]) -> bool:
-    """Trigger the `rerender` deployment; False when it is not registered (the caller renders locally)."""
+    """Hand the planned re-render jobs to the `render-shard` deployment (the GPU work pool's flow that
+    renders jobs by key); False when it is not registered (the caller renders locally)."""
     configure_prefect_defaults()
     try:
         from prefect.deployments import run_deployment
 
-        run_deployment("linstudio-render-jobs/rerender", parameters={"job_keys": job_keys}, timeout=0)
+        run_deployment(RENDER_SHARD_DEPLOYMENT, parameters={"job_keys": job_keys}, timeout=0)
         return True
     except Exception:  # no such deployment, or the server is unreachable: render locally instead
         return False

@@ -98,3 +98,31 @@ def test_a_rerender_asked_for_in_the_gallery_is_rendered_by_the_dispatchers_back
         assert (child["width"], child["height"]) == (128, 128)
     finally:
         catalogue.close()
+
+
+def test_a_gallery_rerender_goes_to_a_deployment_that_prefect_yaml_declares_for_jobs_by_key(monkeypatch):
+    """With a Prefect server, the dispatcher's planned jobs go to `render-shard`: a deployment that
+    prefect.yaml declares, of a flow that takes `job_keys` (it once named one that did not exist, and
+    every gallery re-render quietly fell back to a local process)."""
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import prefect.deployments
+    import yaml
+
+    from flows import rerender
+
+    calls = []
+    monkeypatch.setattr(prefect.deployments, "run_deployment",
+                        lambda name, parameters, timeout: calls.append((name, parameters, timeout)))
+    assert rerender._run_deployment(["k1", "k2"])
+    ((name, parameters, timeout),) = calls
+    assert parameters == {"job_keys": ["k1", "k2"]} and timeout == 0  # started, not awaited
+    flow_name, deployment_name = name.split("/")
+    declared = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())["deployments"]
+    (deployment,) = [d for d in declared if d["name"] == deployment_name]
+    path, function = deployment["entrypoint"].split(":")  # flows/deployments.py:render_jobs
+    flow_object = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function)
+    assert flow_object.name == flow_name
+    assert set(parameters) <= set(inspect.signature(flow_object.fn).parameters)
