@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from fault_support import job_records, keys_by_status, lost_jobs, renders_per_key, write_manifest
 
-pytestmark = pytest.mark.services  # `linstudio run` needs a Prefect server
+# `linstudio run` needs a Prefect server; ~45 s for the two: make test-faults-slow (.ci/run) runs them.
+pytestmark = [pytest.mark.services, pytest.mark.faults_slow]
 
 # Room for a few 64 px renders (a PNG of ~10 KB and a thumbnail each, in 4 KiB pages), not for twelve.
 SMALL = "64k"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from fault_support import (
-    BACKENDS,
+    BACKENDS_EMBEDDED_IN_CI,
     job_records,
     keys_by_status,
     lost_jobs,
@@ -55,7 +55,7 @@ def manifest_body(own_asset: str, seeds=SHARED_SEEDS) -> str:
     """
 
 
-@pytest.mark.parametrize("studio", BACKENDS, indirect=True)
+@pytest.mark.parametrize("studio", BACKENDS_EMBEDDED_IN_CI, indirect=True)
 def test_two_batches_with_shared_jobs_render_each_job_once(studio, tmp_path, fault_log):
     first = write_manifest(tmp_path / "team-a", "props.yaml", manifest_body("barrel"))
     second = write_manifest(tmp_path / "team-b", "props.yaml", manifest_body("lamp"))
@@ -103,6 +103,7 @@ def test_two_batches_with_shared_jobs_render_each_job_once(studio, tmp_path, fau
                      waited_for=waited, both_runs_seconds=round(seconds, 2))
 
 
+@pytest.mark.faults_slow  # ~1 minute: a run killed while it holds leases (make test-faults-slow, .ci/run)
 def test_jobs_a_live_run_elsewhere_holds_are_reported_waited_for_and_taken_back_when_it_dies(studio, tmp_path,
                                                                                               fault_log):
     holder_manifest = write_manifest(tmp_path / "holder", "crates.yaml", """

@@ -14,7 +14,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from fault_support import BACKENDS, job_records, keys_by_status, lost_jobs, plan, renders_per_key, write_manifest
+from fault_support import BACKENDS, BACKENDS_EMBEDDED_IN_CI, job_records, keys_by_status, lost_jobs, plan, renders_per_key, write_manifest
 from PIL import Image
 
 from catalogue import Catalogue
@@ -46,9 +46,6 @@ ORPHAN_KEY = "renders/game/repair/stray/planted.png"
 REMOVED = "repaired by catalogue check --repair"
 
 
-pytestmark = pytest.mark.parametrize("studio", BACKENDS, indirect=True)
-
-
 def png_bytes(color=(10, 120, 200), size=(64, 64)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")
@@ -73,6 +70,7 @@ def actions_of(report: dict, kind: str) -> list[dict]:
 
 
 @pytest.mark.services  # `linstudio run` needs a Prefect server
+@pytest.mark.parametrize("studio", BACKENDS_EMBEDDED_IN_CI, indirect=True)
 def test_repair_mends_every_problem_and_the_next_run_renders_exactly_those_jobs(studio, tmp_path, fault_log):
     crates = write_manifest(tmp_path, "crates.yaml", CRATES)
     late = write_manifest(tmp_path, "late.yaml", LATE)
@@ -167,6 +165,7 @@ class PausingStore:
         return getattr(self.inner, name)
 
 
+@pytest.mark.parametrize("studio", BACKENDS, indirect=True)
 def test_repair_never_touches_an_object_an_ingest_in_flight_uploaded(studio, tmp_path, fault_log):
     (record,) = job_records([write_manifest(tmp_path, "late.yaml", LATE)])
     catalogue = studio.catalogue
@@ -204,6 +203,7 @@ def test_repair_never_touches_an_object_an_ingest_in_flight_uploaded(studio, tmp
                      backend=studio.kind)
 
 
+@pytest.mark.parametrize("studio", BACKENDS, indirect=True)
 def test_repair_reports_what_pointed_at_a_render_it_removes(studio, tmp_path):
     from catalogue.review import record_review
     from flows.rerender import rerender_records
@@ -240,6 +240,7 @@ def test_repair_reports_what_pointed_at_a_render_it_removes(studio, tmp_path):
     assert studio.check()[0] == 0
 
 
+@pytest.mark.parametrize("studio", BACKENDS, indirect=True)
 def test_a_new_orphan_waits_out_the_grace_window(studio):
     catalogue = studio.catalogue
     catalogue.store.put(ORPHAN_KEY, png_bytes(), "image/png")
