@@ -14,6 +14,19 @@ import time
 from pathlib import Path
 
 
+def _own_group_but_dies_with_parent() -> None:
+    """In the server's child before exec: a process group of its own, so a Ctrl-C or a SIGTERM sent
+    to the scheduler's group reaches the scheduler alone, which stops its runner while the server
+    still answers and then stops the server (both at once left the runner retrying a dead server for
+    ~30 s); and the kernel's SIGTERM should the scheduler die without that (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    os.setpgid(0, 0)
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def start_local_server(home: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
     """`prefect server start` on 127.0.0.1:`port` with its database under `home` (a studio's
     embedded default has no Prefect server of its own); returns once /api/health answers."""
@@ -26,7 +39,8 @@ def start_local_server(home: Path, port: int, timeout: float = 180.0) -> subproc
     prefect = str(Path(sys.executable).parent / "prefect")
     log_file = open(home / "server.log", "ab")  # noqa: SIM115 - the server keeps writing it
     process = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                               stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                               stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               preexec_fn=_own_group_but_dies_with_parent)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

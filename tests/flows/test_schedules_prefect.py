@@ -215,7 +215,8 @@ def test_on_the_embedded_default_linstudio_scheduler_runs_a_due_schedule(tmp_pat
     env.update(LINSTUDIO_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
     log = tmp_path / "scheduler.log"
     # The scheduler starts its local Prefect server while the sources render.
-    scheduler = _start([str(BIN / "linstudio"), "scheduler", "--port", str(_free_port())], env, log)
+    port = _free_port()
+    scheduler = _start([str(BIN / "linstudio"), "scheduler", "--port", str(port)], env, log)
     catalogue = None
     try:
         _sources(f"sqlite:///{home / 'catalogue.db'}", f"file://{home / 'store'}")
@@ -228,7 +229,15 @@ def test_on_the_embedded_default_linstudio_scheduler_runs_a_due_schedule(tmp_pat
         last = _wait(lambda: (run := catalogue.schedule("tonight").last_run) and run.state != "running" and run,
                      180, "the scheduler to run the due schedule", [log])
         assert (last.state, last.made, last.failed) == ("completed", 3, 0)
+        # A SIGTERM to its process group (a terminal's Ctrl-C does the same with SIGINT) stops the
+        # scheduler and then its server: the server, in a group of its own, outlives the runner's
+        # shutdown (both stopped at once left the runner retrying a dead server for ~30 s).
+        os.killpg(scheduler.pid, signal.SIGTERM)
+        assert scheduler.wait(timeout=25) is not None
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, "the local Prefect server outlived its scheduler"
     finally:
-        _stop(scheduler)
+        if scheduler.poll() is None:
+            _stop(scheduler)
         if catalogue is not None:
             catalogue.close()
