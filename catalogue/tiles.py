@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from catalogue import panoramas
+from catalogue.errors import ObjectNotFoundError
 from catalogue.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -135,13 +136,11 @@ def descriptor_xml(width: int, height: int, ext: str) -> str:
 
 
 def read_descriptor(store: ObjectStore, object_key: str) -> Descriptor | None:
-    """The render's descriptor, or None while its pyramid is missing or being (re)built."""
-    key = PyramidKeys.of(object_key).descriptor
-    if not store.exists(key):
-        return None
+    """The render's descriptor, or None while its pyramid is missing or being (re)built, or when the
+    descriptor cannot be read (then the pyramid counts as partial, and a repair rebuilds it)."""
     try:
-        return Descriptor.parse(b"".join(store.stream(key)).decode("utf-8", "replace"))
-    except (FileNotFoundError, KeyError):  # deleted between the two calls: a rebuild started
+        return Descriptor.parse(store.get(PyramidKeys.of(object_key).descriptor).decode("utf-8", "replace"))
+    except (ObjectNotFoundError, ValueError):
         return None
 
 

@@ -201,6 +201,8 @@ def test_a_pyramid_built_with_the_old_tile_size_still_reads_complete(studio):
         assert tiles.state(cat.store, old, *BIG) == "complete"
         cat.store.delete(f"{stem}_files/x/0.jpg")
         assert tiles.state(cat.store, old, *BIG) == "partial"
+        cat.store.put(f"{stem}.dzi", b"<Image truncated", "application/xml")  # unreadable: a repair rebuilds it
+        assert tiles.read_descriptor(cat.store, old) is None and tiles.state(cat.store, old, *BIG) == "partial"
     finally:
         tiles.delete(cat.store, old)
     assert tiles.state(cat.store, key, *BIG) == "complete" and keys.descriptor.endswith(".dzi")
