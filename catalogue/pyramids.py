@@ -67,7 +67,11 @@ def build_pending(catalogue: Any, render_ids: Sequence[str] | None = None, rebui
                                         render.projection) == "complete":
             continue
         try:
-            count = tiles.build(catalogue.store, render.object_key, render.projection)
+            if not rebuild and tiles.only_cube_missing(catalogue.store, render.object_key, render.width,
+                                                       render.height, render.projection):
+                count = tiles.build_cube(catalogue.store, render.object_key)
+            else:
+                count = tiles.build(catalogue.store, render.object_key, render.projection)
         except Exception as exc:  # the PNG deleted meanwhile, a store blink: the next pass retries
             log.warning("deep-zoom pyramid of render %s not built: %s: %s", render.render_id, type(exc).__name__, exc)
             continue

@@ -144,6 +144,19 @@ def read_descriptor(store: ObjectStore, object_key: str) -> Descriptor | None:
         return None
 
 
+def only_cube_missing(store: ObjectStore, object_key: str, width: int, height: int, projection: str | None) -> bool:
+    """Whether the flat pyramid is whole and only a panorama's cube faces are missing or partial (a
+    pyramid built before cube faces existed): then `build_cube` alone mends it, and the flat tiles,
+    which browsers may hold in their cache, stay as they are."""
+    if not panoramas.needs_cube(width, projection):
+        return False
+    descriptor = read_descriptor(store, object_key)
+    keys = PyramidKeys.of(object_key)
+    return (descriptor is not None
+            and sum(1 for _ in store.list(keys.tiles_prefix)) >= expected_tiles(width, height, descriptor.tile_size)
+            and state(store, object_key, width, height, projection) == "partial")
+
+
 def state(store: ObjectStore, object_key: str, width: int, height: int, projection: str | None = None) -> State:
     """Whether the render's pyramid (and, for a panorama above 4096 px, its cube faces) is complete,
     partial (interrupted, or being built) or missing. The tile size is the descriptor's own, so a
@@ -241,25 +254,34 @@ def delete(store: ObjectStore, object_key: str) -> int:
     store.delete(keys.descriptor)
     removed = 0
     for key in [*store.list(keys.tiles_prefix), *store.list(keys.cube_prefix)]:
+        if stem_of(key) != keys.stem:  # only this pyramid's own tiles, whatever else shares the prefix
+            continue
         store.delete(key)
         removed += 1
     store.delete(keys.panorama)
     return removed
 
 
+TILE_KEY = re.compile(r"(?P<stem>.+)_(?:files/\d+/\d+_\d+\.(?:jpg|png)|cube/\d+/[frblud]\d+_\d+\.jpg)")
+
+
+def stem_of(key: str) -> str | None:
+    """The pyramid stem a key under ROOT belongs to, read from the key's whole shape (a project or
+    asset named `ice_cube` or `x_files` must not cut a stem short); None for a key of no pyramid."""
+    if key.endswith(".pano.jpg"):
+        return key.removesuffix(".pano.jpg")
+    if key.endswith(".dzi"):
+        return key.removesuffix(".dzi")
+    match = TILE_KEY.fullmatch(key)
+    return match["stem"] if match else None
+
+
 def pyramid_stems(store: ObjectStore) -> Iterator[str]:
     """Every pyramid stem present in the store (from descriptors and tile folders alike), once each."""
     seen: set[str] = set()
     for key in store.list(ROOT):
-        if key.endswith(".pano.jpg"):
-            stem = key.removesuffix(".pano.jpg")
-        elif key.endswith(".dzi"):
-            stem = key.removesuffix(".dzi")
-        elif "_cube/" in key:
-            stem = key.split("_cube/", 1)[0]
-        else:
-            stem = key.split("_files/", 1)[0]
-        if stem not in seen:
+        stem = stem_of(key)
+        if stem is not None and stem not in seen:
             seen.add(stem)
             yield stem
 

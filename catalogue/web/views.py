@@ -12,6 +12,7 @@ from typing import Any
 from catalogue import panoramas, review, schedules, tiles
 from catalogue.api import Catalogue
 from catalogue.queries import projection_of
+from catalogue.errors import StoreError
 from catalogue.schedules import ScheduleRecord
 from catalogue.store import ObjectStore
 from catalogue.web import exports, service
@@ -48,13 +49,17 @@ def viewer_source(render: dict, store: ObjectStore) -> dict:
     width, height = render["width"], render["height"]
     big = tiles.needs_pyramid(width, height)
     projection = projection_of(render.get("record"))
-    descriptor = tiles.read_descriptor(store, render["object_key"]) if big else None
+    try:
+        descriptor = tiles.read_descriptor(store, render["object_key"]) if big else None
+    except StoreError:  # the store blinked: the page still opens, its viewer says "not ready"
+        descriptor = None
     source = {"render_id": rid, "width": width, "height": height, "projection": projection,
               "deepzoom": descriptor.tile_source(f"/renders/{rid}/deepzoom_files/") if descriptor else None,
               "pending": big and descriptor is None, "image": f"/renders/{rid}/image"}
     if projection == "equirectangular":
         if panoramas.needs_cube(width, projection):
-            source["cube"] = panoramas.CubeLayout.of(width).viewer_settings(f"/renders/{rid}/cube")
+            if descriptor is not None:  # written after the cube faces: they are all there
+                source["cube"] = panoramas.CubeLayout.of(width).viewer_settings(f"/renders/{rid}/cube")
         else:
             source["panorama"] = f"/renders/{rid}/image"
     return source

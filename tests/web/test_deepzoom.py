@@ -225,6 +225,43 @@ def test_a_panorama_missing_its_cube_faces_is_partial(studio):
         cat.store.put(first, data, "image/jpeg")
 
 
+def test_a_panorama_from_before_cube_faces_gets_only_its_cube(studio, monkeypatch):
+    """A pyramid built before cube faces existed: the next pass builds the cube alone and leaves the
+    flat tiles (which browsers may have cached, at their older tile size) as they are."""
+    _base, cat, ids = studio
+    key = cat.render(ids["vr"])["object_key"]
+    cube = tiles.PyramidKeys.of(key).cube_prefix
+    for stale in list(cat.store.list(cube)):
+        cat.store.delete(stale)
+    assert tiles.state(cat.store, key, *BIG_PANORAMA, "equirectangular") == "partial"
+    assert tiles.only_cube_missing(cat.store, key, *BIG_PANORAMA, "equirectangular")
+
+    def no_full_build(*args, **kwargs):
+        raise AssertionError("the flat pyramid was rebuilt")
+
+    monkeypatch.setattr(tiles, "build", no_full_build)
+    assert pyramids.build_pending(cat, [ids["vr"]]) == [ids["vr"]]
+    assert tiles.state(cat.store, key, *BIG_PANORAMA, "equirectangular") == "complete"
+
+
+def test_a_project_named_like_a_tile_folder_is_no_orphan(studio):
+    """Stems come from a key's whole shape: `ice_cube` or `x_files` in a path cut no stem short (a
+    repair once would have deleted every pyramid of such a project as an orphan)."""
+    _base, cat, _ids = studio
+    render_id = ingest_painted(cat, "a1", 8, 2304, 1152, project="ice_cube")
+    key = cat.render(render_id)["object_key"]
+    assert pyramids.build_pending(cat, [render_id]) == [render_id]
+    stem = tiles.PyramidKeys.of(key).stem
+    assert "ice_cube" in stem and set(tiles.pyramid_stems(cat.store)) >= {stem}
+    assert not any(s.endswith("/ice") for s in tiles.pyramid_stems(cat.store))
+    assert tiles.stem_of(f"{stem}_cube/2/u0_1.jpg") == stem and tiles.stem_of(f"{stem}_files/3/0_0.jpg") == stem
+    assert tiles.stem_of(f"{stem}_files/notes.txt") is None
+    assert cat.check(verify_hashes=False).pyramid_problems == []
+    assert tiles.state(cat.store, key, 2304, 1152) == "complete"
+    cat.forget_renders([cat.render(render_id)["job_key"]])
+    assert list(cat.store.list(stem)) == []
+
+
 def test_a_deleted_render_leaves_no_tiles_and_an_orphan_pyramid_is_repaired(studio):
     _base, cat, _ids = studio
     render_id = ingest_painted(cat, "gone", 5, 2304, 1152)

@@ -68,6 +68,11 @@
   }
 
   function sphere(element, source) {
+    if (source.pending || (source.width > 4096 && !source.cube)) {  // cube faces not built yet
+      element.dataset.state = "failed";
+      element.textContent = "The 360° view is not ready yet: reload in a moment.";
+      return null;
+    }
     element.dataset.state = "loading";
     // Above 4096 px wide: cube-face tiles, fetched for the view and level shown; else the PNG itself.
     var settings = source.cube ? {type: "multires", multiRes: source.cube}
