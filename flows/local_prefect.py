@@ -14,17 +14,27 @@ import time
 from pathlib import Path
 
 
-def _own_group_but_dies_with_parent() -> None:
-    """In the server's child before exec: a process group of its own, so a Ctrl-C or a SIGTERM sent
-    to the scheduler's group reaches the scheduler alone, which stops its runner while the server
-    still answers and then stops the server (both at once left the runner retrying a dead server for
-    ~30 s); and the kernel's SIGTERM should the scheduler die without that (Linux's PR_SET_PDEATHSIG)."""
+def _own_group_but_dies_with_parent():
+    """What the server's child runs before exec: a process group of its own, so a Ctrl-C or a SIGTERM
+    sent to the scheduler's group reaches the scheduler alone, which stops its runner while the
+    server still answers and then stops the server (both at once left the runner retrying a dead
+    server for ~30 s); and the kernel's SIGTERM should the scheduler die without that (Linux's
+    PR_SET_PDEATHSIG). `prctl` is looked up here, in the parent: the child, between fork and exec,
+    only calls it."""
     import ctypes
     import signal
 
-    os.setpgid(0, 0)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    def in_child() -> None:
+        os.setpgid(0, 0)
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the scheduler died before the line above: nobody would signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def start_local_server(home: Path, port: int, timeout: float = 180.0) -> subprocess.Popen:
@@ -40,7 +50,7 @@ def start_local_server(home: Path, port: int, timeout: float = 180.0) -> subproc
     log_file = open(home / "server.log", "ab")  # noqa: SIM115 - the server keeps writing it
     process = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               preexec_fn=_own_group_but_dies_with_parent)
+                               preexec_fn=_own_group_but_dies_with_parent())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 from datetime import UTC, datetime
 from typing import Annotated, Optional
 
@@ -277,4 +278,8 @@ def scheduler(
         catalogue.close()
         if server is not None:
             server.terminate()
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # never leave a server behind
+                server.kill()
+                server.wait(timeout=10)
