@@ -25,6 +25,7 @@ from catalogue.rerenders import (  # noqa: F401 (re-exported: flows.rerender was
     select_renders,
 )
 from flows.prefect_env import configure_prefect_defaults
+from flows.shards import INTERACTIVE_QUEUE, dispatch
 from linstudio_settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -48,17 +49,16 @@ def _log_dir() -> Path:
     return folder
 
 
-RENDER_SHARD_DEPLOYMENT = "linstudio-render-jobs/render-shard"  # prefect.yaml: planned jobs by key, on the GPU pool
-
-
 def _run_deployment(job_keys: list[str]) -> bool:
     """Hand the planned re-render jobs to the `render-shard` deployment (the GPU work pool's flow that
-    renders jobs by key); False when it is not registered (the caller renders locally)."""
+    renders jobs by key) on its `interactive` queue, ahead of nightly shards; False when it is not
+    registered (the caller renders locally)."""
     configure_prefect_defaults()
     try:
-        from prefect.deployments import run_deployment
-
-        run_deployment(RENDER_SHARD_DEPLOYMENT, parameters={"job_keys": job_keys}, timeout=0)
+        settings = get_settings()
+        # Beside a large-GPU pool, the shard helps its batch only with jobs that fit the default pool.
+        help_max_gib = settings.large_job_gib if settings.large_gpu_pool is not None else None
+        dispatch(job_keys, large=False, queue=INTERACTIVE_QUEUE, help_max_gib=help_max_gib)
         return True
     except Exception:  # no such deployment, or the server is unreachable: render locally instead
         return False

@@ -101,9 +101,9 @@ def test_a_rerender_asked_for_in_the_gallery_is_rendered_by_the_dispatchers_back
 
 
 def test_a_gallery_rerender_goes_to_a_deployment_that_prefect_yaml_declares_for_jobs_by_key(monkeypatch):
-    """With a Prefect server, the dispatcher's planned jobs go to `render-shard`: a deployment that
-    prefect.yaml declares, of a flow that takes `job_keys` (it once named one that did not exist, and
-    every gallery re-render quietly fell back to a local process)."""
+    """With a Prefect server, the dispatcher's planned jobs go to `render-shard` on its interactive
+    queue: a deployment that prefect.yaml declares, of a flow that takes those parameters (it once
+    named one that did not exist, and every gallery re-render quietly fell back to a local process)."""
     import importlib
     import inspect
     from pathlib import Path
@@ -113,12 +113,16 @@ def test_a_gallery_rerender_goes_to_a_deployment_that_prefect_yaml_declares_for_
 
     from flows import rerender
 
+    class Started:
+        id = "flow-run-1"
+
     calls = []
     monkeypatch.setattr(prefect.deployments, "run_deployment",
-                        lambda name, parameters, timeout: calls.append((name, parameters, timeout)))
+                        lambda name, parameters, **options: calls.append((name, parameters, options)) or Started())
     assert rerender._run_deployment(["k1", "k2"])
-    ((name, parameters, timeout),) = calls
-    assert parameters == {"job_keys": ["k1", "k2"]} and timeout == 0  # started, not awaited
+    ((name, parameters, options),) = calls
+    assert parameters["job_keys"] == ["k1", "k2"] and options["timeout"] == 0  # started, not awaited
+    assert options["work_queue_name"] == "interactive"  # ahead of the nightly shards on the pool
     flow_name, deployment_name = name.split("/")
     declared = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())["deployments"]
     (deployment,) = [d for d in declared if d["name"] == deployment_name]
