@@ -128,7 +128,10 @@ class Descriptor:
         viewer a round trip before its first tile."""
         return {"Image": {"xmlns": DZI_NAMESPACE, "Url": tiles_url, "Format": self.ext,
                           "Overlap": str(self.overlap), "TileSize": str(self.tile_size),
-                          "Size": {"Width": str(self.width), "Height": str(self.height)}}}
+                          "Size": {"Width": str(self.width), "Height": str(self.height)}},
+                # Tiles are cached as immutable: the tile size in their URLs keeps a browser from
+                # mixing tiles cached from a pyramid rebuilt at another size.
+                "queryParams": f"?tile={self.tile_size}"}
 
 
 def descriptor_xml(width: int, height: int, ext: str) -> str:

@@ -292,6 +292,9 @@ def test_a_big_render_opens_in_deep_zoom_and_a_corner_at_one_to_one_fetches_only
     first_screen = [u for u in fetched if "/deepzoom_files/" in u]
     assert first_screen and not any(u.endswith(("/download", "/image")) for u in fetched)
     assert not any(u.endswith(".dzi") for u in fetched)  # the page carries the descriptor
+    # Tiles are cached as immutable: their URLs name the tile size, so a rebuild at another size
+    # is never mixed with tiles a browser cached before it.
+    assert all(u.endswith(f"?tile={tiles.TILE_SIZE}") for u in first_screen), first_screen
     shot(page, "deepzoom.png", tmp_path)
     fetched.clear()
     # Zoom to 1:1 on the top-left corner.
@@ -305,7 +308,7 @@ def test_a_big_render_opens_in_deep_zoom_and_a_corner_at_one_to_one_fetches_only
     size = page.evaluate("(() => { const s = window.linstudioViewers.viewer.viewport.getContainerSize(); "
                          "return [s.x, s.y]; })()")
     full = [tuple(map(int, m.groups())) for u in fetched
-            if (m := re.search(r"/deepzoom_files/12/(\d+)_(\d+)\.jpg$", u))]
+            if (m := re.search(r"/deepzoom_files/12/(\d+)_(\d+)\.jpg\?tile=\d+$", u))]
     assert full, fetched
     cols, rows = (s // tiles.TILE_SIZE + 1 for s in size)
     assert all(col <= cols and row <= rows for col, row in full), (full, size)
