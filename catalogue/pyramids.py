@@ -63,12 +63,12 @@ def build_pending(catalogue: Any, render_ids: Sequence[str] | None = None, rebui
     one with `rebuild`; returns the ids built. A failing build is logged and left for the next pass."""
     built = []
     for render in big_renders(catalogue, render_ids):
-        if not rebuild and tiles.state(catalogue.store, render.object_key, render.width, render.height,
-                                        render.projection) == "complete":
+        found = None if rebuild else tiles.inspect(catalogue.store, render.object_key, render.width, render.height,
+                                                   render.projection)
+        if found is not None and found.state == "complete":
             continue
         try:
-            if not rebuild and tiles.only_cube_missing(catalogue.store, render.object_key, render.width,
-                                                       render.height, render.projection):
+            if found is not None and found.only_cube_missing:
                 count = tiles.build_cube(catalogue.store, render.object_key)
             else:
                 count = tiles.build(catalogue.store, render.object_key, render.projection)

@@ -147,37 +147,44 @@ def read_descriptor(store: ObjectStore, object_key: str) -> Descriptor | None:
         return None
 
 
-def only_cube_missing(store: ObjectStore, object_key: str, width: int, height: int, projection: str | None) -> bool:
-    """Whether the flat pyramid is whole and only a panorama's cube faces are missing or partial (a
-    pyramid built before cube faces existed): then `build_cube` alone mends it, and the flat tiles,
-    which browsers may hold in their cache, stay as they are."""
-    if not panoramas.needs_cube(width, projection):
-        return False
-    descriptor = read_descriptor(store, object_key)
-    keys = PyramidKeys.of(object_key)
-    return (descriptor is not None
-            and sum(1 for _ in store.list(keys.tiles_prefix)) >= expected_tiles(width, height, descriptor.tile_size)
-            and state(store, object_key, width, height, projection) == "partial")
+@dataclass(frozen=True)
+class Found:
+    """What `inspect` found of a render's pyramid: its state, and whether the flat pyramid is whole
+    (a partial panorama with a whole flat pyramid needs only its cube: `build_cube`)."""
+
+    state: State
+    flat_whole: bool
+
+    @property
+    def only_cube_missing(self) -> bool:
+        """A pyramid built before cube faces existed: `build_cube` alone mends it, and the flat tiles,
+        which browsers may hold in their cache, stay as they are."""
+        return self.state == "partial" and self.flat_whole
 
 
-def state(store: ObjectStore, object_key: str, width: int, height: int, projection: str | None = None) -> State:
+def inspect(store: ObjectStore, object_key: str, width: int, height: int, projection: str | None = None) -> Found:
     """Whether the render's pyramid (and, for a panorama above 4096 px, its cube faces) is complete,
     partial (interrupted, or being built) or missing. The tile size is the descriptor's own, so a
     pyramid built before TILE_SIZE changed still reads as complete."""
     if not needs_pyramid(width, height):
-        return "not_needed"
+        return Found("not_needed", False)
     keys = PyramidKeys.of(object_key)
     tiles = sum(1 for _ in store.list(keys.tiles_prefix))
     descriptor = read_descriptor(store, object_key)
     if descriptor is None:
-        return "partial" if tiles else "missing"
+        return Found("partial" if tiles else "missing", False)
     if tiles < expected_tiles(width, height, descriptor.tile_size):
-        return "partial"
+        return Found("partial", False)
     if panoramas.needs_cube(width, projection):
         faces = sum(1 for _ in store.list(keys.cube_prefix))
         if faces < panoramas.CubeLayout.of(width).expected_tiles():
-            return "partial"
-    return "complete"
+            return Found("partial", True)
+    return Found("complete", True)
+
+
+def state(store: ObjectStore, object_key: str, width: int, height: int, projection: str | None = None) -> State:
+    """`inspect`'s state alone."""
+    return inspect(store, object_key, width, height, projection).state
 
 
 def build(store: ObjectStore, object_key: str, projection: str | None = None) -> int:

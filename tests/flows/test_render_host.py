@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flow_support import wait_for
 from PIL import Image
 
 from flows.render_host import RenderHost, RenderHostClient, RenderHostUnavailable
@@ -37,16 +37,6 @@ def _registry():
 
 def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-
-
-def _wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -132,10 +122,10 @@ def test_the_supervisor_restarts_a_dead_host_and_stops_everything_on_sigterm(tmp
     supervisor = subprocess.Popen([sys.executable, str(script)], env=env)
     client = _client(env)
     try:
-        first = _wait_for(lambda: _ping_or_none(client), 120, "the render host to answer")
+        first = wait_for(lambda: _ping_or_none(client), 120, "the render host to answer", [])
         os.kill(first["pid"], signal.SIGKILL)  # a CUDA crash or an out-of-memory kill
-        second = _wait_for(lambda: (p := _ping_or_none(client)) and p["pid"] != first["pid"] and p, 120,
-                           "a new render host")
+        second = wait_for(lambda: (p := _ping_or_none(client)) and p["pid"] != first["pid"] and p, 120,
+                          "a new render host", [])
         assert second["pid"] != first["pid"]
         import psutil
 
@@ -162,7 +152,7 @@ def test_a_flow_run_renders_on_its_workers_host_without_loading_the_model(prefec
     host = subprocess.Popen([sys.executable, "-m", "flows.render_host", "--preload", "tiny-sd15"], env=env)
     try:
         client = _client(env)
-        _wait_for(lambda: (p := _ping_or_none(client)) and "tiny-sd15" in p["models"], 120, "the preloaded host")
+        wait_for(lambda: (p := _ping_or_none(client)) and "tiny-sd15" in p["models"], 120, "the preloaded host", [])
         monkeypatch.setenv("LINSTUDIO_RENDER_HOST", env["LINSTUDIO_RENDER_HOST"])
         monkeypatch.setenv("LINSTUDIO_RENDER_HOST_KEY", env["LINSTUDIO_RENDER_HOST_KEY"])
         get_settings.cache_clear()

@@ -189,7 +189,6 @@ def test_a_pyramid_built_with_the_old_tile_size_still_reads_complete(studio):
     """Pyramids built before tiles grew to 510 px name 254 in their descriptor: state counts by it."""
     _base, cat, ids = studio
     key = cat.render(ids["big"])["object_key"]
-    keys = tiles.PyramidKeys.of(key)
     descriptor = tiles.read_descriptor(cat.store, key)
     assert descriptor == tiles.Descriptor("jpg", tiles.TILE_SIZE, 1, *BIG)
     stem = "deepzoom/old/render"
@@ -205,7 +204,7 @@ def test_a_pyramid_built_with_the_old_tile_size_still_reads_complete(studio):
         assert tiles.read_descriptor(cat.store, old) is None and tiles.state(cat.store, old, *BIG) == "partial"
     finally:
         tiles.delete(cat.store, old)
-    assert tiles.state(cat.store, key, *BIG) == "complete" and keys.descriptor.endswith(".dzi")
+    assert tiles.state(cat.store, key, *BIG) == "complete"
 
 
 def test_a_panorama_missing_its_cube_faces_is_partial(studio):
@@ -234,7 +233,7 @@ def test_a_panorama_from_before_cube_faces_gets_only_its_cube(studio, monkeypatc
     for stale in list(cat.store.list(cube)):
         cat.store.delete(stale)
     assert tiles.state(cat.store, key, *BIG_PANORAMA, "equirectangular") == "partial"
-    assert tiles.only_cube_missing(cat.store, key, *BIG_PANORAMA, "equirectangular")
+    assert tiles.inspect(cat.store, key, *BIG_PANORAMA, "equirectangular").only_cube_missing
 
     def no_full_build(*args, **kwargs):
         raise AssertionError("the flat pyramid was rebuilt")
