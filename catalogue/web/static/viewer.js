@@ -68,7 +68,7 @@
   }
 
   function sphere(element, source) {
-    if (source.pending || (source.width > 4096 && !source.cube)) {  // cube faces not built yet
+    if (source.pending) {  // the pyramid, and a wide panorama's cube faces with it, not built yet
       element.dataset.state = "failed";
       element.textContent = "The 360° view is not ready yet: reload in a moment.";
       return null;
